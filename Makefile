@@ -1,0 +1,22 @@
+# Two entry points, each working from a fresh clone on its own:
+#   make train   -> python -m jaxcnn.train --exp vgg   (ARGS="..." adds flags)
+#   make test    -> the test suite on 4 fake CPU devices
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXP ?= vgg
+ARGS ?=
+
+.PHONY: train test
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+train: $(VENV)/.installed
+	$(PY) -m jaxcnn.train --exp $(EXP) $(ARGS)
+
+test: $(VENV)/.installed
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PY) -m pytest -q $(ARGS)

@@ -1,0 +1,226 @@
+"""Experiment configs: nested attribute dicts, loaded from `experiments/<name>.py`.
+
+An experiment file defines `get_config() -> Config`. Command-line overrides
+(`--set train.num_epochs=2`) are parsed against the type of the value they
+replace, so a typo or a wrong type is an error, not a silently new field.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any, Iterable
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+
+
+class ConfigError(ValueError):
+  """Bad experiment name, override key or override value."""
+
+
+class Config:
+  """A dict with attribute access whose keys are fixed once built.
+
+  Values are plain Python data (bool, int, float, str, None, tuples, nested
+  Config), so a config round-trips through JSON.
+  """
+
+  def __init__(self, **fields: Any):
+    object.__setattr__(self, "_fields", {})
+    for k, v in fields.items():
+      self[k] = v
+
+  # Mapping protocol.
+  def __getitem__(self, key: str) -> Any:
+    return self._fields[key]
+
+  def __setitem__(self, key: str, value: Any) -> None:
+    if isinstance(value, dict):
+      value = Config(**value)
+    elif isinstance(value, list):
+      value = tuple(value)
+    self._fields[key] = value
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._fields
+
+  def __iter__(self):
+    return iter(self._fields)
+
+  def keys(self):
+    return self._fields.keys()
+
+  def items(self):
+    return self._fields.items()
+
+  def get(self, key: str, default: Any = None) -> Any:
+    return self._fields.get(key, default)
+
+  # Attribute access.
+  def __getattr__(self, key: str) -> Any:
+    try:
+      return self._fields[key]
+    except KeyError:
+      raise AttributeError(f"config has no field {key!r}") from None
+
+  def __setattr__(self, key: str, value: Any) -> None:
+    self[key] = value
+
+  def __deepcopy__(self, memo):
+    return Config(**copy.deepcopy(self.to_dict(), memo))
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+  def __repr__(self) -> str:
+    return f"Config({json.dumps(self.to_dict(), indent=1)})"
+
+  def copy(self) -> "Config":
+    return copy.deepcopy(self)
+
+  def to_dict(self) -> dict:
+    out = {}
+    for k, v in self._fields.items():
+      if isinstance(v, Config):
+        v = v.to_dict()
+      elif isinstance(v, tuple):
+        v = list(v)
+      out[k] = v
+    return out
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Config":
+    return cls(**d)
+
+  def flat_items(self, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for k, v in self._fields.items():
+      if isinstance(v, Config):
+        yield from v.flat_items(prefix + k + ".")
+      else:
+        yield prefix + k, v
+
+
+def known_experiments() -> list[str]:
+  return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")
+                if not p.stem.startswith("_"))
+
+
+def load_experiment(name_or_path: str) -> Config:
+  """Returns `get_config()` of `experiments/<name>.py` or of a .py file path."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix != ".py":
+    path = EXPERIMENTS_DIR / f"{name_or_path}.py"
+  if not path.is_file():
+    raise ConfigError(
+        f"unknown experiment {name_or_path!r}; known experiments: "
+        f"{', '.join(known_experiments())} (or give a path to a .py file)")
+  spec = importlib.util.spec_from_file_location(
+      f"jaxcnn_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"experiment file {path} defines no get_config()")
+  config = module.get_config()
+  if not isinstance(config, Config):
+    raise ConfigError(f"{path}: get_config() must return a jaxcnn Config")
+  return config
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses `text` as a value of the same type as `current`."""
+  def bad(expected: str):
+    return ConfigError(
+        f"override {key}={text!r}: expected {expected} (current value "
+        f"{current!r})")
+
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+      return True
+    if low in ("false", "0", "no", "off"):
+      return False
+    raise bad("a boolean (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise bad("an integer") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise bad("a number") from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, tuple):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not isinstance(value, (tuple, list)):
+      value = (value,)
+    value = tuple(value)
+    if current and value:
+      kind = type(current[0])
+      try:
+        value = tuple(kind(v) if not (kind is float and isinstance(v, int))
+                      else float(v) for v in value)
+      except (TypeError, ValueError):
+        raise bad(f"a tuple of {kind.__name__}") from None
+    return value
+  if current is None:
+    if text.strip().lower() in ("none", "null", ""):
+      return None
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  if isinstance(current, Config):
+    raise bad("a single field, not a whole section; set its fields one by one")
+  raise bad(type(current).__name__)
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
+  """Returns a copy of `config` with `a.b=value` overrides applied."""
+  config = config.copy()
+  flat_keys = [k for k, _ in config.flat_items()]
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+      if not isinstance(node, Config) or part not in node:
+        near = difflib.get_close_matches(key, flat_keys, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+      if i < len(parts) - 1:
+        node = node[part]
+    node[parts[-1]] = _parse_value(key, text, node[parts[-1]])
+  return config
+
+
+def config_from_json_file(path: str | os.PathLike) -> Config:
+  with open(path) as f:
+    return Config.from_dict(json.load(f))
+
+
+def diff(a: Config, b: Config) -> list[str]:
+  """Lines `key: a -> b` for every field that differs between two configs."""
+  fa, fb = dict(a.flat_items()), dict(b.flat_items())
+  out = []
+  for key in sorted(set(fa) | set(fb)):
+    va, vb = fa.get(key, "<absent>"), fb.get(key, "<absent>")
+    if va != vb:
+      out.append(f"{key}: {va!r} -> {vb!r}")
+  return out

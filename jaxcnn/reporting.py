@@ -1,0 +1,98 @@
+"""Where metrics go: JSON lines and TensorBoard in the workdir, a progress bar.
+
+Only process 0 writes (the caller passes `enabled=False` elsewhere).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+  try:
+    return value.item()  # numpy / jax scalars
+  except AttributeError:
+    return value
+
+
+class MetricWriter:
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl and mirrors
+  scalars to TensorBoard event files in WORKDIR/tensorboard (if tensorboardX
+  is installed)."""
+
+  def __init__(self, workdir, *, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._file = None
+    if not enabled:
+      return
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.path = workdir / "metrics.jsonl"
+    self._file = open(self.path, "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    except ImportError:
+      print("tensorboardX is not installed: no TensorBoard event files.",
+            file=sys.stderr)
+
+  def write(self, kind: str, step: int, **values: Any) -> None:
+    if not self.enabled:
+      return
+    record = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
+    record.update({k: _plain(v) for k, v in values.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k not in ("kind", "step", "time") and isinstance(v, (int, float)):
+          self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir, kind: str | None = None) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if kind is None or r["kind"] == kind]
+
+
+class Progress:
+  """A tqdm bar over steps, updated at log intervals only (no per-step cost)."""
+
+  def __init__(self, total: int, initial: int, *, enabled: bool):
+    self._bar = None
+    if enabled:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit="step",
+                       dynamic_ncols=True, file=sys.stderr)
+
+  def update(self, step: int, **postfix: Any) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(step - self._bar.n)
+    self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                           for k, v in postfix.items()}, refresh=True)
+
+  def write(self, text: str) -> None:
+    if self._bar is not None:
+      self._bar.write(text, file=sys.stderr)
+    else:
+      print(text, file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

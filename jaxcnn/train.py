@@ -1,0 +1,59 @@
+"""Train an experiment: `python -m jaxcnn.train --exp vgg`.
+
+Running the same command again on the same workdir resumes from its latest
+checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+
+from jaxcnn import cli
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m jaxcnn.train", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--exp", required=True,
+                 help="experiment name in experiments/ (e.g. vgg, alexnet) or "
+                 "a path to a .py file defining get_config()")
+  p.add_argument("--workdir", default=None,
+                 help="where checkpoints, metrics.jsonl and TensorBoard files "
+                 "go (default: runs/<exp>)")
+  p.add_argument("--data", default=None,
+                 help="data source, overrides data.source: tfds:cifar10 | "
+                 "folder:PATH | synthetic")
+  p.add_argument("--data_dir", default=None,
+                 help="TFDS data_dir (overrides data.data_dir)")
+  p.add_argument("--set", dest="overrides", action="append", default=[],
+                 metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set train.num_epochs=2 "
+                 "(repeatable)")
+  p.add_argument("--print_config", action="store_true",
+                 help="print the resolved config and exit")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import pathlib
+  from jaxcnn import config as config_lib
+
+  config = config_lib.load_experiment(args.exp)
+  overrides = list(args.overrides)
+  if args.data is not None:
+    overrides.append(f"data.source={args.data}")
+  if args.data_dir is not None:
+    overrides.append(f"data.data_dir={args.data_dir}")
+  config = config_lib.apply_overrides(config, overrides)
+  if args.print_config:
+    print(config.to_json())
+    return 0
+  workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.exp).stem)
+  from jaxcnn.trainer import train_and_evaluate
+  train_and_evaluate(config, workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

@@ -1,0 +1,20 @@
+"""Test setup: 4 fake CPU devices, set before jax is imported anywhere."""
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture
+def real_data_dir():
+  if not (REAL_DATA / "train").is_dir():
+    pytest.skip(f"real CIFAR-10 images not found at {REAL_DATA}")
+  return REAL_DATA

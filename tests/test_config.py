@@ -1,0 +1,72 @@
+"""Experiments load, overrides parse against the field's type, errors are clear."""
+import pytest
+
+from jaxcnn import config as config_lib
+from jaxcnn.config import ConfigError
+
+
+def test_known_experiments_load_and_round_trip_json():
+  names = config_lib.known_experiments()
+  assert {"alexnet", "vgg", "test"} <= set(names)
+  for name in names:
+    c = config_lib.load_experiment(name)
+    again = config_lib.Config.from_dict(__import__("json").loads(c.to_json()))
+    assert again == c, name
+
+
+def test_vgg_recipe_is_the_seed_recipe():
+  c = config_lib.load_experiment("vgg")
+  assert (c.train.batch_size, c.optim.momentum, c.optim.learning_rate) == (
+      128, 0.9, 0.05)
+  assert (c.optim.decay_rate, c.optim.decay_epochs, c.optim.weight_decay) == (
+      0.5, 25.0, 5e-4)
+  assert (c.optim.ema_decay, c.model.dropout, c.train.num_epochs) == (
+      0.9999, 0.5, 300)
+
+
+def test_overrides_parse_by_type():
+  c = config_lib.load_experiment("vgg")
+  out = config_lib.apply_overrides(c, [
+      "train.num_epochs=2", "optim.learning_rate=1e-3", "data.random_flip=false",
+      "model.activation=tanh", "optim.step_boundaries_epochs=10,20",
+      "data.data_dir=/tmp/x"])
+  assert out.train.num_epochs == 2 and isinstance(out.train.num_epochs, int)
+  assert out.optim.learning_rate == 1e-3
+  assert out.data.random_flip is False
+  assert out.model.activation == "tanh"
+  assert out.optim.step_boundaries_epochs == (10, 20)
+  assert out.data.data_dir == "/tmp/x"
+  assert c.train.num_epochs == 300  # The original is untouched.
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.num_epoch=2", "unknown config key 'train.num_epoch'; did you mean"),
+    ("nosuch=1", "unknown config key 'nosuch'"),
+    ("train.num_epochs=two", "expected an integer"),
+    ("data.random_flip=maybe", "expected a boolean"),
+    ("optim.learning_rate=fast", "expected a number"),
+    ("train=3", "not a whole section"),
+    ("train.num_epochs", "not of the form key=value"),
+])
+def test_bad_overrides_are_clear_errors(override, message):
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    config_lib.apply_overrides(config_lib.load_experiment("vgg"), [override])
+
+
+def test_unknown_experiment_lists_known_ones():
+  with pytest.raises(ConfigError, match="known experiments: .*alexnet.*vgg"):
+    config_lib.load_experiment("vgg17")
+
+
+def test_experiment_by_path(tmp_path):
+  path = tmp_path / "mine.py"
+  path.write_text("from jaxcnn.defaults import base_config\n"
+                  "def get_config():\n  c = base_config()\n"
+                  "  c.train.num_epochs = 7\n  return c\n")
+  assert config_lib.load_experiment(str(path)).train.num_epochs == 7
+
+
+def test_diff_names_changed_fields():
+  a = config_lib.load_experiment("vgg")
+  b = config_lib.apply_overrides(a, ["model.depth=11"])
+  assert config_lib.diff(a, b) == ["model.depth: 16 -> 11"]

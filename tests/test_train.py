@@ -1,0 +1,196 @@
+"""The train loop end to end on tiny configs: data parallelism, resume, TFDS,
+errors. Runs on 4 fake CPU devices (see conftest.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import checkpoint, config as config_lib, reporting, trainer
+from jaxcnn.parallel import DeviceError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(*overrides):
+  c = config_lib.load_experiment("test")
+  return config_lib.apply_overrides(c, list(overrides))
+
+
+def final_state(workdir) -> dict:
+  """The latest checkpoint's state as numpy, restored through the real path."""
+  steps = checkpoint.saved_steps(workdir)
+  mngr = checkpoint.make_manager(workdir, create=False)
+  cfg = checkpoint.restore_config(mngr, steps[-1])
+  setup = trainer.build(cfg)
+  like = trainer.create_train_state(setup).to_dict()
+  state = checkpoint.restore_state(mngr, steps[-1], like)
+  mngr.close()
+  return jax.tree.map(np.asarray, state)
+
+
+def assert_trees_close(a, b, **tol):
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(path), **tol)
+
+
+def test_four_devices_equal_one_device(tmp_path):
+  # Same global batches, augmentation on; dropout off, since its masks are
+  # drawn per device. Gradients and BatchNorm statistics must be averaged over
+  # the devices for the two to agree.
+  common = ["model.dropout=0.0", "train.num_steps=6", "train.eval_every_epochs=0"]
+  r4 = trainer.train_and_evaluate(
+      tiny_config(*common, "train.num_devices=4"), str(tmp_path / "d4"))
+  r1 = trainer.train_and_evaluate(
+      tiny_config(*common, "train.num_devices=1"), str(tmp_path / "d1"))
+  s4, s1 = final_state(tmp_path / "d4"), final_state(tmp_path / "d1")
+  assert int(s4["step"]) == int(s1["step"]) == 6
+  assert_trees_close(s4["params"], s1["params"], rtol=2e-4, atol=2e-5)
+  assert_trees_close(s4["batch_stats"], s1["batch_stats"], rtol=2e-4, atol=2e-5)
+  assert_trees_close(s4["opt_state"], s1["opt_state"], rtol=2e-4, atol=2e-5)
+  # The parameters really moved (the comparison is not of two initial states).
+  s0 = jax.tree.map(np.asarray, trainer.create_train_state(
+      trainer.build(tiny_config(*common))).params)
+  moved = max(float(np.max(np.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(s4["params"]), jax.tree.leaves(s0)))
+  assert moved > 1e-3
+  assert abs(r4["raw"]["accuracy"] - r1["raw"]["accuracy"]) <= 0.01
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  # Exponential decay does not depend on the run length, so stopping at step 10
+  # (the first command) and going on to 24 (the second) must match one run to
+  # 24 exactly: data order, crops, flips and dropout are functions of the step.
+  common = ["optim.schedule=exponential", "optim.warmup_epochs=0",
+            "train.eval_every_epochs=0", "train.checkpoint_every_steps=1000"]
+  trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=24"),
+                             str(tmp_path / "full"))
+  part = str(tmp_path / "part")
+  trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=10"), part)
+  assert checkpoint.saved_steps(part) == [10]
+  trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=24"), part)
+  assert checkpoint.saved_steps(part)[-1] == 24
+  full, resumed = final_state(tmp_path / "full"), final_state(part)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_steps_per_dispatch_matches_single_steps(tmp_path):
+  # 16 steps per epoch; chunks of 3 cross the epoch boundary at step 16.
+  common = ["train.num_steps=21", "train.eval_every_epochs=0"]
+  trainer.train_and_evaluate(tiny_config(*common, "train.steps_per_dispatch=3"),
+                             str(tmp_path / "k3"))
+  trainer.train_and_evaluate(tiny_config(*common), str(tmp_path / "k1"))
+  assert_trees_close(final_state(tmp_path / "k3")["params"],
+                     final_state(tmp_path / "k1")["params"],
+                     rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_metrics_and_eval_counts_every_image(tmp_path):
+  workdir = str(tmp_path / "run")
+  # 200 test images over 4 devices in batches of 64: the last batch is padded.
+  result = trainer.train_and_evaluate(tiny_config("train.num_epochs=2"), workdir)
+  train = reporting.read_metrics(workdir, "train")
+  evals = reporting.read_metrics(workdir, "eval")
+  assert [r["step"] for r in evals] == [16, 32]
+  assert train[-1]["step"] == 32
+  for key in ("loss", "accuracy", "learning_rate", "examples_per_sec",
+              "sec_per_batch"):
+    assert np.isfinite(train[-1][key]), key
+  assert result["raw"]["count"] == result["ema"]["count"] == 200
+  assert result["raw"]["confusion"].sum() == 200
+  assert evals[-1]["test_accuracy_raw"] == pytest.approx(
+      result["raw"]["accuracy"])
+  saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+  assert len(saved["data"]["channel_mean"]) == 3
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_eval_equals_direct_apply(tmp_path):
+  cfg = tiny_config("train.num_steps=4")
+  setup = trainer.build(cfg)
+  state = trainer.create_train_state(setup)
+  devices = setup.devices
+  data = setup.data
+  eval_data = trainer.place_eval_data(data.test_images, data.test_labels,
+                                      devices, 48)
+  fn = trainer.make_eval_fn(setup.model, setup.config, devices)
+  from jaxcnn import augment, parallel
+  got = trainer.summarize_eval(fn(parallel.replicate(
+      trainer.raw_variables(state), devices), eval_data.images,
+      eval_data.labels, eval_data.mask))
+  mean, std = setup.mean_std
+  x = augment.normalize(data.test_images, "channel", mean, std)
+  logits = np.asarray(setup.model.apply(trainer.raw_variables(state), x,
+                                        train=False))
+  pred = logits.argmax(-1)
+  assert got["count"] == len(data.test_labels)
+  assert got["accuracy"] == pytest.approx(np.mean(pred == data.test_labels))
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  loss = -np.mean(logp[np.arange(len(pred)), data.test_labels])
+  assert got["loss"] == pytest.approx(loss, rel=1e-4)
+  np.testing.assert_array_equal(got["confusion"].sum(1),
+                                np.bincount(data.test_labels, minlength=10))
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(DeviceError, match="batch_size=30 does not divide evenly "
+                     "over 4 devices"):
+    trainer.build(tiny_config("train.batch_size=30"))
+
+
+def test_incompatible_workdir_is_refused_and_kept(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config("train.num_steps=4"), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(trainer.TrainingError, match="model.activation"):
+    trainer.train_and_evaluate(
+        tiny_config("train.num_steps=8", "model.activation=tanh"), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_tfds_end_to_end_under_mock_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = tiny_config("data.source=tfds:cifar10", "train.batch_size=16",
+                    "train.num_epochs=2", "train.log_every_steps=2")
+  with tfds.testing.mock_data(num_examples=48):
+    result = trainer.train_and_evaluate(cfg, str(tmp_path / "tfds"))
+  assert result["step"] == 6
+  assert result["raw"]["count"] == 48
+  assert checkpoint.saved_steps(tmp_path / "tfds")[-1] == 6
+
+
+def run_cli(*args, cwd=REPO):
+  env = dict(os.environ)
+  return subprocess.run([sys.executable, "-m", "jaxcnn.train", *args],
+                        capture_output=True, text=True, cwd=cwd, env=env,
+                        timeout=300)
+
+
+def test_cli_trains_and_reports(tmp_path):
+  out = run_cli("--exp", "test", "--workdir", str(tmp_path / "w"),
+                "--set", "train.num_steps=8")
+  assert out.returncode == 0, out.stderr
+  assert "final: step 8, test accuracy raw" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--exp", "nosuch"], "error: unknown experiment 'nosuch'"),
+    (["--exp", "test", "--set", "train.bogus=1"],
+     "error: unknown config key 'train.bogus'"),
+    (["--exp", "test", "--data", "folder:/no/such/dir"], "error: "),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+  workdir = tmp_path / "w"
+  out = run_cli(*args, "--workdir", str(workdir))
+  assert out.returncode == 2
+  assert message in out.stderr
+  assert "Traceback" not in out.stderr
+  assert not workdir.exists()
