@@ -16,7 +16,7 @@ def get_config():
   c.optim.optimizer = "momentum"
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
-  c.optim.warmup_epochs = 1.0
+  c.optim.warmup_epochs = 0.25
   c.optim.ema_decay = 0.99
   c.train.batch_size = 32
   c.train.num_epochs = 3

@@ -113,7 +113,7 @@ def test_outputs_metrics_and_eval_counts_every_image(tmp_path):
 
 
 def test_eval_equals_direct_apply(tmp_path):
-  cfg = tiny_config("train.num_steps=4")
+  cfg = tiny_config("train.num_steps=8")
   setup = trainer.build(cfg)
   state = trainer.create_train_state(setup)
   devices = setup.devices
@@ -148,11 +148,11 @@ def test_batch_not_divisible_by_devices():
 
 def test_incompatible_workdir_is_refused_and_kept(tmp_path):
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(tiny_config("train.num_steps=4"), workdir)
+  trainer.train_and_evaluate(tiny_config("train.num_steps=8"), workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   with pytest.raises(trainer.TrainingError, match="model.activation"):
     trainer.train_and_evaluate(
-        tiny_config("train.num_steps=8", "model.activation=tanh"), workdir)
+        tiny_config("train.num_steps=12", "model.activation=tanh"), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
