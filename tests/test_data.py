@@ -1,0 +1,439 @@
+"""Tests for jaxcnn.data: synthetic, folder (with its cache), TFDS, limits."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn import data
+from jaxcnn.defaults import base_config
+
+CLASSES = ("dog", "ant", "cat")  # written unsorted on purpose
+PER_CLASS = 4
+SIZE = (8, 6)  # (width, height) as PIL counts
+_USER_CACHE_DIR = os.environ.get(data.CACHE_DIR_ENV)  # before any fixture
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+  """Every test caches under its own tmp dir, never in ~/.cache."""
+  monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+
+
+def _write(path: pathlib.Path, pixels: np.ndarray, mode: str = "RGB") -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+  Image.fromarray(pixels, mode=mode if mode != "RGB" else None).save(
+      path, format=fmt)
+
+
+def _pixels(rng: np.random.Generator, size=SIZE) -> np.ndarray:
+  return rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def tree(tmp_path) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
+  """root/{train,test}/<class>/NNNN.png with known pixels."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / "images"
+  pixels = {}
+  for split in ("train", "test"):
+    for name in CLASSES:
+      for i in range(PER_CLASS):
+        rel = f"{split}/{name}/{i:04d}.png"
+        pixels[rel] = _pixels(rng)
+        _write(root / rel, pixels[rel])
+  return root, pixels
+
+
+def _load(root: pathlib.Path, **kwargs) -> data.Dataset:
+  return data.load_dataset(f"folder:{root}", **kwargs)
+
+
+# --- Synthetic ---------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_and_seeded():
+  a = data.make_synthetic(60, 20, seed=0)
+  b = data.make_synthetic(60, 20, seed=0)
+  c = data.make_synthetic(60, 20, seed=1)
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  np.testing.assert_array_equal(a.test_labels, b.test_labels)
+  assert not np.array_equal(a.train_images, c.train_images)
+  # Train and test come from different sub-seeds.
+  assert not np.array_equal(a.train_images[:20], a.test_images)
+
+
+def test_synthetic_shapes_dtypes_and_balance():
+  ds = data.make_synthetic(100, 30, seed=3)
+  assert ds.train_images.shape == (100, 32, 32, 3)
+  assert ds.test_images.shape == (30, 32, 32, 3)
+  assert ds.train_images.dtype == np.uint8
+  assert ds.train_labels.dtype == np.int32
+  assert ds.train_images.flags.c_contiguous
+  assert ds.class_names == tuple(f"class{i}" for i in range(10))
+  assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(ds.train_labels), [10] * 10)
+  np.testing.assert_array_equal(np.bincount(ds.test_labels), [3] * 10)
+  small = data.make_synthetic(8, 4, num_classes=4, image_size=16)
+  assert small.train_images.shape == (8, 16, 16, 3)
+  assert small.class_names == ("class0", "class1", "class2", "class3")
+
+
+def test_synthetic_classes_share_mean_colour():
+  """The class is in the spatial pattern, not in a colour shortcut."""
+  ds = data.make_synthetic(1000, 0, seed=0)
+  means = np.stack([ds.train_images[ds.train_labels == c].mean(axis=(0, 1, 2))
+                    for c in range(10)])
+  assert np.ptp(means, axis=0).max() < 3.0  # pixel units
+  # ... while the images are far from flat grey.
+  assert ds.train_images.std() > 20
+
+
+def test_synthetic_through_load_dataset_and_config():
+  cfg = base_config().data
+  cfg.source = "synthetic"
+  cfg.synthetic_train_size = 40
+  cfg.synthetic_test_size = 10
+  cfg.train_limit = 20
+  ds = data.load_from_config(cfg, seed=5)
+  assert ds.source == "synthetic"
+  assert len(ds.train_labels) == 20 and len(ds.test_labels) == 10
+  np.testing.assert_array_equal(np.bincount(ds.train_labels), [2] * 10)
+  full = data.make_synthetic(40, 10, seed=5)
+  np.testing.assert_array_equal(ds.test_images, full.test_images)
+
+
+# --- channel_stats -----------------------------------------------------------
+
+
+def test_channel_stats_matches_float64(monkeypatch):
+  monkeypatch.setattr(data, "_STATS_CHUNK", 37)  # many uneven chunks
+  images = np.random.default_rng(0).integers(0, 256, size=(9, 5, 7, 3),
+                                              dtype=np.uint8)
+  images[..., 2] //= 4  # channels with different statistics
+  mean, std = data.channel_stats(images)
+  x = images.astype(np.float64) / 255.0
+  assert mean.dtype == np.float32 and mean.shape == (3,)
+  assert std.dtype == np.float32 and std.shape == (3,)
+  np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(std, x.std(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_channel_stats_rejects_float_images():
+  with pytest.raises(ValueError, match="uint8"):
+    data.channel_stats(np.zeros((2, 4, 4, 3), np.float32))
+
+
+# --- Limits ------------------------------------------------------------------
+
+
+def test_subset_indices_balanced_nested_and_fixed():
+  labels = np.repeat(np.arange(5), 20)
+  np.random.default_rng(1).shuffle(labels)
+  small = data.subset_indices(labels, 10)
+  large = data.subset_indices(labels, 37)
+  np.testing.assert_array_equal(np.bincount(labels[small]), [2] * 5)
+  assert np.ptp(np.bincount(labels[large], minlength=5)) <= 1
+  assert set(small) <= set(large)
+  assert np.all(np.diff(large) > 0)  # original order
+  np.testing.assert_array_equal(small, data.subset_indices(labels, 10))
+  np.testing.assert_array_equal(data.subset_indices(labels, 0),
+                                np.arange(100))
+  np.testing.assert_array_equal(data.subset_indices(labels, 500),
+                                np.arange(100))
+
+
+@pytest.mark.parametrize("kwargs", [{"train_limit": -1}, {"test_limit": -3},
+                                    {"train_limit": 1.5}])
+def test_bad_limit_is_an_error(kwargs):
+  key = next(iter(kwargs))
+  with pytest.raises(data.DataError, match=key):
+    data.load_dataset("synthetic", **kwargs)
+
+
+# --- Source strings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["cifar10", "tfds:", "folder:", "synth",
+                                    "imagenet:foo"])
+def test_unknown_source_is_an_error(source):
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset(source)
+  message = str(e.value)
+  assert repr(source) in message
+  for form in ("tfds:NAME", "folder:PATH", "synthetic"):
+    assert form in message
+
+
+def test_import_does_not_pull_in_tensorflow():
+  code = ("import sys, jaxcnn.data; "
+          "assert 'tensorflow' not in sys.modules, 'tf imported'; "
+          "assert 'tensorflow_datasets' not in sys.modules, 'tfds imported'")
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 cwd=pathlib.Path(__file__).resolve().parent.parent)
+
+
+def test_dataset_checks_its_arrays():
+  images = np.zeros((2, 4, 4, 3), np.uint8)
+  labels = np.zeros(2, np.int32)
+  with pytest.raises(ValueError, match="uint8"):
+    data.Dataset(images.astype(np.float32), labels, images, labels, ("a",),
+                 "x")
+  with pytest.raises(ValueError, match="int32"):
+    data.Dataset(images, labels.astype(np.int64), images, labels, ("a",), "x")
+  with pytest.raises(ValueError, match="outside"):
+    data.Dataset(images, labels + 1, images, labels, ("a",), "x")
+  ds = data.Dataset(images, labels, images, labels, ["a"], "x")
+  assert "train=2" in repr(ds) and len(repr(ds)) < 200
+
+
+# --- Folder ------------------------------------------------------------------
+
+
+def test_folder_reads_labels_and_pixels(tree):
+  root, pixels = tree
+  ds = _load(root)
+  assert ds.class_names == ("ant", "cat", "dog")  # sorted
+  assert ds.source == f"folder:{root}"
+  assert ds.train_images.shape == (12, SIZE[1], SIZE[0], 3)
+  assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
+  np.testing.assert_array_equal(ds.train_labels, np.repeat([0, 1, 2], 4))
+  for split in ("train", "test"):
+    images = getattr(ds, f"{split}_images")
+    for index, rel in enumerate(f"{split}/{name}/{i:04d}.png"
+                                for name in ds.class_names
+                                for i in range(PER_CLASS)):
+      np.testing.assert_array_equal(images[index], pixels[rel], err_msg=rel)
+
+
+def test_folder_reads_jpeg_and_ignores_hidden_files(tree):
+  root, _ = tree
+  rng = np.random.default_rng(1)
+  _write(root / "train" / "ant" / "0100.jpg", _pixels(rng))
+  _write(root / "train" / "ant" / "0101.JPEG", _pixels(rng))
+  (root / "train" / "ant" / ".DS_Store").write_bytes(b"\0junk")
+  (root / "test" / ".hidden_dir").mkdir()
+  ds = _load(root)
+  assert len(ds.train_labels) == 14
+  np.testing.assert_array_equal(np.bincount(ds.train_labels), [6, 4, 4])
+
+
+def test_folder_limits_pick_the_same_images_as_a_full_load(tree):
+  root, _ = tree
+  limited = _load(root, train_limit=6, test_limit=3)
+  np.testing.assert_array_equal(np.bincount(limited.train_labels), [2, 2, 2])
+  np.testing.assert_array_equal(np.bincount(limited.test_labels), [1, 1, 1])
+  full = _load(root)
+  keep = data.subset_indices(full.train_labels, 6)
+  np.testing.assert_array_equal(limited.train_images, full.train_images[keep])
+  # Now served from the full cache: same subset again.
+  again = _load(root, train_limit=6, test_limit=3)
+  np.testing.assert_array_equal(again.train_images, limited.train_images)
+  np.testing.assert_array_equal(again.test_images, limited.test_images)
+
+
+def _set_file(path: pathlib.Path, content) -> None:
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    pixels, mode = content
+    _write(path, pixels, mode)
+
+
+@pytest.mark.parametrize("case", [
+    "missing_split", "empty_class", "corrupt", "truncated", "wrong_size",
+    "test_wrong_size", "grayscale", "rgba", "unknown_extension",
+    "stray_file_in_split", "dir_in_class"])
+def test_folder_errors_name_the_offending_path(tree, case):
+  root, _ = tree
+  rng = np.random.default_rng(2)
+  cat = root / "train" / "cat"
+  if case == "missing_split":
+    shutil.rmtree(root / "test")
+    culprit, words = root / "test", "missing"
+  elif case == "empty_class":
+    for f in cat.iterdir():
+      f.unlink()
+    culprit, words = cat, "no images"
+  elif case == "corrupt":
+    culprit, words = cat / "0001.jpg", "not a readable image"
+    culprit.write_bytes(b"this is not a jpeg at all" * 10)
+  elif case == "truncated":
+    culprit, words = cat / "0001.png", "not a readable image"
+    culprit.write_bytes(culprit.read_bytes()[:60])
+  elif case == "wrong_size":
+    culprit, words = cat / "0002.png", "9x9"
+    _write(culprit, _pixels(rng, (9, 9)))
+  elif case == "test_wrong_size":
+    culprit, words = root / "test" / "dog" / "0003.png", "9x7"
+    _write(culprit, _pixels(rng, (9, 7)))
+  elif case == "grayscale":
+    culprit, words = cat / "0002.png", "mode is L"
+    _write(culprit, _pixels(rng)[..., 0], mode="L")
+  elif case == "rgba":
+    culprit, words = cat / "0002.png", "mode is RGBA"
+    rgba = np.concatenate([_pixels(rng), _pixels(rng)[..., :1]], axis=-1)
+    _write(culprit, rgba, mode="RGBA")
+  elif case == "unknown_extension":
+    culprit, words = cat / "README.txt", "not an image file"
+    culprit.write_text("hello")
+  elif case == "stray_file_in_split":
+    culprit, words = root / "train" / "labels.csv", "unexpected file"
+    culprit.write_text("a,b")
+  else:  # dir_in_class
+    culprit, words = cat / "more", "unexpected directory"
+    culprit.mkdir()
+  with pytest.raises(data.DataError) as e:
+    _load(root)
+  message = str(e.value)
+  assert str(culprit) in message
+  assert words in message
+  assert "\n" not in message
+
+
+def test_folder_missing_path(tmp_path):
+  with pytest.raises(data.DataError, match="does not exist") as e:
+    _load(tmp_path / "nowhere")
+  assert str(tmp_path / "nowhere") in str(e.value)
+
+
+def test_folder_class_set_mismatch(tree):
+  root, _ = tree
+  (root / "test" / "dog").rename(root / "test" / "dogs")
+  with pytest.raises(data.DataError) as e:
+    _load(root)
+  message = str(e.value)
+  assert "only in train: ['dog']" in message
+  assert "only in test: ['dogs']" in message
+  assert str(root / "test") in message
+
+
+def test_folder_cache_is_hit_then_invalidated(tree, tmp_path, monkeypatch):
+  root, pixels = tree
+  first = _load(root)
+  cached = list((tmp_path / "cache").glob("folder-*.npz"))
+  assert len(cached) == 2  # train and test
+  assert not list((tmp_path / "cache").glob(".tmp-*"))  # no leftovers
+
+  real_decode = data._decode_image
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError("decoded although the cache is current")
+
+  monkeypatch.setattr(data, "_decode_image", no_decoding)
+  second = _load(root)
+  for split in ("train", "test"):
+    np.testing.assert_array_equal(getattr(first, f"{split}_images"),
+                                  getattr(second, f"{split}_images"))
+    np.testing.assert_array_equal(getattr(first, f"{split}_labels"),
+                                  getattr(second, f"{split}_labels"))
+
+  # Change one training image: the train split must be read again.
+  changed = root / "train" / "cat" / "0002.png"
+  new_pixels = 255 - pixels["train/cat/0002.png"]
+  _write(changed, new_pixels)
+  stat = changed.stat()
+  os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  with pytest.raises(AssertionError, match="decoded although"):
+    _load(root)
+  monkeypatch.setattr(data, "_decode_image", real_decode)
+  third = _load(root)
+  index = 1 * PER_CLASS + 2  # class 'cat' (1), file 0002
+  np.testing.assert_array_equal(third.train_images[index], new_pixels)
+  np.testing.assert_array_equal(third.test_images, first.test_images)
+
+
+def test_folder_works_when_cache_dir_is_unwritable(tree, tmp_path,
+                                                   monkeypatch):
+  root, _ = tree
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  monkeypatch.setenv(data.CACHE_DIR_ENV, str(blocker / "cache"))
+  ds = _load(root)
+  assert len(ds.train_labels) == 12
+
+
+def test_folder_ignores_a_corrupt_cache_file(tree, tmp_path):
+  root, _ = tree
+  first = _load(root)
+  for f in (tmp_path / "cache").glob("folder-*.npz"):
+    f.write_bytes(b"garbage")
+  second = _load(root)
+  np.testing.assert_array_equal(first.train_images, second.train_images)
+
+
+# --- TFDS --------------------------------------------------------------------
+
+
+def test_tfds_under_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load_dataset("tfds:cifar10", test_limit=5)
+  assert ds.source == "tfds:cifar10"
+  assert ds.train_images.shape == (12, 32, 32, 3)
+  assert ds.test_images.shape == (5, 32, 32, 3)
+  assert ds.train_images.dtype == np.uint8
+  assert ds.train_labels.dtype == np.int32
+  assert ds.num_classes == 10
+  assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
+
+
+def test_tfds_prepare_failure_names_offline_options(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import downloader
+
+  retries_seen = []
+
+  def offline(self, *args, **kwargs):
+    retries_seen.append(downloader.MAX_RETRIES)
+    raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'\n(details)")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      offline)
+  before = downloader.MAX_RETRIES
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset("tfds:cifar10", str(tmp_path))
+  message = str(e.value)
+  assert "\n" not in message
+  assert "cifar-10-binary.tar.gz" in message
+  assert str(tmp_path / "downloads" / "manual") in message
+  assert "folder:PATH" in message and "ConnectionError" in message
+  assert e.value.__cause__ is None and e.value.__suppress_context__
+  assert retries_seen == [min(before, 2)]
+  assert downloader.MAX_RETRIES == before
+
+
+def test_tfds_unknown_dataset():
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(data.DataError, match="no_such_dataset_xyz"):
+    data.load_dataset("tfds:no_such_dataset_xyz")
+
+
+# --- Real data ---------------------------------------------------------------
+
+
+def test_real_folder_with_limits(real_data_dir, monkeypatch):
+  # The shared default cache, so repeated runs are warm (or no cache at all
+  # where the home dir is read-only: limits keep the cold load small).
+  if _USER_CACHE_DIR:
+    monkeypatch.setenv(data.CACHE_DIR_ENV, _USER_CACHE_DIR)
+  else:
+    monkeypatch.delenv(data.CACHE_DIR_ENV, raising=False)
+  ds = data.load_dataset(f"folder:{real_data_dir}", train_limit=200,
+                         test_limit=50)
+  assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer",
+                            "dog", "frog", "horse", "ship", "truck")
+  assert ds.train_images.shape == (200, 32, 32, 3)
+  assert ds.test_images.shape == (50, 32, 32, 3)
+  assert ds.image_shape == (32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(ds.train_labels), [20] * 10)
+  np.testing.assert_array_equal(np.bincount(ds.test_labels), [5] * 10)
+  mean, std = data.channel_stats(ds.train_images)
+  assert np.all((mean > 0.3) & (mean < 0.7)) and np.all(std > 0.15)
