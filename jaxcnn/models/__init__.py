@@ -1,0 +1,101 @@
+"""Models, built from the `model` section of a config by `create_model`.
+
+Every model is called as `model(x, train)` on float NHWC images (already
+normalised, any square size; 32 for CIFAR-10) and returns float32 logits
+[B, num_classes]. The trainer uses them as
+
+  variables = model.init({'params': k1, 'dropout': k2}, x, train=False)
+  logits, new_vars = model.apply(
+      {'params': p, 'batch_stats': bs}, x, train=True,
+      rngs={'dropout': key}, mutable=['batch_stats'])
+  logits = model.apply(variables, x, train=False)
+
+A model with BatchNorm has 'batch_stats' in `variables` and returns updated
+ones in `new_vars['batch_stats']`. A model without BatchNorm (alexnet with
+norm 'lrn' or 'none', any model with norm 'none') has only 'params'; given the
+same calls with `bs = {}` it returns `new_vars == {'batch_stats': {}}`, so the
+trainer needs no special case.
+
+`dtype` is the compute dtype of convs and dense layers; parameters stay
+float32, and BatchNorm statistics, LRN and the logits layer compute in float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxcnn.defaults import base_config
+from jaxcnn.models import layers
+from jaxcnn.models.alexnet import AlexNetLike
+from jaxcnn.models.tiny import TinyCNN
+from jaxcnn.models.vgg import LAYERS_BY_DEPTH, VGG
+
+MODEL_NAMES = ("alexnet", "vgg", "tiny")
+NORMS_BY_MODEL = {
+    "alexnet": ("lrn", "batchnorm", "none"),
+    "vgg": ("batchnorm", "none"),
+    "tiny": ("batchnorm", "none"),
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ModelConfigError(ValueError):
+  """A `model` config field names something that does not exist."""
+
+
+def _check_choice(field: str, value: Any, choices, context: str = "") -> None:
+  if value not in choices:
+    listed = ", ".join(repr(c) for c in choices)
+    raise ModelConfigError(
+        f"model.{field}={value!r} is not supported{context}; "
+        f"choose one of {listed}")
+
+
+def create_model(model_cfg: Mapping[str, Any], *,
+                 bn_axis_name: str | None = None) -> nn.Module:
+  """Builds the model that `model_cfg` (the config's `model` section) names.
+
+  `bn_axis_name`: the pmap axis over which BatchNorm averages its batch
+  statistics (synchronised BN); None for a single device. `depth` matters only
+  to vgg and `conv_impl` only to the 3x3 convs of vgg and tiny; alexnet
+  ignores both. Raises ModelConfigError for any value that does not exist.
+  """
+  # Fields the caller leaves out take their defaults (handy for a plain dict).
+  cfg = {**base_config().model.to_dict(), **dict(model_cfg.items())}
+  name = cfg["name"]
+  _check_choice("name", name, MODEL_NAMES)
+  _check_choice("activation", cfg["activation"], tuple(layers.ACTIVATIONS))
+  _check_choice("norm", cfg["norm"], NORMS_BY_MODEL[name], f" by {name}")
+  _check_choice("dtype", cfg["dtype"], tuple(DTYPES))
+  _check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
+  if name == "vgg":
+    _check_choice("depth", cfg["depth"], tuple(LAYERS_BY_DEPTH), " by vgg")
+  if not cfg["width"] > 0:
+    raise ModelConfigError(f"model.width={cfg['width']!r} must be > 0")
+  if not 0 <= cfg["dropout"] < 1:
+    raise ModelConfigError(
+        f"model.dropout={cfg['dropout']!r} must be in [0, 1)")
+  if not (isinstance(cfg["num_classes"], int) and cfg["num_classes"] >= 1):
+    raise ModelConfigError(
+        f"model.num_classes={cfg['num_classes']!r} must be an integer >= 1")
+
+  common = dict(num_classes=cfg["num_classes"], width=float(cfg["width"]),
+                activation=cfg["activation"], norm=cfg["norm"],
+                dropout=float(cfg["dropout"]), dtype=DTYPES[cfg["dtype"]],
+                bn_axis_name=bn_axis_name)
+  if name == "alexnet":
+    return AlexNetLike(**common)
+  if name == "vgg":
+    return VGG(depth=cfg["depth"], conv_impl=cfg["conv_impl"], **common)
+  return TinyCNN(conv_impl=cfg["conv_impl"], **common)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a pytree of arrays (or of jax.ShapeDtypeStruct, so
+  `jax.eval_shape(model.init, ...)` can be counted without computing)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  return sum(int(np.prod(leaf.shape)) for leaf in leaves)

@@ -1,0 +1,89 @@
+"""The "AlexNet-like" model of the TensorFlow CIFAR-10 tutorial
+(tensorflow/models tutorials/image/cifar10/cifar10.py, `inference`).
+
+  conv1 5x5 64 -> act -> maxpool 3/2 SAME -> norm1
+  conv2 5x5 64 -> act -> norm2 -> maxpool 3/2 SAME
+  flatten -> fc384 -> act -> fc192 -> act -> logits
+
+The tutorial trains on 24x24 crops, so its flatten is 6*6*64 = 2304 wide; we
+feed the full 32x32 image, whose flatten is 8*8*64 = 4096, so fc384 and the
+whole model are larger than the tutorial's: 1,756,426 parameters here against
+1,068,298 (arithmetic in tests/test_models.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxcnn.models import layers
+
+
+def _scaled(channels: int, width: float) -> int:
+  return max(1, int(round(channels * width)))
+
+
+class AlexNetLike(nn.Module):
+  """`norm`: 'lrn' (the tutorial), 'none' (no normalisation) or 'batchnorm'
+  (BatchNorm where each LRN was). `dropout` > 0 adds dropout before fc192 and
+  before the logits; the tutorial has none. `width` scales 64/384/192."""
+  num_classes: int = 10
+  width: float = 1.0
+  activation: str = "relu"
+  norm: str = "lrn"
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  def _normalize(self, x, train: bool, index: int):
+    if self.norm == "lrn":
+      return layers.LocalResponseNorm(
+          depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
+          name=f"norm{index}")(x)
+    if self.norm == "batchnorm":
+      return nn.BatchNorm(
+          use_running_average=not train, momentum=0.9, epsilon=1e-5,
+          axis_name=self.bn_axis_name, dtype=jnp.float32,
+          name=f"bn{index}")(x).astype(self.dtype)
+    return x
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = layers.ACTIVATIONS[self.activation]
+    conv_channels = _scaled(64, self.width)
+    # The tutorial's initialisers: truncated normal (cut at 2 std) with these
+    # stds; biases 0 for conv1 and the logits, 0.1 elsewhere.
+    conv_init = nn.initializers.truncated_normal(5e-2)
+    fc_init = nn.initializers.truncated_normal(0.04)
+    dense = lambda features, init, bias, name: nn.Dense(
+        features, kernel_init=init, bias_init=nn.initializers.constant(bias),
+        dtype=self.dtype, name=name)
+
+    x = nn.Conv(conv_channels, (5, 5), padding="SAME", kernel_init=conv_init,
+                bias_init=nn.initializers.zeros_init(), dtype=self.dtype,
+                name="conv1")(x)
+    x = act(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = self._normalize(x, train, 1)
+
+    x = nn.Conv(conv_channels, (5, 5), padding="SAME", kernel_init=conv_init,
+                bias_init=nn.initializers.constant(0.1), dtype=self.dtype,
+                name="conv2")(x)
+    x = act(x)
+    x = self._normalize(x, train, 2)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+
+    x = x.reshape(x.shape[0], -1)
+    x = act(dense(_scaled(384, self.width), fc_init, 0.1, "fc384")(x))
+    if self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = act(dense(_scaled(192, self.width), fc_init, 0.1, "fc192")(x))
+    if self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    # The logits layer computes in float32 whatever the compute dtype.
+    logits = nn.Dense(self.num_classes,
+                      kernel_init=nn.initializers.truncated_normal(1 / 192.0),
+                      bias_init=nn.initializers.zeros_init(),
+                      dtype=jnp.float32, name="logits")(x)
+    return logits

@@ -1,0 +1,50 @@
+"""A model for tests only: two small convs, so a train step takes milliseconds
+on CPU while still exercising BatchNorm, dropout and every trainer path.
+
+  conv1 3x3 8 -> bn1 -> act -> maxpool 2 -> conv2 3x3 16 -> bn2 -> act
+  -> global average pool -> dropout -> logits
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxcnn.models import layers
+
+
+def _scaled(channels: int, width: float) -> int:
+  return max(1, int(round(channels * width)))
+
+
+class TinyCNN(nn.Module):
+  """`norm`: 'batchnorm' | 'none'. `width` scales the 8 and 16 channels."""
+  num_classes: int = 10
+  width: float = 1.0
+  activation: str = "relu"
+  norm: str = "batchnorm"
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = layers.ACTIVATIONS[self.activation]
+    use_bn = self.norm == "batchnorm"
+    for index, channels in enumerate((8, 16), start=1):
+      if index > 1:
+        x = layers.max_pool_2x2(x)
+      x = layers.Conv3x3(_scaled(channels, self.width), use_bias=not use_bn,
+                         impl=self.conv_impl, dtype=self.dtype,
+                         name=f"conv{index}")(x)
+      if use_bn:
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            axis_name=self.bn_axis_name, dtype=jnp.float32,
+            name=f"bn{index}")(x).astype(self.dtype)
+      x = act(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name="logits")(x)

@@ -1,0 +1,84 @@
+"""VGG-11/13/16/19 for 32x32 inputs, with optional BatchNorm.
+
+Each int in a layer list is a 3x3 SAME conv with that many channels (then
+BatchNorm, then the activation); 'M' is a 2x2 stride-2 max pool and ends a
+block. Five pools take 32x32 to 1x1, so the head sees 512 features:
+
+  dropout -> fc1 (512) -> act -> dropout -> fc2 (512) -> act -> logits
+
+Parameter names: conv{block}_{i} and bn{block}_{i} (conv1_1 ... conv5_3),
+fc1, fc2, logits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxcnn.models import layers
+
+POOL = "M"
+LAYERS_BY_DEPTH: dict[int, tuple] = {
+    11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
+    13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL,
+         512, 512, POOL),
+    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512,
+         POOL, 512, 512, 512, POOL),
+    19: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
+         512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL),
+}
+HEAD_FEATURES = 512
+
+
+def _scaled(channels: int, width: float) -> int:
+  return max(1, int(round(channels * width)))
+
+
+class VGG(nn.Module):
+  """`norm`: 'batchnorm' | 'none'. `width` scales every conv and fc width.
+  `conv_impl` picks the 3x3 conv implementation (see layers.Conv3x3)."""
+  depth: int = 16
+  num_classes: int = 10
+  width: float = 1.0
+  activation: str = "relu"
+  norm: str = "batchnorm"
+  dropout: float = 0.5
+  dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = layers.ACTIVATIONS[self.activation]
+    use_bn = self.norm == "batchnorm"
+    # He init with fan_out, as torchvision's VGG: it keeps the gradient scale
+    # through each conv, which is what a deep plain stack needs most; a plain
+    # (not truncated) normal, as torch.nn.init.kaiming_normal_.
+    conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    block, index = 1, 1
+    for item in LAYERS_BY_DEPTH[self.depth]:
+      if item == POOL:
+        x = layers.max_pool_2x2(x)
+        block, index = block + 1, 1
+        continue
+      # A bias in front of BatchNorm would be cancelled by its mean.
+      x = layers.Conv3x3(_scaled(item, self.width), use_bias=not use_bn,
+                         impl=self.conv_impl, dtype=self.dtype,
+                         kernel_init=conv_init, name=f"conv{block}_{index}")(x)
+      if use_bn:
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            axis_name=self.bn_axis_name, dtype=jnp.float32,
+            name=f"bn{block}_{index}")(x).astype(self.dtype)
+      x = act(x)
+      index += 1
+
+    x = x.reshape(x.shape[0], -1)
+    head_features = _scaled(HEAD_FEATURES, self.width)
+    for name in ("fc1", "fc2"):
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = act(nn.Dense(head_features, dtype=self.dtype, name=name)(x))
+    # The logits layer computes in float32 whatever the compute dtype.
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name="logits")(x)

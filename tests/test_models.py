@@ -1,0 +1,396 @@
+"""Models: shapes, parameter counts, LRN against TF, fast paths against the
+plain ops they replace, config errors, and synchronised BatchNorm."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from jaxcnn.defaults import base_config
+from jaxcnn.models import (MODEL_NAMES, ModelConfigError, count_params,
+                           create_model, layers)
+
+
+def model_config(**overrides):
+  cfg = base_config().model
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def init_shapes(model, size=32):
+  """Variable shapes from `model.init`, traced without computing anything."""
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  return jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
+
+
+def init_variables(model, x):
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  return jax.jit(lambda rngs, x: model.init(rngs, x, train=False))(rngs, x)
+
+
+def synthetic_variables(model, size=32, seed=0):
+  """Variables shaped like `model.init`'s, filled from numpy.
+
+  Compiling a real init costs more than everything else these tests run
+  (VGG-16: 6-12 s on the 2-core CPU, its forward pass under 1 s), and only
+  test_alexnet_uses_the_tutorial_init cares about the init itself. The BN
+  statistics get non-trivial values so the eval path really uses them.
+  """
+  rng = np.random.default_rng(seed)
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      value = rng.standard_normal(leaf.shape) * np.sqrt(2 / fan_in)
+    elif name == "var":
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name == "scale":
+      value = 1 + 0.1 * rng.standard_normal(leaf.shape)
+    else:  # bias, mean
+      value = 0.1 * rng.standard_normal(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, init_shapes(model, size))
+
+
+def random_normal(seed, shape):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+# --- Local response normalisation ---------------------------------------------
+
+def lrn_by_loops(x, depth_radius, bias, alpha, beta):
+  """The definition in the tf.nn.lrn docs, written as plainly as possible."""
+  out = np.empty_like(x, dtype=np.float64)
+  channels = x.shape[-1]
+  for c in range(channels):
+    lo, hi = max(0, c - depth_radius), min(channels, c + depth_radius + 1)
+    sqr_sum = np.sum(x[..., lo:hi].astype(np.float64) ** 2, axis=-1)
+    out[..., c] = x[..., c] / (bias + alpha * sqr_sum) ** beta
+  return out
+
+
+# The tutorial's settings hardly change their input (alpha*sqr_sum ~ 1e-3), so
+# a strong setting is checked too, where a wrong window would show.
+LRN_SETTINGS = [dict(depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75),
+                dict(depth_radius=2, bias=2.0, alpha=0.3, beta=0.5)]
+LRN_SHAPES = [(2, 5, 5, 3), (3, 4, 6, 8), (2, 8, 8, 64)]
+
+
+@pytest.mark.parametrize("settings", LRN_SETTINGS)
+def test_lrn_matches_loop_formula(settings):
+  for seed, shape in enumerate(LRN_SHAPES):
+    x = 3 * random_normal(seed, shape)
+    got = layers.LocalResponseNorm(**settings).apply({}, jnp.asarray(x))
+    np.testing.assert_allclose(got, lrn_by_loops(x, **settings),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("settings", LRN_SETTINGS)
+def test_lrn_matches_tensorflow(settings):
+  tf = pytest.importorskip("tensorflow")
+  for seed, shape in enumerate(LRN_SHAPES):
+    x = 3 * random_normal(seed, shape)
+    got = layers.LocalResponseNorm(**settings).apply({}, jnp.asarray(x))
+    want = tf.nn.lrn(x, **settings).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lrn_computes_in_float32_and_keeps_dtype():
+  x = jnp.asarray(random_normal(0, (2, 4, 4, 8))).astype(jnp.bfloat16)
+  got = layers.LocalResponseNorm(alpha=0.3).apply({}, x)
+  assert got.dtype == jnp.bfloat16
+  want = lrn_by_loops(np.asarray(x, np.float32), 4, 1.0, 0.3, 0.75)
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2)
+
+
+# --- Parameter counts ---------------------------------------------------------
+
+def test_alexnet_param_count():
+  # conv1  5*5*3*64 + 64        =     4,864
+  # conv2  5*5*64*64 + 64       =   102,464
+  # fc384  (8*8*64)*384 + 384   = 1,573,248  (32 -> pool 16 -> pool 8)
+  # fc192  384*192 + 192        =    73,920
+  # logits 192*10 + 10          =     1,930
+  #                       total = 1,756,426
+  model = create_model(model_config(name="alexnet", norm="lrn"))
+  variables = init_shapes(model)
+  assert set(variables) == {"params"}
+  assert count_params(variables["params"]) == 1_756_426
+
+
+def test_alexnet_param_count_on_tutorial_crops():
+  # The TF tutorial's 24x24 crops: fc384 is (6*6*64)*384 + 384 = 885,120, so
+  # 4,864 + 102,464 + 885,120 + 73,920 + 1,930 = 1,068,298.
+  model = create_model(model_config(name="alexnet", norm="lrn"))
+  assert count_params(init_shapes(model, size=24)["params"]) == 1_068_298
+
+
+def test_vgg16_bn_param_count():
+  # Convs (no bias before BN), 9 * sum(Cin*Cout):
+  #   3*64 + 64*64 + 64*128 + 128*128 + 128*256 + 2*256*256 + 256*512
+  #   + 5*512*512 = 1,634,496; * 9                         = 14,710,464
+  # BN scale+bias: 2 * (2*64 + 2*128 + 3*256 + 6*512)      =      8,448
+  # fc1, fc2: 2 * (512*512 + 512)                           =    525,312
+  # logits: 512*10 + 10                                     =      5,130
+  #                                                   total = 15,249,354
+  model = create_model(model_config(name="vgg", depth=16, norm="batchnorm"))
+  variables = init_shapes(model)
+  assert count_params(variables["params"]) == 15_249_354
+  # Running mean and variance, one per channel each.
+  assert count_params(variables["batch_stats"]) == 8_448
+
+
+def test_vgg11_bn_param_count():
+  # Convs: 9 * (3*64 + 64*128 + 128*256 + 256*256 + 256*512 + 3*512*512)
+  #        = 9 * 1,024,192                                  =  9,217,728
+  # BN: 2 * (64 + 128 + 2*256 + 4*512)                      =      5,504
+  # fc1, fc2, logits as VGG-16                              =    530,442
+  #                                                   total =  9,753,674
+  model = create_model(model_config(name="vgg", depth=11, norm="batchnorm"))
+  assert count_params(init_shapes(model)["params"]) == 9_753_674
+
+
+def test_vgg16_without_bn_has_conv_biases():
+  # BN's scale+bias (2 per channel) become one conv bias per channel:
+  # 15,249,354 - 4,224 = 15,245,130.
+  model = create_model(model_config(name="vgg", depth=16, norm="none"))
+  variables = init_shapes(model)
+  assert set(variables) == {"params"}
+  assert count_params(variables["params"]) == 15_245_130
+
+
+def test_param_names_for_weight_decay_regexes():
+  def paths(model):
+    flat = jax.tree_util.tree_flatten_with_path(init_shapes(model)["params"])[0]
+    return {"/".join(k.key for k in path) for path, _ in flat}
+  alexnet = paths(create_model(model_config(name="alexnet", norm="batchnorm")))
+  assert alexnet == {
+      f"{layer}/{p}" for layer in ("conv1", "conv2", "fc384", "fc192", "logits")
+      for p in ("kernel", "bias")} | {
+      f"bn{i}/{p}" for i in (1, 2) for p in ("scale", "bias")}
+  vgg = paths(create_model(model_config(name="vgg", depth=16)))
+  assert {"conv1_1/kernel", "bn1_1/scale", "conv5_3/kernel", "bn5_3/bias",
+          "fc1/kernel", "fc2/bias", "logits/kernel"} <= vgg
+  assert "conv1_1/bias" not in vgg  # BN follows, so no conv bias.
+
+
+# --- Forward passes -----------------------------------------------------------
+
+SMALL_CONFIGS = {
+    "alexnet": dict(name="alexnet", width=0.25, norm="lrn", dropout=0.5),
+    "vgg": dict(name="vgg", depth=16, width=0.125),
+    "tiny": dict(name="tiny", dropout=0.5),
+}
+SMALL_INPUT = jnp.asarray(random_normal(0, (3, 32, 32, 3)))
+
+
+@functools.lru_cache(maxsize=None)
+def small_variables(name):
+  """Variables of SMALL_CONFIGS[name], the same for either compute dtype."""
+  return synthetic_variables(create_model(model_config(**SMALL_CONFIGS[name])))
+
+
+def test_small_configs_cover_every_model():
+  assert set(SMALL_CONFIGS) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shapes_and_dtypes(name, dtype):
+  model = create_model(model_config(**SMALL_CONFIGS[name], dtype=dtype))
+  variables = small_variables(name)
+  for leaf in jax.tree_util.tree_leaves(variables):
+    assert leaf.dtype == jnp.float32  # Parameters stay float32.
+
+  # The trainer's calls, identical for models with and without BatchNorm.
+  @jax.jit
+  def eval_and_train_apply(variables, x):
+    eval_logits = model.apply(variables, x, train=False)
+    train_logits, new_vars = model.apply(
+        {"params": variables["params"],
+         "batch_stats": variables.get("batch_stats", {})},
+        x, train=True, rngs={"dropout": jax.random.key(3)},
+        mutable=["batch_stats"])
+    return eval_logits, train_logits, new_vars
+  eval_logits, train_logits, new_vars = eval_and_train_apply(variables,
+                                                             SMALL_INPUT)
+  for logits in (eval_logits, train_logits):
+    assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+  if "batch_stats" in variables:
+    assert (jax.tree_util.tree_structure(new_vars["batch_stats"]) ==
+            jax.tree_util.tree_structure(variables["batch_stats"]))
+    for leaf in jax.tree_util.tree_leaves(new_vars["batch_stats"]):
+      assert leaf.dtype == jnp.float32
+  else:
+    assert new_vars == {"batch_stats": {}}
+
+
+def test_dropout_only_in_training():
+  model = create_model(model_config(**SMALL_CONFIGS["tiny"]))
+  variables = small_variables("tiny")
+  apply = jax.jit(lambda seed, train: model.apply(
+      variables, SMALL_INPUT, train=train,
+      rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"])[0],
+      static_argnums=1)
+  assert not np.allclose(apply(0, True), apply(1, True))
+  np.testing.assert_array_equal(apply(0, False), apply(1, False))
+
+
+def test_alexnet_uses_the_tutorial_init():
+  model = create_model(model_config(**SMALL_CONFIGS["alexnet"]))
+  params = init_variables(model, SMALL_INPUT)["params"]
+  # Truncated normals, cut at two standard deviations.
+  assert np.abs(params["conv1"]["kernel"]).max() <= 2 * 5e-2
+  assert np.abs(params["fc384"]["kernel"]).max() <= 2 * 0.04
+  assert np.abs(params["logits"]["kernel"]).max() <= 2 / 192.0
+  # A normal cut at +-2 std keeps 0.88 of its std.
+  np.testing.assert_allclose(np.std(params["fc384"]["kernel"]), 0.04 * 0.88,
+                             rtol=0.02)
+  assert np.all(params["conv2"]["bias"] == np.float32(0.1))
+  assert np.all(params["conv1"]["bias"] == 0)
+
+
+# --- Fast paths against the ops they replace ----------------------------------
+
+def value_and_grads(conv, x, kernel, cotangent):
+  """Output and d(sum(out * cotangent))/d(x, kernel)."""
+  out, vjp = jax.vjp(conv, x, kernel)
+  return (out,) + vjp(cotangent)
+
+
+# Every map size VGG-16 convolves at, plus non-square maps.
+CONV_SHAPES = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (2, 1),
+               (1, 3)]
+
+
+@pytest.mark.parametrize("height,width", CONV_SHAPES)
+def test_shifted_conv_matches_xla_conv(height, width):
+  x = jnp.asarray(random_normal(1, (3, height, width, 5)))
+  kernel = jnp.asarray(random_normal(2, (3, 3, 5, 7)))
+  cotangent = jnp.asarray(random_normal(3, (3, height, width, 7)))
+  got = jax.jit(lambda *a: value_and_grads(layers.shifted_conv3x3, *a))(
+      x, kernel, cotangent)
+  want = jax.jit(lambda *a: value_and_grads(layers.xla_conv3x3, *a))(
+      x, kernel, cotangent)
+  for what, g, w in zip(("output", "d/dx", "d/dkernel"), got, want):
+    scale = float(np.abs(w).max())
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * scale,
+                               err_msg=what)
+
+
+def test_conv3x3_params_do_not_depend_on_impl():
+  x = jnp.ones((2, 2, 2, 4))
+  def param_shapes(module):
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+    return jax.tree_util.tree_map(lambda a: a.shape, shapes)
+  shapes = {impl: param_shapes(layers.Conv3x3(6, impl=impl))
+            for impl in layers.CONV_IMPLS}
+  assert shapes["xla"] == shapes["shifted"] == shapes["auto"] == {
+      "params": {"kernel": (3, 3, 4, 6), "bias": (6,)}}
+  # And the same as nn.Conv's, so checkpoints carry over from it too.
+  assert shapes["xla"] == param_shapes(nn.Conv(6, (3, 3)))
+
+
+def test_auto_impl_picks_shifted_only_for_tiny_maps_on_cpu():
+  on_cpu = jax.default_backend() == "cpu"
+  for size in (1, 2):
+    expected = "shifted" if on_cpu else "xla"
+    assert layers.resolve_conv_impl("auto", size, size) == expected
+  assert layers.resolve_conv_impl("auto", 4, 4) == "xla"
+  assert layers.resolve_conv_impl("shifted", 32, 32) == "shifted"
+  assert layers.resolve_conv_impl("xla", 1, 1) == "xla"
+
+
+def test_vgg16_same_output_with_every_conv_impl():
+  variables = small_variables("vgg")
+  logits = {}
+  for impl in layers.CONV_IMPLS:
+    model = create_model(model_config(**SMALL_CONFIGS["vgg"], conv_impl=impl))
+    logits[impl] = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, SMALL_INPUT)
+  scale = float(np.abs(logits["xla"]).max())
+  for impl in ("shifted", "auto"):
+    np.testing.assert_allclose(logits[impl], logits["xla"], rtol=1e-4,
+                               atol=1e-4 * scale, err_msg=impl)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 2, 2, 4), (2, 5, 7, 2)])
+def test_max_pool_2x2_matches_flax_max_pool(shape):
+  # Continuous random input has no ties, where the two may split the
+  # gradient differently.
+  x = jnp.asarray(random_normal(0, shape))
+  cotangent = jnp.asarray(random_normal(
+      1, (shape[0], shape[1] // 2, shape[2] // 2, shape[3])))
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  got, got_vjp = jax.vjp(layers.max_pool_2x2, x)
+  want, want_vjp = jax.vjp(flax_pool, x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_vjp(cotangent)[0], want_vjp(cotangent)[0])
+
+
+# --- Config errors ------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,mentions", [
+    (dict(name="resnet"), "model.name='resnet'"),
+    (dict(activation="swish"), "model.activation='swish'"),
+    (dict(name="vgg", depth=17), "model.depth=17"),
+    (dict(name="vgg", norm="lrn"), "model.norm='lrn'"),
+    (dict(name="alexnet", norm="layernorm"), "model.norm='layernorm'"),
+    (dict(dtype="float16"), "model.dtype='float16'"),
+    (dict(conv_impl="winograd"), "model.conv_impl='winograd'"),
+    (dict(width=0.0), "model.width=0.0"),
+    (dict(dropout=1.0), "model.dropout=1.0"),
+])
+def test_bad_config_raises_model_config_error(overrides, mentions):
+  with pytest.raises(ModelConfigError) as error:
+    create_model(model_config(**overrides))
+  message = str(error.value)
+  assert mentions in message and "\n" not in message
+
+
+def test_alexnet_ignores_vgg_depth():
+  create_model(model_config(name="alexnet", depth=17))
+
+
+# --- Synchronised BatchNorm ---------------------------------------------------
+
+def test_batchnorm_under_pmap_matches_one_device_on_whole_batch():
+  num_devices = 4
+  if jax.local_device_count() < num_devices:
+    pytest.skip(f"needs {num_devices} devices (see conftest.py)")
+  cfg = model_config(**SMALL_CONFIGS["tiny"])
+  cfg.dropout = 0.0  # Same variables; no dropout to line up across devices.
+  synced = create_model(cfg, bn_axis_name="batch")
+  single = create_model(cfg)
+  variables = small_variables("tiny")
+  # Shifted means per shard, so unsynchronised stats would clearly differ.
+  x = random_normal(0, (num_devices * 3, 8, 8, 3))
+  x += np.arange(num_devices).repeat(3)[:, None, None, None]
+
+  def train_apply(model, variables, x):
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])
+  def per_device(model):
+    return jax.pmap(lambda v, x: train_apply(model, v, x), axis_name="batch",
+                    in_axes=(None, 0))
+  x_per_device = x.reshape(num_devices, 3, 8, 8, 3)
+  logits, new_vars = per_device(synced)(variables, x_per_device)
+  want_logits, want_vars = jax.jit(lambda v, x: train_apply(single, v, x))(
+      variables, x)
+
+  np.testing.assert_allclose(logits.reshape(-1, 10), want_logits,
+                             rtol=1e-5, atol=1e-5)
+  for device in range(num_devices):
+    got = jax.tree_util.tree_map(lambda a: a[device], new_vars["batch_stats"])
+    jax.tree_util.tree_map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6),
+        got, want_vars["batch_stats"])
+  # Without the axis name each device keeps its own shard's statistics, which
+  # this input makes clearly different: the comparison above can fail.
+  _, unsynced_vars = per_device(single)(variables, x_per_device)
+  assert not np.allclose(unsynced_vars["batch_stats"]["bn1"]["mean"][0],
+                         want_vars["batch_stats"]["bn1"]["mean"], atol=1e-3)
