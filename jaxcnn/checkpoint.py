@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -47,11 +48,45 @@ def saved_steps(workdir) -> list[int]:
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict,
          config: Config, *, force: bool = True) -> bool:
-  return manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              config=ocp.args.JsonSave(config.to_dict())),
-      force=force)
+  """Starts an (asynchronous) save. Orbax writes into a temporary directory
+  and renames it when complete, so a failed or killed save never replaces a
+  good checkpoint."""
+  try:
+    return manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                config=ocp.args.JsonSave(config.to_dict())),
+        force=force)
+  except Exception as e:
+    raise CheckpointError(
+        f"could not write checkpoint step {step} in {manager.directory}: "
+        f"{type(e).__name__}: {_first_line(e)}; earlier checkpoints are "
+        "intact") from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for asynchronous saves; a failure in one becomes CheckpointError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise CheckpointError(
+        f"a checkpoint write in {manager.directory} failed: "
+        f"{type(e).__name__}: {_first_line(e)}; earlier checkpoints are "
+        "intact") from e
+
+
+def move_aside(workdir, step: int) -> pathlib.Path:
+  """Renames an unreadable step directory out of the way (never deletes it)."""
+  src = checkpoint_dir(workdir) / str(step)
+  dst = src.with_name(f"unreadable_{step}_{time.strftime('%Y%m%d-%H%M%S')}")
+  src.rename(dst)
+  return dst
+
+
+def step_files(workdir, step: int) -> list[str]:
+  """The files of one step directory, relative to it (for error messages)."""
+  root = checkpoint_dir(workdir) / str(step)
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def _abstract(tree: Any) -> Any:

@@ -21,6 +21,7 @@ def run_main(main: Callable[[], int | None]) -> None:
   from jaxcnn.optim import OptimConfigError
   from jaxcnn.parallel import DeviceError
   from jaxcnn.trainer import Interrupted, TrainingError
+  from jaxcnn.workdir_lock import WorkdirBusy
 
   try:
     code = main()
@@ -31,7 +32,7 @@ def run_main(main: Callable[[], int | None]) -> None:
           DeviceError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
-  except (CheckpointError, TrainingError) as e:
+  except (CheckpointError, TrainingError, WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from jaxcnn import augment, checkpoint, optim, parallel, reporting
 from jaxcnn.config import Config, ConfigError, diff
 from jaxcnn.data import Dataset, channel_stats, load_from_config
 from jaxcnn.models import create_model
+from jaxcnn.workdir_lock import WorkdirLock
 
 AXIS = parallel.AXIS
 NO_BAD_STEP = np.iinfo(np.int32).max
@@ -450,32 +452,61 @@ def train_and_evaluate(config: Config, workdir: str, *,
   say = (lambda text: print(text, file=sys.stderr, flush=True)) if is_main \
       else (lambda text: None)
 
-  # Resume order: (1) the latest complete checkpoint in WORKDIR/checkpoints,
-  # whose config must agree with this one (RESUMABLE_CHANGES aside);
-  # (2) otherwise a fresh state from config.seed.
-  fresh = create_train_state(setup)
+  lock = WorkdirLock(workdir).acquire()
+  try:
+    return _train_locked(setup, workdir, say, is_main)
+  finally:
+    lock.release()
+
+
+def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
+                         say) -> TrainState | None:
+  """Resume order: (1) the newest checkpoint in WORKDIR/checkpoints that
+  restores, whose config must agree with this one (RESUMABLE_CHANGES aside);
+  newer unreadable ones are moved aside (renamed, never deleted) so that new
+  checkpoints can take their step numbers; (2) None: start from config.seed.
+  """
   steps = checkpoint.saved_steps(workdir)
-  manager = None
-  if steps:
-    manager = checkpoint.make_manager(workdir,
-                                      keep=config.train.keep_checkpoints)
-    saved_config = checkpoint.restore_config(manager, steps[-1])
-    changes = incompatible_changes(saved_config, config)
-    if changes:
-      raise TrainingError(
-          f"{workdir} holds a run with a different config ("
-          + "; ".join(changes) + "): use another --workdir to start afresh")
-    state = TrainState.from_dict(
-        checkpoint.restore_state(manager, steps[-1], fresh.to_dict()))
-    say(f"resuming from checkpoint step {steps[-1]} in {workdir}")
-  else:
-    state = fresh
+  if not steps:
+    return None
+  manager = checkpoint.make_manager(workdir, create=False)
+  bad, state = [], None
+  try:
+    for step in reversed(steps):
+      try:
+        saved_config = checkpoint.restore_config(manager, step)
+        changes = incompatible_changes(saved_config, setup.config)
+        if changes:
+          raise TrainingError(
+              f"{workdir} holds a run with a different config ("
+              + "; ".join(changes) + "): use another --workdir to start afresh")
+        state = TrainState.from_dict(
+            checkpoint.restore_state(manager, step, fresh.to_dict()))
+        break
+      except checkpoint.CheckpointError as e:
+        bad.append((step, str(e)))
+  finally:
+    manager.close()
+  if state is None:
+    raise checkpoint.CheckpointError(
+        f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} can be read "
+        f"(steps {', '.join(str(s) for s, _ in bad)}; newest: {bad[0][1]}); "
+        "nothing was changed: use another --workdir to start afresh")
+  for step, why in bad:
+    aside = checkpoint.move_aside(workdir, step)
+    say(f"warning: {why}; moved it to {aside}")
+  say(f"resuming from checkpoint step {int(state.step)} in {workdir}")
+  return state
+
+
+def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
+  config = setup.config
+  fresh = create_train_state(setup)
+  state = _restore_latest_good(setup, workdir, fresh, say) or fresh
   del fresh
-  if manager is None:
-    manager = checkpoint.make_manager(workdir,
-                                      keep=config.train.keep_checkpoints)
+  manager = checkpoint.make_manager(workdir,
+                                    keep=config.train.keep_checkpoints)
   if is_main:
-    import pathlib
     pathlib.Path(workdir, "config.json").write_text(config.to_json())
 
   devices = setup.devices
@@ -589,14 +620,16 @@ def train_and_evaluate(config: Config, workdir: str, *,
         if do_ckpt:
           save(step)
         if stop.signum is not None and not at_end:
-          manager.wait_until_finished()
+          checkpoint.wait(manager)
           name = signal.Signals(stop.signum).name
           raise Interrupted(
               f"{name}: stopped at step {step} after writing a checkpoint; run "
               "the same command to resume", stop.signum)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    try:
+      checkpoint.wait(manager)
+    finally:
+      manager.close()
     progress.close()
     writer.close()
 
