@@ -1,0 +1,154 @@
+"""Every bad input gets one `error:` line, a non-zero exit, and leaves the
+workdir as it was. With JAXCNN_WRITE_DOCS=1 this also writes the table in
+docs/bad-inputs.md from what the commands really printed."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn import cli, train
+from jaxcnn.workdir_lock import WorkdirLock
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
+RESULTS = []
+
+
+def make_tree(root, *, skip_split=None, empty_class=False, text_file=False,
+              odd_size=False):
+  for split in ("train", "test"):
+    if split == skip_split:
+      continue
+    for cls in ("cat", "dog"):
+      d = root / split / cls
+      d.mkdir(parents=True)
+      if empty_class and split == "train" and cls == "dog":
+        continue
+      for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(
+            d / f"{i}.png")
+  if text_file:
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  if odd_size:
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(
+        root / "train" / "dog" / "9.png")
+  return root
+
+
+def run(argv, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: train.main(argv))
+  err = capsys.readouterr().err
+  return exit_info.value.code, [l for l in err.splitlines() if l.strip()]
+
+
+TINY = ["--exp", "test", "--set", "train.num_steps=8"]
+
+CASES = [
+    ("unknown experiment", ["--exp", "vgg17"], 2, "unknown experiment 'vgg17'"),
+    ("unknown override key", TINY + ["--set", "train.epochs=2"], 2,
+     "unknown config key 'train.epochs'"),
+    ("override of the wrong type", TINY + ["--set", "train.batch_size=big"], 2,
+     "expected an integer"),
+    ("override without a value", TINY + ["--set", "train.batch_size"], 2,
+     "not of the form key=value"),
+    ("zero batch size", TINY + ["--set", "train.batch_size=0"], 2,
+     "train.batch_size must be positive"),
+    ("negative epochs", TINY + ["--set", "train.num_epochs=-1"], 2,
+     "train.num_epochs must be >= 0"),
+    ("batch not divisible by the device count",
+     TINY + ["--set", "train.batch_size=30"], 2,
+     "does not divide evenly over 4 devices"),
+    ("more devices than exist", TINY + ["--set", "train.num_devices=64"], 2,
+     "only 4 local devices"),
+    ("unknown data source", TINY + ["--data", "imagenet"], 2, "imagenet"),
+    ("missing data directory", TINY + ["--data", "folder:{tmp}/nowhere"], 2,
+     "nowhere"),
+    ("folder dataset without a test split", TINY + ["--data", "folder:{nosplit}"],
+     2, "test"),
+    ("folder dataset with an empty class", TINY + ["--data", "folder:{empty}"], 2,
+     "dog"),
+    ("folder dataset with a non-image file", TINY + ["--data", "folder:{text}"], 2,
+     "notes.txt"),
+    ("folder dataset with an image of another size",
+     TINY + ["--data", "folder:{odd}"], 2, "9.png"),
+    ("unknown model", TINY + ["--set", "model.name=resnet"], 2, "resnet"),
+    ("unknown activation", TINY + ["--set", "model.activation=swish"], 2, "swish"),
+    ("unknown optimizer", TINY + ["--set", "optim.optimizer=lion"], 2, "lion"),
+    ("unknown schedule", TINY + ["--set", "optim.schedule=linear"], 2, "linear"),
+    ("unknown normalization", TINY + ["--set", "data.normalization=zca"], 2,
+     "data.normalization='zca'"),
+]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+  root = tmp_path_factory.mktemp("trees")
+  return {
+      "tmp": str(root),
+      "nosplit": str(make_tree(root / "nosplit", skip_split="test")),
+      "empty": str(make_tree(root / "empty", empty_class=True)),
+      "text": str(make_tree(root / "text", text_file=True)),
+      "odd": str(make_tree(root / "odd", odd_size=True)),
+  }
+
+
+@pytest.mark.parametrize("name, argv, code, message", CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_input(name, argv, code, message, trees, tmp_path, capsys):
+  argv = [a.format(**trees) for a in argv]
+  workdir = tmp_path / "w"
+  got_code, lines = run(argv + ["--workdir", str(workdir)], capsys)
+  assert got_code == code, lines
+  errors = [l for l in lines if l.startswith("error: ")]
+  assert len(errors) == 1 and not any("Traceback" in l for l in lines), lines
+  assert message.format(**trees) in errors[0]
+  assert not workdir.exists()  # Nothing created.
+  RESULTS.append((name, " ".join(["python -m jaxcnn.train"] + argv), code,
+                  errors[0], trees))
+
+
+def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):
+  """A different model in a used workdir, and a workdir in use."""
+  workdir = tmp_path / "w"
+  code, lines = run(TINY + ["--workdir", str(workdir)], capsys)
+  assert code == 0, lines
+  listing = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+  argv = TINY + ["--set", "model.activation=tanh", "--workdir", str(workdir)]
+  code, lines = run(argv, capsys)
+  assert code == 1 and "model.activation: 'relu' -> 'tanh'" in lines[-1]
+  RESULTS.append(("workdir holds a run with another config",
+                  " ".join(["python -m jaxcnn.train"] + argv), code, lines[-1],
+                  {"tmp": str(tmp_path)}))
+
+  with WorkdirLock(workdir):  # As if another trainer held it.
+    argv = TINY + ["--workdir", str(workdir)]
+    code, lines = run(argv, capsys)
+  assert code == 1 and f"in use by pid {os.getpid()}" in lines[-1]
+  RESULTS.append(("workdir in use by another trainer",
+                  " ".join(["python -m jaxcnn.train"] + argv), code, lines[-1],
+                  {"tmp": str(tmp_path)}))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == listing
+
+
+def test_write_docs_table():
+  """Writes docs/bad-inputs.md (only with JAXCNN_WRITE_DOCS=1)."""
+  if os.environ.get("JAXCNN_WRITE_DOCS") != "1":
+    pytest.skip("set JAXCNN_WRITE_DOCS=1 to regenerate docs/bad-inputs.md")
+  assert len(RESULTS) == len(CASES) + 2, "run the whole file"
+  rows = []
+  for name, command, code, message, paths in RESULTS:
+    for key, path in sorted(paths.items(), key=lambda kv: -len(kv[1])):
+      command = command.replace(path, f"<{key}>")
+      message = message.replace(path, f"<{key}>")
+    rows.append(f"| {name} | `{command}` | {code} | `{message}` |")
+  DOCS.parent.mkdir(exist_ok=True)
+  DOCS.write_text(
+      "# Bad input and what it gets\n\n"
+      "Generated by `JAXCNN_WRITE_DOCS=1 make test ARGS=tests/test_bad_inputs.py`"
+      " on 4 fake CPU devices; each case exits non-zero with one `error:` line "
+      "and leaves the workdir as it was (tests/test_bad_inputs.py checks both)."
+      "\n\n| input | command | exit | message |\n|---|---|---|---|\n"
+      + "\n".join(rows) + "\n")
