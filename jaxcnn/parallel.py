@@ -20,8 +20,14 @@ class DeviceError(ValueError):
 
 
 def select_devices(num_devices: int) -> list:
-  """The first `num_devices` local devices (all of them for 0)."""
+  """The devices one pmap spans: the first `num_devices` local devices (all of
+  them for 0), or, with several processes, every device of every process."""
   local = jax.local_devices()
+  if jax.process_count() > 1:
+    if num_devices:
+      raise DeviceError("train.num_devices must be 0 (all) when training with "
+                        f"{jax.process_count()} processes")
+    return list(jax.devices())
   if num_devices < 0:
     raise DeviceError(f"train.num_devices must be >= 0, got {num_devices}")
   if num_devices > len(local):
@@ -42,12 +48,26 @@ def per_device(total: int, num_devices: int, what: str) -> int:
   return total // num_devices
 
 
+def local_part(devices: Sequence) -> list:
+  """This process's devices among `devices`, in order."""
+  return [d for d in devices if d.process_index == jax.process_index()]
+
+
+def local_rows(devices: Sequence) -> list[int]:
+  """Positions of this process's devices in `devices` (their pmap indices)."""
+  return [i for i, d in enumerate(devices)
+          if d.process_index == jax.process_index()]
+
+
 def _sharding(devices: Sequence) -> NamedSharding:
   return NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
 
 
 def replicate(tree: Any, devices: Sequence) -> Any:
-  """Gives every leaf a leading device axis: one copy per device."""
+  """Gives every leaf a leading device axis: one copy per device.
+
+  With several processes, pass this process's devices (`local_part`): a pmap
+  takes process-local inputs and spans the devices of all processes."""
   sharding = _sharding(devices)
 
   def put(x):
@@ -60,7 +80,8 @@ def replicate(tree: Any, devices: Sequence) -> Any:
 
 
 def shard(tree: Any, devices: Sequence) -> Any:
-  """Splits the leading axis (of size len(devices)) over the devices."""
+  """Splits the leading axis (of size len(devices)) over the devices (this
+  process's devices, with several processes)."""
   sharding = _sharding(devices)
 
   def put(x):

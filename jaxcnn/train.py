@@ -31,6 +31,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "(repeatable)")
   p.add_argument("--print_config", action="store_true",
                  help="print the resolved config and exit")
+  multi = p.add_argument_group(
+      "multi-process training (one process per host; see README). Defaults "
+      "come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, "
+      "or a SLURM job step")
+  multi.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                     help="address of process 0's coordinator service")
+  multi.add_argument("--num_processes", type=int, default=None,
+                     help="number of processes in the run")
+  multi.add_argument("--process_id", type=int, default=None,
+                     help="this process's index, 0 .. num_processes-1")
   return p.parse_args(argv)
 
 
@@ -50,6 +60,12 @@ def main(argv=None) -> int:
     print(config.to_json())
     return 0
   workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.exp).stem)
+  from jaxcnn import distributed
+  try:
+    distributed.maybe_initialize(args.coordinator, args.num_processes,
+                                 args.process_id)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   from jaxcnn.trainer import train_and_evaluate
   train_and_evaluate(config, workdir)
   return 0

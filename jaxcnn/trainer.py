@@ -93,13 +93,18 @@ class Setup:
   model: Any
   tx: optax.GradientTransformation
   schedule: Callable
-  devices: list
+  devices: list  # All devices the pmap spans (of every process).
   steps_per_epoch: int
   total_steps: int
 
   @property
   def num_devices(self) -> int:
     return len(self.devices)
+
+  @property
+  def local_devices(self) -> list:
+    """This process's share of `devices`: where its inputs are placed."""
+    return parallel.local_part(self.devices)
 
   @property
   def mean_std(self):
@@ -315,7 +320,10 @@ class EvalData:
 
 def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
                     batch_size: int) -> EvalData:
-  """Pads the split to whole batches over the devices; each image counts once."""
+  """Pads the split to whole batches over the devices; each image counts once.
+
+  `devices` are all the devices of the pmap; this process places the rows of
+  its own devices (all of them with one process)."""
   n = len(labels)
   if n == 0:
     raise ConfigError("the evaluation split is empty")
@@ -328,10 +336,13 @@ def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
   labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
   mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
   shape = (len(devices), batches, per_device)
+  rows = parallel.local_rows(devices)
+  local = parallel.local_part(devices)
   return EvalData(
-      images=parallel.shard(images.reshape(shape + images.shape[1:]), devices),
-      labels=parallel.shard(labels.reshape(shape), devices),
-      mask=parallel.shard(mask.reshape(shape), devices), count=n)
+      images=parallel.shard(
+          images.reshape(shape + images.shape[1:])[rows], local),
+      labels=parallel.shard(labels.reshape(shape)[rows], local),
+      mask=parallel.shard(mask.reshape(shape)[rows], local), count=n)
 
 
 def make_eval_fn(model, config: Config, devices: list):
@@ -452,11 +463,13 @@ def train_and_evaluate(config: Config, workdir: str, *,
   say = (lambda text: print(text, file=sys.stderr, flush=True)) if is_main \
       else (lambda text: None)
 
-  lock = WorkdirLock(workdir).acquire()
+  # Processes of one run share the workdir; the first one holds the lock.
+  lock = WorkdirLock(workdir).acquire() if is_main else None
   try:
     return _train_locked(setup, workdir, say, is_main)
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()
 
 
 def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
@@ -493,8 +506,9 @@ def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
         f"(steps {', '.join(str(s) for s, _ in bad)}; newest: {bad[0][1]}); "
         "nothing was changed: use another --workdir to start afresh")
   for step, why in bad:
-    aside = checkpoint.move_aside(workdir, step)
-    say(f"warning: {why}; moved it to {aside}")
+    if jax.process_index() == 0:
+      aside = checkpoint.move_aside(workdir, step)
+      say(f"warning: {why}; moved it to {aside}")
   say(f"resuming from checkpoint step {int(state.step)} in {workdir}")
   return state
 
@@ -509,16 +523,17 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   if is_main:
     pathlib.Path(workdir, "config.json").write_text(config.to_json())
 
-  devices = setup.devices
+  devices, local = setup.devices, setup.local_devices
   n_train = len(setup.data.train_labels)
-  train_x = parallel.replicate(setup.data.train_images, devices)
-  train_y = parallel.replicate(setup.data.train_labels.astype(np.int32),
-                               devices)
+  # Every device holds the whole uint8 training set and gathers only its own
+  # slice of each global batch (see the module docstring).
+  train_x = parallel.replicate(setup.data.train_images, local)
+  train_y = parallel.replicate(setup.data.train_labels.astype(np.int32), local)
   eval_data = place_eval_data(setup.data.test_images, setup.data.test_labels,
                               devices, config.train.eval_batch_size)
   eval_fn = make_eval_fn(setup.model, config, devices)
-  state_r = parallel.replicate(state, devices)
-  acc = parallel.replicate(_new_accumulator(), devices)
+  state_r = parallel.replicate(state, local)
+  acc = parallel.replicate(_new_accumulator(), local)
   train_fns: dict[int, Any] = {}
 
   perm_epoch, perm2 = None, None
@@ -538,7 +553,10 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   warmed = False
 
   def save(at_step: int) -> None:
-    checkpoint.save(manager, at_step, parallel.unreplicate(state_r).to_dict(),
+    # Host (numpy) copies: every process passes the same values and orbax's
+    # primary process writes them, whatever the device count.
+    checkpoint.save(manager, at_step,
+                    jax.device_get(parallel.unreplicate(state_r).to_dict()),
                     config)
 
   def check_finite(acc_host: dict) -> None:
@@ -561,7 +579,7 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
           perm = np.concatenate([
               epoch_permutation(config.seed, e, n_train, spe, batch)
               for e in (epoch, epoch + 1)])
-          perm2 = parallel.replicate(perm, devices)
+          perm2 = parallel.replicate(perm, local)
           perm_epoch = epoch
         if n not in train_fns:
           train_fns[n] = make_train_fn(setup, n)
@@ -603,7 +621,7 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
           writer.write("train", step, **metrics)
           progress.update(step, loss=metrics["loss"], acc=metrics["accuracy"],
                           img_s=round(metrics["examples_per_sec"]))
-          acc = parallel.replicate(_new_accumulator(), devices)
+          acc = parallel.replicate(_new_accumulator(), local)
           last_log_step, last_log_time = step, time.time()
         if do_eval:
           results = evaluate_state(setup, eval_fn, state_r, eval_data)

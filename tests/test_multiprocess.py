@@ -1,0 +1,91 @@
+"""Two real processes on 127.0.0.1 (gloo collectives, two fake CPU devices
+each) against one process with four devices: the same global batches, so the
+same parameters. Then the two-process run resumes from its checkpoint."""
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from jaxcnn import checkpoint, config as config_lib, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = ["train.eval_every_epochs=1", "train.checkpoint_every_steps=8",
+       "optim.schedule=exponential"]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(workdir, *overrides):
+  port = free_port()
+  env = dict(os.environ,
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = []
+  for pid in range(2):
+    args = [sys.executable, "-m", "jaxcnn.train", "--exp", "test",
+            "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
+            "--num_processes", "2", "--process_id", str(pid)]
+    for o in overrides:
+      args += ["--set", o]
+    procs.append(subprocess.Popen(args, cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE))
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err
+  return [err for _, err in outs]
+
+
+def final(workdir):
+  steps = checkpoint.saved_steps(workdir)
+  mngr = checkpoint.make_manager(workdir, create=False)
+  setup = trainer.build(checkpoint.restore_config(mngr, steps[-1]))
+  state = checkpoint.restore_state(
+      mngr, steps[-1], trainer.create_train_state(setup).to_dict())
+  mngr.close()
+  return steps[-1], jax.tree.map(np.asarray, state)
+
+
+def assert_close(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
+                          jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_processes_equal_one_process_and_resume(tmp_path):
+  two = tmp_path / "two"
+  errs = run_two_processes(two, *RUN, "train.num_steps=16")
+  # Process 0 reports; process 1 stays quiet.
+  assert "final: step 16" in errs[0] and "final:" not in errs[1]
+  assert "4 cpu device(s)" in errs[0]
+  one = trainer.train_and_evaluate(
+      config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                 RUN + ["train.num_steps=16"]),
+      str(tmp_path / "one"))
+  step2, s2 = final(two)
+  step1, s1 = final(tmp_path / "one")
+  assert step1 == step2 == 16
+  assert_close(s2, s1)
+  # Evaluation counted every test image once across the processes.
+  evals = [l for l in errs[0].splitlines() if l.startswith("final:")]
+  assert "on 200 images" in evals[0]
+  assert f"raw {one['raw']['accuracy']:.2%}" in evals[0]
+
+  # Resume the two-process run to step 24 and compare with one process.
+  errs = run_two_processes(two, *RUN, "train.num_steps=24")
+  assert "resuming from checkpoint step 16" in errs[0]
+  trainer.train_and_evaluate(
+      config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                 RUN + ["train.num_steps=24"]),
+      str(tmp_path / "one"))
+  step2, s2 = final(two)
+  step1, s1 = final(tmp_path / "one")
+  assert step1 == step2 == 24
+  assert_close(s2, s1)
