@@ -1,0 +1,402 @@
+"""`jaxcnn.eval` and `jaxcnn.inspect`: restoring a trained workdir on another
+device count, evaluation against a direct model apply, raw-vs-EMA numbers
+with known answers, every kept step, and every error leaving the workdir as
+it was. One tiny run (4 fake devices) is shared by the whole module."""
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn import augment, checkpoint, cli, config as config_lib, evaluation
+from jaxcnn import eval as eval_cli
+from jaxcnn import inspect as inspect_cli
+from jaxcnn import optim, trainer
+from jaxcnn.data import load_from_config
+from jaxcnn.models import create_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Adam at 1e-2 gets the tiny model well off chance level within 48 steps, so
+# the comparisons below are not of two constant predictors.
+RUN = ["optim.optimizer=adam", "optim.learning_rate=0.01",
+       "train.num_steps=48", "train.checkpoint_every_steps=16",
+       "train.eval_every_epochs=0", "train.num_devices=4"]
+STEPS = [16, 32, 48]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(workdir, final result of training) of a run on 4 devices."""
+  assert len(jax.local_devices()) == 4
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  config = config_lib.apply_overrides(config_lib.load_experiment("test"), RUN)
+  result = trainer.train_and_evaluate(config, workdir)
+  assert checkpoint.saved_steps(workdir) == STEPS
+  return workdir, result
+
+
+@pytest.fixture
+def copy_of(trained, tmp_path):
+  """A private copy of the trained workdir, for tests that damage it."""
+  dst = str(tmp_path / "copy")
+  shutil.copytree(trained[0], dst)
+  return dst
+
+
+def snapshot(path) -> dict:
+  """Every file and directory under `path` with size and mtime."""
+  out = {}
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(root, name)
+      st = os.stat(full)
+      out[os.path.relpath(full, path)] = (os.path.isdir(full), st.st_size,
+                                          st.st_mtime_ns)
+  return out
+
+
+def run_command(module, argv, capsys):
+  """Runs a command's main through cli.run_main: (exit code, stdout, stderr)."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: module.main(argv))
+  out = capsys.readouterr()
+  return exit_info.value.code, out.out, out.err
+
+
+def with_ema(state: trainer.TrainState, ema_params) -> trainer.TrainState:
+  """`state` with its optimizer's EMA of the params replaced."""
+  def swap(s):
+    return s._replace(ema=ema_params) if isinstance(
+        s, optim.EmaParamsState) else s
+  opt_state = jax.tree.map(swap, state.opt_state,
+                           is_leaf=lambda s: isinstance(s, optim.EmaParamsState))
+  return state.replace(opt_state=opt_state)
+
+
+# --- Evaluation ---------------------------------------------------------------
+
+
+def test_one_device_reproduces_training_on_four(trained):
+  workdir, result = trained
+  report = evaluation.eval_workdir(workdir, num_devices=1)
+  assert report["num_devices"] == 1 and report["step"] == 48
+  for w in ("raw", "ema"):
+    got = report["results"][w]
+    assert got["count"] == 200
+    assert got["accuracy"] == result[w]["accuracy"]
+    assert got["top5_accuracy"] == result[w]["top5_accuracy"]
+    assert got["confusion"] == result[w]["confusion"].tolist()
+    assert got["loss"] == pytest.approx(result[w]["loss"], rel=1e-5)
+  # Well off chance, so equal counts mean something.
+  assert result["ema"]["accuracy"] > 0.15
+
+
+def test_eval_equals_direct_apply(trained):
+  workdir, _ = trained
+  config, state, step = evaluation.load_checkpoint(workdir)
+  assert step == 48 and int(state.step) == 48
+  data = load_from_config(config.data, config.seed)
+  # 48 does not divide the 200 test images: the last batch is padded.
+  got = evaluation.evaluate(config, state, data, batch_size=48, num_devices=4)
+  model = create_model(config.model)
+  mean = np.asarray(config.data.channel_mean, np.float32)
+  std = np.asarray(config.data.channel_std, np.float32)
+  x = augment.normalize(data.test_images, config.data.normalization, mean, std)
+  y = data.test_labels
+  for w in ("raw", "ema"):
+    logits = np.asarray(model.apply(evaluation.variables_of(state, w), x,
+                                    train=False), np.float64)
+    pred = logits.argmax(-1)
+    top5 = np.argsort(-logits, axis=-1)[:, :5]
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    r = got[w]
+    assert r["count"] == len(y)
+    assert r["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert r["top5_accuracy"] == pytest.approx(np.mean((top5 == y[:, None]).any(-1)))
+    assert r["loss"] == pytest.approx(-np.mean(logp[np.arange(len(y)), y]),
+                                      rel=1e-4)
+    assert r["confusion"] == confusion.tolist()
+    rows = confusion.sum(1)
+    assert r["per_class_accuracy"] == pytest.approx(
+        [confusion[i, i] / rows[i] for i in range(10)])
+  assert got["raw"]["confusion"] != got["ema"]["confusion"] or \
+      got["raw"]["loss"] != got["ema"]["loss"]
+
+
+def test_train_split_is_the_training_images(trained):
+  report = evaluation.eval_workdir(trained[0], split="train", weights="ema")
+  assert list(report["results"]) == ["ema"]
+  assert report["count"] == 512  # synthetic_train_size of the test experiment
+
+
+def test_all_steps_evaluates_every_kept_step(trained, tmp_path, capsys):
+  workdir, result = trained
+  out_dir = tmp_path / "out"
+  code, out, _ = run_command(eval_cli, ["--workdir", workdir, "--all_steps",
+                                        "--json", "--out_dir", str(out_dir)],
+                             capsys)
+  assert code == 0
+  report = json.loads(out)
+  assert [r["step"] for r in report["steps"]] == STEPS
+  last = report["steps"][-1]
+  assert last["raw"]["accuracy"] == result["raw"]["accuracy"]
+  assert last["ema"]["accuracy"] == result["ema"]["accuracy"]
+  # An earlier step evaluates as it would on its own.
+  config, state, _ = evaluation.load_checkpoint(workdir, 16)
+  alone = evaluation.evaluate(config, state,
+                              load_from_config(config.data, config.seed))
+  assert report["steps"][0]["ema"]["accuracy"] == alone["ema"]["accuracy"]
+  assert report["steps"][0]["raw"]["loss"] == pytest.approx(
+      alone["raw"]["loss"], rel=1e-6)
+  curve = json.loads((out_dir / "accuracy_vs_step.json").read_text())
+  assert [r["step"] for r in curve["steps"]] == STEPS
+  assert curve["steps"][1]["raw"]["accuracy"] == \
+      report["steps"][1]["raw"]["accuracy"]
+  for name in ("accuracy_vs_step.png", "confusion_step48_raw.png",
+               "confusion_step48_ema.png"):
+    assert (out_dir / name).stat().st_size > 1000, name
+  text = eval_cli.format_report(report)
+  assert "all kept steps" in text and "confusion matrix, ema weights" in text
+
+
+def test_cli_on_a_one_device_machine(trained):
+  # A fresh process that sees one CPU device, as another machine would.
+  workdir, result = trained
+  before = snapshot(os.path.join(workdir, "checkpoints"))
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxcnn.eval", "--workdir", workdir],
+      capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "1 cpu device(s)" in proc.stdout
+  for w in ("raw", "ema"):
+    line = next(l for l in proc.stdout.splitlines() if l.startswith(w + " "))
+    assert f"{100 * result[w]['accuracy']:.2f}%" in line
+  assert "per-class top-1 accuracy" in proc.stdout
+  for w in ("raw", "ema"):
+    assert os.path.getsize(
+        os.path.join(workdir, "eval", f"confusion_step48_{w}.png")) > 1000
+  assert snapshot(os.path.join(workdir, "checkpoints")) == before
+
+
+# --- Raw against EMA ----------------------------------------------------------
+
+
+def test_identical_ema_gives_zero_distance_and_cosine_one(trained):
+  _, state, _ = evaluation.load_checkpoint(trained[0])
+  same = with_ema(state, jax.tree.map(np.array, state.params)).replace(
+      ema_batch_stats=jax.tree.map(np.array, state.batch_stats))
+  rows = evaluation.compare_weights(same)
+  assert {r["kind"] for r in rows} == {"param", "batch_stats"}
+  for r in rows:
+    assert r["distance"] == 0.0 and r["relative_difference"] == 0.0, r["name"]
+    assert r["cosine"] == pytest.approx(1.0, abs=1e-12), r["name"]
+    assert r["raw_norm"] == r["ema_norm"] > 0
+  summary = evaluation.summarize_comparison(rows)
+  assert summary["relative_difference"] == 0.0
+  assert summary["most_different"] == []
+  assert summary["param_count"] == sum(
+      x.size for x in jax.tree.leaves(state.params))
+
+
+def test_perturbed_ema_gives_the_known_distance(trained):
+  _, state, _ = evaluation.load_checkpoint(trained[0])
+  params = jax.tree.map(np.array, state.params)
+  # Half the entries of conv2/kernel exactly zero: near-zero fraction 1/2.
+  kernel = params["conv2"]["kernel"]
+  flat = kernel.reshape(-1)
+  flat[: flat.size // 2] = 0.0
+  flat[flat.size // 2:] = 1.0
+  ema = jax.tree.map(np.array, params)
+  delta = 0.01
+  ema["conv1"]["kernel"] = ema["conv1"]["kernel"] + delta
+  perturbed = with_ema(state.replace(params=params), ema).replace(
+      ema_batch_stats=jax.tree.map(np.array, state.batch_stats))
+  rows = {r["name"]: r for r in evaluation.compare_weights(perturbed)
+          if r["kind"] == "param"}
+  raw = np.asarray(params["conv1"]["kernel"], np.float64).ravel()
+  moved = np.asarray(ema["conv1"]["kernel"], np.float64).ravel()
+  r = rows["conv1/kernel"]
+  assert r["count"] == 3 * 3 * 3 * 8 and r["shape"] == [3, 3, 3, 8]
+  assert r["distance"] == pytest.approx(delta * math.sqrt(216), rel=1e-5)
+  assert r["relative_difference"] == pytest.approx(
+      r["distance"] / np.linalg.norm(raw), rel=1e-9)
+  assert r["cosine"] == pytest.approx(
+      raw @ moved / (np.linalg.norm(raw) * np.linalg.norm(moved)), rel=1e-9)
+  assert r["cosine"] < 1.0
+  assert rows["conv2/kernel"]["near_zero_raw"] == 0.5
+  assert rows["conv2/kernel"]["near_zero_ema"] == 0.5
+  for name, row in rows.items():
+    if name != "conv1/kernel":
+      assert row["distance"] == 0.0, name
+  summary = evaluation.summarize_comparison(list(rows.values()))
+  assert summary["most_different"] == [
+      {"name": "conv1/kernel", "relative_difference": r["relative_difference"]}]
+
+
+def test_inspect_cli_tables_plots_and_eval(trained, tmp_path, capsys):
+  workdir, result = trained
+  out_dir = tmp_path / "inspect"
+  code, out, _ = run_command(
+      inspect_cli, ["--workdir", workdir, "--json", "--plot", "--eval",
+                    "--out_dir", str(out_dir)], capsys)
+  assert code == 0
+  report = json.loads(out)
+  _, state, _ = evaluation.load_checkpoint(workdir)
+  assert report["rows"] == json.loads(json.dumps(
+      evaluation.compare_weights(state)))
+  assert report["eval"]["raw"]["accuracy"] == result["raw"]["accuracy"]
+  assert report["eval"]["ema"]["accuracy"] == result["ema"]["accuracy"]
+  hist = report["histogram"]
+  assert sum(hist["raw_counts"]) == sum(hist["ema_counts"]) == math.prod(
+      next(r["shape"] for r in report["rows"] if r["name"] == hist["name"]))
+  assert (out_dir / "relative_difference_step48.png").stat().st_size > 1000
+  safe = hist["name"].replace("/", "_")
+  assert (out_dir / f"histogram_step48_{safe}.png").stat().st_size > 1000
+
+  code, out, _ = run_command(
+      inspect_cli, ["--workdir", workdir, "--step", "16", "--plot", "--layer",
+                    "conv1/kernel", "--out_dir", str(out_dir)], capsys)
+  assert code == 0
+  assert "step 16" in out and "BatchNorm running statistics" in out
+  assert out.splitlines()[-3].startswith("summary: 8 parameter tensors")
+  assert (out_dir / "histogram_step16_conv1_kernel.png").exists()
+
+
+# --- Errors -------------------------------------------------------------------
+
+
+def _truncate(path, size=100):
+  with open(path, "r+b") as f:
+    f.truncate(size)
+
+
+def _edit_saved_config(workdir, **model_fields):
+  path = os.path.join(workdir, "checkpoints", "48", "config", "metadata")
+  saved = json.loads(open(path).read())
+  saved["model"].update(model_fields)
+  open(path, "w").write(json.dumps(saved))
+
+
+ERRORS = {
+    # name: (damage(workdir, tmp_path) -> extra argv, command, exit code,
+    #        fragments of the message)
+    "no checkpoints": (
+        lambda w, t: shutil.rmtree(os.path.join(w, "checkpoints")) or [],
+        eval_cli, 1, ["no checkpoints in", "train first"]),
+    "no workdir": (
+        lambda w, t: shutil.rmtree(w) or [], inspect_cli, 1,
+        ["does not exist"]),
+    "unknown step": (
+        lambda w, t: ["--step", "7"], inspect_cli, 1,
+        ["no checkpoint for step 7", "saved steps: 16, 32, 48"]),
+    "model that does not build": (
+        lambda w, t: _edit_saved_config(w, name="resnet") or [], eval_cli, 1,
+        ["step 48", "incompatible model or config", "model.name='resnet'",
+         "does not build"]),
+    "model of other shapes": (
+        lambda w, t: _edit_saved_config(w, width=2.0) or [], inspect_cli, 1,
+        ["step 48", "incompatible model or config", "different shapes",
+         "params/bn1/bias (8,) float32 saved vs (16,) float32 built"]),
+    "truncated data file": (
+        lambda w, t: [_truncate(p) for p in glob.glob(
+            os.path.join(w, "checkpoints/48/state/d/*"))] and [],
+        eval_cli, 1, ["step 48", "truncated or corrupted",
+                      "checkpoints/48/state/d/"]),
+    "truncated process files": (
+        lambda w, t: [_truncate(p) for p in glob.glob(
+            os.path.join(w, "checkpoints/48/state/ocdbt.process_0/d/*"))]
+        and [], inspect_cli, 1,
+        ["step 48", "truncated or corrupted",
+         "checkpoints/48/state/ocdbt.process_0/d/"]),
+    "garbled metadata": (
+        lambda w, t: open(os.path.join(w, "checkpoints/32/state/_METADATA"),
+                          "w").write('{"tree_metadata": {') and
+        ["--step", "32"], eval_cli, 1,
+        ["step 32", "checkpoints/32/state/_METADATA is not valid JSON"]),
+    "missing manifest": (
+        lambda w, t: os.remove(os.path.join(
+            w, "checkpoints/48/state/manifest.ocdbt")) or [], eval_cli, 1,
+        ["checkpoints/48/state/manifest.ocdbt is missing"]),
+    "data with other classes": (
+        lambda w, t: _folder(str(t / "two"), ["a", "b"], per_class=2) or [
+            "--data", f"folder:{t / 'two'}"], eval_cli, 2,
+        ["has 2 classes", "predicts 10"]),
+    "unknown layer": (
+        lambda w, t: ["--plot", "--layer", "conv9/kernel"], inspect_cli, 2,
+        ["unknown layer 'conv9/kernel'", "conv1/kernel"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line_and_change_nothing(case, copy_of, tmp_path,
+                                               capsys, monkeypatch):
+  monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+  damage, module, want_code, fragments = ERRORS[case]
+  extra = damage(copy_of, tmp_path)
+  before = snapshot(copy_of) if os.path.exists(copy_of) else None
+  code, out, err = run_command(module, ["--workdir", copy_of, *extra], capsys)
+  assert code == want_code, err
+  assert out == ""
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  for fragment in fragments:
+    assert fragment in lines[0]
+  after = snapshot(copy_of) if os.path.exists(copy_of) else None
+  assert after == before
+
+
+def test_corrupt_checkpoint_cli_prints_one_line(copy_of):
+  # orbax's failed background reads print pages of tracebacks unless silenced.
+  for path in glob.glob(os.path.join(copy_of, "checkpoints/48/state/d/*")):
+    _truncate(path)
+  before = snapshot(copy_of)
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxcnn.eval", "--workdir", copy_of],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stdout == ""
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert "truncated or corrupted" in lines[0]
+  assert snapshot(copy_of) == before
+
+
+def _folder(root, classes, size=32, per_class=1):
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for name in classes:
+      os.makedirs(os.path.join(root, split, name))
+      for i in range(per_class):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), np.uint8)).save(
+            os.path.join(root, split, name, f"{i}.png"))
+
+
+def test_other_source_with_the_same_classes(trained, tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+  _folder(str(tmp_path / "ten"), [f"k{i}" for i in range(10)], per_class=3)
+  report = evaluation.eval_workdir(trained[0], source=f"folder:{tmp_path / 'ten'}",
+                                   num_devices=4)
+  assert report["count"] == 30 and report["class_names"][0] == "k0"
+  assert sum(map(sum, report["results"]["ema"]["confusion"])) == 30
+
+
+def test_saved_config_missing_a_newer_field_still_restores(copy_of):
+  # A run saved before model.conv_impl existed: the default fills it in.
+  path = os.path.join(copy_of, "checkpoints", "48", "config", "metadata")
+  saved = json.loads(open(path).read())
+  del saved["model"]["conv_impl"]
+  open(path, "w").write(json.dumps(saved))
+  config, state, step = evaluation.load_checkpoint(copy_of)
+  assert step == 48 and config.model.conv_impl == "auto"
