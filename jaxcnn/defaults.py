@@ -91,5 +91,9 @@ def base_config() -> Config:
       checkpoint_every_steps=2000,
       keep_checkpoints=3,
       progress_bar=True,
+      # At each log step, also write per-layer statistics (dead ReLUs,
+      # saturated units, activation sparsity, gradient norms) of a fixed probe
+      # batch to metrics.jsonl (kind 'stats'); see jaxcnn/stats.py.
+      collect_stats=False,
   )
   return c

@@ -403,7 +403,7 @@ RESUMABLE_CHANGES = (
     "train.steps_per_dispatch", "train.log_every_steps",
     "train.eval_every_epochs", "train.eval_batch_size",
     "train.checkpoint_every_steps", "train.keep_checkpoints",
-    "train.progress_bar", "data.data_dir")
+    "train.progress_bar", "train.collect_stats", "data.data_dir")
 
 
 def incompatible_changes(saved: Config, current: Config) -> list[str]:
@@ -535,6 +535,10 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   state_r = parallel.replicate(state, local)
   acc = parallel.replicate(_new_accumulator(), local)
   train_fns: dict[int, Any] = {}
+  stats_fn = None
+  if config.train.collect_stats:
+    from jaxcnn import stats  # Only built when asked for: no cost otherwise.
+    stats_fn = stats.StatsCollector(setup)
 
   perm_epoch, perm2 = None, None
   step = int(state.step)
@@ -623,7 +627,10 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
                           img_s=round(metrics["examples_per_sec"]))
           acc = parallel.replicate(_new_accumulator(), local)
           last_log_step, last_log_time = step, time.time()
+        if do_log and stats_fn is not None:
+          writer.write("stats", step, **stats_fn(state_r))
         if do_eval:
+          eval_start = time.time()
           results = evaluate_state(setup, eval_fn, state_r, eval_data)
           writer.write(
               "eval", step, epoch=step / spe,
@@ -634,7 +641,7 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
               f"{results['raw']['accuracy']:.2%}, EMA "
               f"{results['ema']['accuracy']:.2%}")
           result = {"step": step, **results}
-          last_log_time = time.time()  # Eval time is not training time.
+          last_log_time += time.time() - eval_start  # Not training time.
         if do_ckpt:
           save(step)
         if stop.signum is not None and not at_end:
