@@ -12,8 +12,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 EXIT_USAGE = 2
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-  """Runs `main`, mapping known errors to `error: ...` and an exit code."""
+def _exit(code: int, hard: bool) -> None:
+  if hard and code:
+    # After a failed checkpoint read, orbax's reader threads can still be
+    # failing while the interpreter shuts down, printing tracebacks after our
+    # one-line message. Everything was flushed and closed; skip finalization.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
+def run_main(main: Callable[[], int | None], *, hard_exit: bool = False
+             ) -> None:
+  """Runs `main`, mapping known errors to `error: ...` and an exit code.
+
+  `hard_exit` (for `__main__` only; tests want SystemExit) ends a failed
+  command without interpreter finalization."""
   from jaxcnn.checkpoint import CheckpointError
   from jaxcnn.config import ConfigError
   from jaxcnn.data import DataError
@@ -27,15 +42,15 @@ def run_main(main: Callable[[], int | None]) -> None:
     code = main()
   except Interrupted as e:
     print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)
+    _exit(128 + e.signum, hard_exit)
   except (ConfigError, DataError, ModelConfigError, OptimConfigError,
           DeviceError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    _exit(EXIT_USAGE, hard_exit)
   except (CheckpointError, TrainingError, WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _exit(1, hard_exit)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    _exit(130, hard_exit)
   sys.exit(code or 0)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import re
-import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -70,13 +68,6 @@ def variables_of(state: trainer.TrainState, weights: str) -> dict:
 
 
 # --- Finding and restoring checkpoints ----------------------------------------
-
-
-def _relative(path: pathlib.Path, workdir) -> str:
-  try:
-    return str(pathlib.Path(path).relative_to(pathlib.Path(workdir).resolve()))
-  except ValueError:
-    return str(path)
 
 
 def _steps_text(steps: Sequence[int]) -> str:
@@ -128,133 +119,6 @@ def _with_defaults(config: Config) -> Config:
   return Config.from_dict(merge(base_config().to_dict(), config.to_dict()))
 
 
-def _check_json_files(step_dir: pathlib.Path, workdir, step: int) -> None:
-  """Names missing or unparsable metadata files before orbax trips on them
-  with a message that names none."""
-  problems = []
-  state_dir = step_dir / "state"
-  required = ["state/_METADATA", "config/metadata"]
-  if (state_dir / "d").is_dir() or any(state_dir.glob("ocdbt.process_*")):
-    required.append("state/manifest.ocdbt")  # The OCDBT database's root.
-  for rel in required:
-    if not (step_dir / rel).is_file():
-      problems.append(f"{_relative(step_dir / rel, workdir)} is missing")
-  json_files = [step_dir / "state/_METADATA", step_dir / "config/metadata"]
-  json_files += sorted((state_dir / "array_metadatas").glob("*"))
-  for path in json_files:
-    if not path.is_file():
-      continue
-    try:
-      json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-      size = path.stat().st_size
-      why = "is empty" if size == 0 else f"is not valid JSON ({e})"
-      problems.append(f"{_relative(path, workdir)} {why}")
-  if problems:
-    raise CheckpointError(
-        f"checkpoint step {step} in {workdir} is truncated or corrupted: "
-        + "; ".join(problems))
-
-
-# How TensorStore ('local file "PATH"') and orbax ('File PATH not found')
-# name the file they failed on, and how TensorStore names the array.
-_FILE_IN_MESSAGE = re.compile(r'local file "([^"]+)"|File (\S+) not found')
-_ARRAY_IN_MESSAGE = re.compile(r'Error reading "([^"/]+)/')
-_VALUE_SIZE = re.compile(r"value of size (\d+)")
-_STATUS = re.compile(r"\b(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|INVALID_ARGUMENT|"
-                     r"FAILED_PRECONDITION|UNKNOWN|INTERNAL):")
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-  out, seen = [], set()
-  e: BaseException | None = error
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    out.append(e)
-    e = e.__cause__ or e.__context__
-  return out
-
-
-def _damage_report(error: BaseException, step_dir: pathlib.Path,
-                   workdir) -> str:
-  """'FILES (array NAME): REASON' from an orbax/TensorStore error chain,
-  whose messages run to pages of TensorStore specs.
-
-  Files are those the messages name; else, when TensorStore says a value is
-  shorter than the bytes it needs ('value of size N'), the state's files of
-  exactly N bytes; else every file of the state item.
-  """
-  texts = [str(e) for e in _chain(error)]
-  state_dir = step_dir / "state"
-  files: list[pathlib.Path] = []
-  arrays: list[str] = []
-  for text in texts:
-    for match in _FILE_IN_MESSAGE.finditer(text):
-      found = match.group(1) or match.group(2)
-      path = pathlib.Path(found)
-      if found.endswith("/") or path.is_dir() or path in files:
-        continue  # The database directory itself says nothing.
-      if path.resolve().is_relative_to(step_dir.resolve()):
-        files.append(path)
-    for name in _ARRAY_IN_MESSAGE.findall(text):
-      if name not in arrays:
-        arrays.append(name)
-  all_files = sorted(p for p in state_dir.rglob("*") if p.is_file())
-  if not files:
-    sizes = {int(n) for t in texts for n in _VALUE_SIZE.findall(t)}
-    files = [p for p in all_files if p.stat().st_size in sizes]
-  if not files:
-    files = all_files
-  shown = [_relative(p, workdir) for p in files[:6]]
-  if len(files) > 6:
-    shown.append(f"and {len(files) - 6} more")
-  where = ", ".join(shown)
-  if arrays:
-    where += f" (array {', '.join(arrays[:3])})"
-  # The most specific reason is the deepest message with a status code.
-  reason = ""
-  for text in reversed(texts):
-    match = _STATUS.search(text)
-    if match:
-      reason = text[match.start():].strip().splitlines()[0]
-      reason = re.sub(r"Error opening \"\w+\" driver: ", "", reason)
-      reason = re.sub(r" \[tensorstore_spec.*$", "", reason)
-      reason = re.sub(r' in OCDBT database at local file "[^"]*"', "", reason)
-      reason = reason.replace(
-          str(pathlib.Path(workdir).resolve()) + "/", "")
-      break
-  if not reason:
-    last = texts[-1].strip()
-    reason = (last.splitlines()[0] if last else type(error).__name__)
-  return f"{where}: {reason[:240]}"
-
-
-class _QuietOrbaxLeftovers:
-  """After a failed restore, orbax's background reads finish on a closed
-  event loop and print dozens of 'Exception ignored' tracebacks. This
-  unraisable hook drops exactly those and passes everything else on."""
-  installed = False
-
-  @classmethod
-  def install(cls) -> None:
-    if cls.installed:
-      return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-      exc = unraisable.exc_value
-      obj = unraisable.object
-      text = str(exc)
-      if (isinstance(exc, RuntimeError) and "Event loop is closed" in text) \
-          or "error while reading array index" in text \
-          or "_read_array_index" in getattr(obj, "__qualname__", ""):
-        return
-      previous(unraisable)
-
-    sys.unraisablehook = hook
-    cls.installed = True
-
-
 def _key_name(key: Any) -> str:
   for attr in ("key", "idx", "name"):
     if hasattr(key, attr):
@@ -281,7 +145,7 @@ def _stored_specs(step_dir: pathlib.Path, workdir, step: int) -> dict:
   except Exception as e:  # orbax raises many kinds; report one line.
     raise CheckpointError(
         f"checkpoint step {step} in {workdir} is truncated or corrupted: "
-        f"{_damage_report(e, step_dir, workdir)}") from e
+        f"{checkpoint.damage_report(e, step_dir, workdir)}") from e
 
 
 def _mismatch(stored: dict, built: dict) -> list[str]:
@@ -423,13 +287,11 @@ class CheckpointReader:
 
   def config(self, step: int | None = None) -> tuple[Config, int]:
     step = _pick_step(self.workdir, self.steps, step)
-    _check_json_files(self.step_dir(step), self.workdir, step)
     saved = checkpoint.restore_config(self._open(), step)
     return _with_defaults(saved), step
 
   def restore(self, step: int | None = None
               ) -> tuple[Config, trainer.TrainState, int]:
-    _QuietOrbaxLeftovers.install()
     config, step = self.config(step)
     step_dir = self.step_dir(step)
     stored = _stored_specs(step_dir, self.workdir, step)
@@ -443,17 +305,12 @@ class CheckpointReader:
       self._target_key = key
       if loaded is not None:
         self._data = loaded
-    try:
-      restored = checkpoint.restore_state(self._open(), step, self._target)
-    except CheckpointError as e:
-      raise CheckpointError(
-          f"checkpoint step {step} in {self.workdir} is truncated or "
-          f"corrupted: {_damage_report(e, step_dir, self.workdir)}") from e
+    restored = checkpoint.restore_state(self._open(), step, self._target)
     state = trainer.TrainState.from_dict(restored)
     restored_step = int(state.step)
     if restored_step != step:
       raise CheckpointError(
-          f"checkpoint directory {_relative(step_dir, self.workdir)} holds "
+          f"checkpoint directory {checkpoint.relative_to_workdir(step_dir, self.workdir)} holds "
           f"the state of step {restored_step}, not {step}")
     return config, state, step
 

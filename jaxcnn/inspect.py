@@ -125,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run_main(main, hard_exit=True)

@@ -14,7 +14,6 @@ crosses from the host per step, and every random choice is a pure function of
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
 import signal
