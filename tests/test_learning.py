@@ -8,7 +8,7 @@ def test_alexnet_learns_on_real_images(real_data_dir, tmp_path):
   config = config_lib.apply_overrides(config_lib.load_experiment("alexnet"), [
       f"data.source=folder:{real_data_dir}", "data.train_limit=2000",
       "data.test_limit=1000", "train.num_epochs=4", "train.num_steps=0",
-      "train.batch_size=64", "train.eval_every_epochs=1",
+      "train.batch_size=64", "train.eval_every_epochs=1", "train.log_every_steps=31",
       "train.progress_bar=false", "optim.optimizer=momentum",
       "optim.learning_rate=0.02"])
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
