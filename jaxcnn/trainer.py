@@ -515,8 +515,9 @@ def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
 def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   config = setup.config
   fresh = create_train_state(setup)
-  state = _restore_latest_good(setup, workdir, fresh, say) or fresh
-  del fresh
+  restored = _restore_latest_good(setup, workdir, fresh, say)
+  state = fresh if restored is None else restored
+  del fresh, restored
   manager = checkpoint.make_manager(workdir,
                                     keep=config.train.keep_checkpoints)
   if is_main:
