@@ -11,6 +11,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
 def make_manager(workdir, *, keep: int = 3, create: bool = True,
                  async_save: bool = True) -> ocp.CheckpointManager:
   """A manager for WORKDIR/checkpoints; `create=False` never creates it."""
+  QuietOrbaxLeftovers.install()
   directory = checkpoint_dir(workdir)
   if not create and not directory.is_dir():
     raise CheckpointError(f"no checkpoints in {workdir} ({directory} does not "
@@ -122,7 +124,6 @@ def restore_state(manager: ocp.CheckpointManager, step: int,
   """Restores `state` of `step` into the structure, shapes and dtypes of
   `like_state` (concrete arrays or ShapeDtypeStructs). A failure names the
   damaged files."""
-  QuietOrbaxLeftovers.install()
   try:
     restored = manager.restore(
         step,
@@ -249,27 +250,41 @@ def damage_report(error: BaseException, step_dir: pathlib.Path,
 
 class QuietOrbaxLeftovers:
   """After a failed restore, orbax's background reads finish on a closed
-  event loop and print dozens of 'Exception ignored' tracebacks. This
-  unraisable hook drops exactly those and passes everything else on."""
+  event loop and print dozens of tracebacks, through the unraisable hook, the
+  excepthook (PyErr_Print from a callback) or a thread's excepthook. These
+  hooks drop exactly those and pass everything else on."""
   installed = False
+
+  @staticmethod
+  def _is_leftover(exc: BaseException | None, obj: Any = None) -> bool:
+    text = str(exc)
+    return ((isinstance(exc, RuntimeError) and "Event loop is closed" in text)
+            or "error while reading array index" in text
+            or "_read_array_index" in getattr(obj, "__qualname__", ""))
 
   @classmethod
   def install(cls) -> None:
     if cls.installed:
       return
-    previous = sys.unraisablehook
+    previous_unraisable = sys.unraisablehook
+    previous_except = sys.excepthook
+    previous_thread = threading.excepthook
 
-    def hook(unraisable):
-      exc = unraisable.exc_value
-      obj = unraisable.object
-      text = str(exc)
-      if (isinstance(exc, RuntimeError) and "Event loop is closed" in text) \
-          or "error while reading array index" in text \
-          or "_read_array_index" in getattr(obj, "__qualname__", ""):
-        return
-      previous(unraisable)
+    def unraisable_hook(unraisable):
+      if not cls._is_leftover(unraisable.exc_value, unraisable.object):
+        previous_unraisable(unraisable)
 
-    sys.unraisablehook = hook
+    def except_hook(exc_type, exc, tb):
+      if not cls._is_leftover(exc):
+        previous_except(exc_type, exc, tb)
+
+    def thread_hook(args):
+      if not cls._is_leftover(args.exc_value):
+        previous_thread(args)
+
+    sys.unraisablehook = unraisable_hook
+    sys.excepthook = except_hook
+    threading.excepthook = thread_hook
     cls.installed = True
 
 
