@@ -36,8 +36,28 @@ log "evaluate the VGG checkpoint from the workdir alone"
 timeout 90 $PY -m jaxcnn.eval --workdir /tmp/vgg_gpu --no_plots \
     2>&1 | tee "$OUT/vgg_eval.txt" | head -12
 
-if [ -f benchmarks/gpu_suite.sh ]; then
-  log "throughput suite"
-  bash benchmarks/gpu_suite.sh 2>&1 | tee "$OUT/throughput.log" | tail -40
-fi
+log "throughput: jaxcnn's train step beside PyTorch, same GPU"
+mkdir -p /tmp/tp
+TP_CASES=${TP_CASES:-"vgg16,bfloat16,128 vgg16,float32,128 alexnet,bfloat16,128 alexnet,float32,128 vgg16,bfloat16,512"}
+for case in $TP_CASES; do
+  IFS=, read -r -a parts <<< "$case"
+  set -- "${parts[@]}"
+  log "throughput $case"
+  timeout "${CASE_SECONDS:-55}" $PY -m benchmarks.throughput --model "$1" \
+      --dtype "$2" --batch "$3" --steps "${TP_STEPS:-30}" --repeats 3 \
+      ${TP_ARGS:-} --json > "/tmp/tp/$1_$2_$3.json" 2> "/tmp/tp/$1_$2_$3.err"
+  tail -2 "/tmp/tp/$1_$2_$3.err"
+done
+$PY - "$OUT/throughput.json" <<'PYEOF'
+import json, pathlib, sys
+out = {}
+for p in sorted(pathlib.Path("/tmp/tp").glob("*.json")):
+  try:
+    out[p.stem] = json.loads(p.read_text())
+  except ValueError:
+    out[p.stem] = {"error": (p.with_suffix(".err").read_text()[-600:])}
+pathlib.Path(sys.argv[1]).write_text(json.dumps(out, indent=1))
+for k, v in out.items():
+  print(k, {x: v[x] for x in v if not isinstance(v[x], (dict, list))})
+PYEOF
 log "done"
