@@ -4,7 +4,9 @@ Otherwise the seed recipe of experiments/vgg.py.
 
     python -m jaxcnn.train --exp vgg_short --set model.dtype=bfloat16
 
-Reached: see README "Results" (run on one H200, bf16).
+Reached on one H200 (bf16, jax 0.11.2; CIFAR-10 test, JPEG copy, 5k images):
+88.58% raw, 88.78% EMA after 30 epochs, about 30 s of training after a 23 s
+compile (benchmarks/gpu_run.sh; docs/gpu/h200_run.log).
 """
 import pathlib
 import sys
