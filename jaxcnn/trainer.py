@@ -628,7 +628,9 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
           acc = parallel.replicate(_new_accumulator(), local)
           last_log_step, last_log_time = step, time.time()
         if do_log and stats_fn is not None:
+          stats_start = time.time()
           writer.write("stats", step, **stats_fn(state_r))
+          last_log_time += time.time() - stats_start  # Not training time.
         if do_eval:
           eval_start = time.time()
           results = evaluate_state(setup, eval_fn, state_r, eval_data)

@@ -1,0 +1,181 @@
+"""The statistics collector against numpy, and one tiny study end to end on
+synthetic data (runs on the 4 fake CPU devices of conftest.py)."""
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import config as config_lib, parallel, reporting, stats, study, \
+    trainer
+
+
+def tiny_setup(*overrides):
+  c = config_lib.apply_overrides(config_lib.load_experiment("test"), [
+      "model.norm=none", "data.synthetic_train_size=96", *overrides])
+  return trainer.build(c)
+
+
+def np_conv3x3(x, kernel, bias):
+  h, w = x.shape[1:3]
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = sum(np.einsum("nhwc,cd->nhwd", xp[:, dy:dy + h, dx:dx + w],
+                      kernel[dy, dx]) for dy in range(3) for dx in range(3))
+  return out + bias
+
+
+def np_pool2x2(x):
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def np_activations(setup, params, act):
+  """Post-activation outputs of conv1 and conv2 of the tiny net (norm none)
+  on the probe batch, computed in numpy from the raw uint8 images."""
+  mean, std = setup.mean_std
+  n = min(stats.PROBE_SIZE, len(setup.data.train_labels))
+  n -= n % setup.num_devices
+  x = (setup.data.train_images[:n].astype(np.float64) / 255.0 - mean) / std
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  y1 = act(np_conv3x3(x, p["conv1"]["kernel"], p["conv1"]["bias"]))
+  y2 = act(np_conv3x3(np_pool2x2(y1), p["conv2"]["kernel"],
+                      p["conv2"]["bias"]))
+  return {"conv1": y1, "conv2": y2}
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_stats_match_numpy(activation):
+  setup = tiny_setup(f"model.activation={activation}")
+  assert setup.num_devices == 4  # The probe is split: checks psum/pmax.
+  state = trainer.create_train_state(setup)
+  params = jax.tree.map(np.array, state.params)
+  # Known outcomes: three conv1 channels pushed far negative (dead ReLUs,
+  # saturated tanh/sigmoid), conv2 scaled up so many units saturate.
+  params["conv1"]["bias"][:3] = -50.0
+  params["conv2"]["kernel"] *= 20.0
+  flat = params["conv1"]["kernel"].reshape(-1)  # A view: zeroes half of it.
+  flat[:flat.size // 2] = 0.0
+  state = state.replace(params=params)
+  got = stats.StatsCollector(setup)(parallel.replicate(state,
+                                                       setup.local_devices))
+
+  acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh,
+          "sigmoid": lambda v: 1 / (1 + np.exp(-v))}[activation]
+  ys = np_activations(setup, params, acts)
+  for layer, y in ys.items():
+    dead = np.mean(np.all(y.reshape(-1, y.shape[-1]) <= 0, axis=0))
+    assert got[f"dead_fraction/{layer}"] == pytest.approx(dead, abs=1e-6)
+    assert got[f"zero_fraction/{layer}"] == pytest.approx(
+        np.mean(np.abs(y) < 1e-6), abs=2e-3)
+    if activation == "tanh":
+      sat = np.mean(np.abs(y) > 0.99)
+    elif activation == "sigmoid":
+      sat = np.mean((y < 0.01) | (y > 0.99))
+    if activation == "relu":
+      assert f"saturated_fraction/{layer}" not in got
+    else:
+      assert got[f"saturated_fraction/{layer}"] == pytest.approx(sat, abs=2e-3)
+  if activation == "relu":
+    assert got["dead_fraction/conv1"] >= 3 / 8
+  else:
+    assert got["dead_fraction/conv1"] == (3 / 8 if activation == "tanh"
+                                          else 0.0)
+    assert got["saturated_fraction/conv1"] > 0.3
+
+  # Weight sparsity: |w| < 1e-3 over every kernel.
+  kernels = [params[m]["kernel"] for m in params]
+  expected = (sum(np.sum(np.abs(k) < 1e-3) for k in kernels)
+              / sum(k.size for k in kernels))
+  assert got["weight_zero_fraction"] == pytest.approx(expected, rel=1e-6)
+  assert got["weight_zero_fraction/conv1"] >= 0.5
+
+  # Gradient norms: the gradient of the mean loss over the whole probe batch
+  # in one piece (no devices), per module.
+  x, y = stats.probe_batch(setup)
+
+  def loss(p):
+    logits = setup.model.apply({"params": p}, x, train=False)
+    return np.float32(0) + trainer.cross_entropy(logits, y).mean()
+
+  grads = jax.grad(loss)(params)
+  for module in params:
+    norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64)))
+                       for g in jax.tree.leaves(grads[module])))
+    assert got[f"grad_norm/{module}"] == pytest.approx(norm, rel=1e-3,
+                                                       abs=1e-6)
+
+
+def _row(report: str, member: str) -> list[str]:
+  for line in report.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if cells and cells[0] == member:
+      return cells
+  raise AssertionError(f"no row for {member} in the report")
+
+
+def test_tiny_study_end_to_end(tmp_path):
+  # Two members with known outcomes: one learns the synthetic classes (beyond
+  # chance within a few steps: train error below 85%), one has a zero
+  # learning rate and so keeps its initial weights (never below 85%, raw and
+  # EMA weights equal).
+  s = study.Study(
+      "toy", question="q", paper="p", base="test",
+      members=lambda scale: [
+          study.Member("learns", ("optim.learning_rate=0.1",)),
+          study.Member("frozen", ("optim.learning_rate=0.0",))],
+      scale_overrides={"tiny": ("optim.optimizer=momentum",
+                                "optim.schedule=constant",
+                                "data.synthetic_train_size=256")},
+      epochs={"tiny": 3}, extras=("dead", "ema"), thresholds=(0.85,))
+  root = tmp_path / "runs"
+  status = study.run_study(s, "tiny", 1, root)
+  assert sorted(status.values()) == ["done", "done"]
+  path = study.write_report(s, "tiny", 1, root, command="toy")
+  report = path.read_text()
+  out = path.parent
+  for png in ("curves.png", "test_accuracy.png", "dead_fraction.png"):
+    assert (out / png).stat().st_size > 1000
+
+  header = _row(report, "member")
+  for member in ("learns", "frozen"):
+    workdir = root / "study_toy" / f"{member}_seed0"
+    evals = reporting.read_metrics(workdir, "eval")
+    train = reporting.read_metrics(workdir, "train")
+    row = dict(zip(header, _row(report, member)))
+    assert row["test acc raw %"] == f"{100 * evals[-1]['test_accuracy_raw']:.2f}"
+    assert row["test acc EMA %"] == f"{100 * evals[-1]['test_accuracy_ema']:.2f}"
+    assert row["final train loss"] == f"{train[-1]['loss']:.3f}"
+    hit = next((r for r in train if r["accuracy"] >= 0.15), None)
+    assert row["epochs to 85% train err"] == (
+        f"{hit['epoch']:.2f}" if hit else "never")
+    if member == "frozen":
+      assert row["epochs to 85% train err"] == "never"
+      assert row["test acc raw %"] == row["test acc EMA %"]
+      stats_records = reporting.read_metrics(workdir, "stats")
+      assert len({r["weight_zero_fraction"] for r in stats_records}) == 1
+    else:
+      assert hit is not None  # The learning member does learn.
+
+  # A re-run trains nothing: the metrics files are not appended to.
+  sizes = {p: p.stat().st_size for p in root.glob("study_toy/*/metrics.jsonl")}
+  assert len(sizes) == 2
+  status = study.run_study(s, "tiny", 1, root)
+  assert sorted(status.values()) == ["done", "done"]
+  assert {p: p.stat().st_size for p in sizes} == sizes
+  summary = json.loads((out / "summary.json").read_text())
+  assert [m["name"] for m in summary["members"]] == ["learns", "frozen"]
+
+
+def test_every_runnable_study_resolves():
+  # Every member's overrides name real config fields with valid values.
+  for name, s in study.STUDIES.items():
+    if s.blocked:
+      with pytest.raises(config_lib.ConfigError, match="cannot run"):
+        study.run_study(s, "small", 1, "/nonexistent")
+      continue
+    runs = study.member_configs(s, "small", 2, data="synthetic")
+    assert len(runs) == 2 * len(s.members(study._generic_scale(s, "small")))
+    names = [m.name for m, _, _ in runs]
+    assert all(re.fullmatch(r"[\w.@-]+", n) for n in names)
+    assert all(c.train.collect_stats for _, _, c in runs)
