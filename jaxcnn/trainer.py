@@ -553,6 +553,12 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
       f"{devices[0].platform} device(s), batch {batch}, {spe} steps/epoch, "
       f"steps {step}->{total}")
   last_log_step, last_log_time = step, time.time()
+  # On XLA CPU, devices are threads of one pool: with many queued calls, the
+  # all-reduce of one call waited for threads held by the next ones until
+  # XLA's 40 s rendezvous timeout killed the process (seen with 4 fake devices
+  # on 2 cores). There a call starts once the previous one is done; GPUs keep
+  # the asynchronous queue.
+  one_call_in_flight = devices[0].platform == "cpu" and len(devices) > 1
   result = None
   warmed = False
 
@@ -589,6 +595,8 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
           train_fns[n] = make_train_fn(setup, n)
         first = not warmed
         t0 = time.time()
+        if one_call_in_flight:
+          jax.block_until_ready(state_r.step)
         state_r, acc = train_fns[n](state_r, acc, train_x, train_y, perm2)
         prev, step = step, step + n
         if first:
