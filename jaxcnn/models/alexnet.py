@@ -60,19 +60,21 @@ class AlexNetLike(nn.Module):
         features, kernel_init=init, bias_init=nn.initializers.constant(bias),
         dtype=self.dtype, name=name)
 
-    x = nn.Conv(conv_channels, (5, 5), padding="SAME", kernel_init=conv_init,
-                bias_init=nn.initializers.zeros_init(), dtype=self.dtype,
-                name="conv1")(x)
+    # layers.Conv is nn.Conv(features, (5, 5), padding='SAME') with the same
+    # parameters, and a cheaper kernel gradient on CPU.
+    x = layers.Conv(conv_channels, 5, kernel_init=conv_init,
+                    bias_init=nn.initializers.zeros_init(), dtype=self.dtype,
+                    name="conv1")(x)
     x = act(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = layers.max_pool(x, 3, 2, "SAME")
     x = self._normalize(x, train, 1)
 
-    x = nn.Conv(conv_channels, (5, 5), padding="SAME", kernel_init=conv_init,
-                bias_init=nn.initializers.constant(0.1), dtype=self.dtype,
-                name="conv2")(x)
+    x = layers.Conv(conv_channels, 5, kernel_init=conv_init,
+                    bias_init=nn.initializers.constant(0.1), dtype=self.dtype,
+                    name="conv2")(x)
     x = act(x)
     x = self._normalize(x, train, 2)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = layers.max_pool(x, 3, 2, "SAME")
 
     x = x.reshape(x.shape[0], -1)
     x = act(dense(_scaled(384, self.width), fc_init, 0.1, "fc384")(x))

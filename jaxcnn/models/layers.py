@@ -46,6 +46,56 @@ CONV_IMPLS = ("auto", "xla", "shifted")
 # on CPU (see the table in the module docstring).
 SHIFTED_MAX_SIZE = 2
 
+# The CPU-only paths with the same values but cheaper gradients
+# (`split_grad_conv`, `strided_max_pool`) are taken when the backend is CPU
+# and this is True; set it False to time or test the plain XLA ops.
+CPU_PATHS = True
+# `split_grad_conv`: output positions per batch chunk of the kernel gradient,
+# and the most chunks (each is one more convolution to compile).
+KERNEL_GRAD_POSITIONS = 1024
+KERNEL_GRAD_MAX_CHUNKS = 16
+
+
+def _channel_window_sum(x: Array, radius: int) -> Array:
+  """sum(x[..., c - radius : c + radius + 1]), clipped at both ends."""
+  window = (1,) * (x.ndim - 1) + (2 * radius + 1,)
+  padding = ((0, 0),) * (x.ndim - 1) + ((radius, radius),)
+  return lax.reduce_window(x, 0.0, lax.add, window, (1,) * x.ndim, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def local_response_norm(x: Array, radius: int, bias: float, alpha: float,
+                        beta: float) -> Array:
+  """`tf.nn.lrn` over the last axis, in float32 (see LocalResponseNorm)."""
+  return _lrn_fwd(x, radius, bias, alpha, beta)[0]
+
+
+def _lrn_fwd(x, radius, bias, alpha, beta):
+  x32 = x.astype(jnp.float32)
+  base = bias + alpha * _channel_window_sum(x32 * x32, radius)
+  # base ** -beta as exp(-beta * log(base)) (base >= bias > 0): within an
+  # ulp of XLA CPU's pow, which handles negative bases and integer powers
+  # too and took 4x as long here.
+  scale = jnp.exp(-beta * jnp.log(base))
+  return (x32 * scale).astype(x.dtype), (x, base, scale)
+
+
+def _lrn_bwd(radius, bias, alpha, beta, residuals, g):
+  # out_c = x_c * base_c^-beta with base_c = bias + alpha * sum over c' near
+  # c of x_c'^2, so d out_c / d x_m = [c = m] * scale_c
+  #   - 2 * alpha * beta * x_c * x_m * scale_c / base_c   (m near c),
+  # and "m near c" is symmetric: the second term is the same window sum
+  # again. Written out, it reuses the forward pass's base and scale where
+  # autodiff would take another power.
+  x, base, scale = residuals
+  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  near = _channel_window_sum(g32 * x32 * scale / base, radius)
+  grad = g32 * scale - (2.0 * alpha * beta) * x32 * near
+  return (grad.astype(x.dtype),)
+
+
+local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
+
 
 class LocalResponseNorm(nn.Module):
   """Local response normalisation across channels, exactly as `tf.nn.lrn`.
@@ -57,8 +107,10 @@ class LocalResponseNorm(nn.Module):
   `reduce_window` over the channel axis: on CPU it was the fastest of the forms
   tried (fwd+bwd at 128x16x16x64: reduce_window 24 ms, a banded matmul 28 ms,
   a cumulative sum 56 ms, nine shifted slices 171 ms), and unlike a cumulative
-  sum it has no cancellation error. Computed in float32 whatever the input
-  dtype; the output has the input's dtype. No parameters.
+  sum it has no cancellation error. The gradient is written out
+  (`local_response_norm`), which halves the backward cost. Computed in
+  float32 whatever the input dtype; the output has the input's dtype. No
+  parameters.
   """
   depth_radius: int = 4
   bias: float = 1.0
@@ -67,14 +119,8 @@ class LocalResponseNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x32 = x.astype(jnp.float32)
-    r = self.depth_radius
-    window = (1,) * (x.ndim - 1) + (2 * r + 1,)
-    padding = ((0, 0),) * (x.ndim - 1) + ((r, r),)
-    sqr_sum = lax.reduce_window(x32 * x32, 0.0, lax.add, window,
-                                (1,) * x.ndim, padding)
-    out = x32 * (self.bias + self.alpha * sqr_sum) ** -self.beta
-    return out.astype(x.dtype)
+    return local_response_norm(x, self.depth_radius, self.bias, self.alpha,
+                               self.beta)
 
 
 def shifted_conv3x3(x_BxHxWxC: Array, kernel_3x3xCxD: Array) -> Array:
@@ -103,10 +149,78 @@ def shifted_conv3x3(x_BxHxWxC: Array, kernel_3x3xCxD: Array) -> Array:
   return stacked_x @ stacked_kernel
 
 
-def xla_conv3x3(x_BxHxWxC: Array, kernel_3x3xCxD: Array) -> Array:
+def xla_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
+  """Plain SAME stride-1 convolution: lax.conv_general_dilated."""
   return lax.conv_general_dilated(
-      x_BxHxWxC, kernel_3x3xCxD, window_strides=(1, 1), padding="SAME",
+      x_BxHxWxC, kernel_KxKxCxD, window_strides=(1, 1), padding="SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+xla_conv3x3 = xla_conv
+
+
+def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
+  """Batch chunks that `split_grad_conv` sums its kernel gradient over:
+  about KERNEL_GRAD_POSITIONS output positions each, at most
+  KERNEL_GRAD_MAX_CHUNKS, and a divisor of the batch."""
+  per_chunk = max(1, -(-KERNEL_GRAD_POSITIONS // (height * width)))
+  chunks = max(1, min(batch // per_chunk, KERNEL_GRAD_MAX_CHUNKS))
+  while batch % chunks:
+    chunks -= 1
+  return chunks
+
+
+def _kernel_grad(x: Array, g: Array, kernel_shape, chunks: int) -> Array:
+  """d(sum(conv(x, k) * g))/dk as a sum over batch chunks, in float32.
+
+  Each chunk is the convolution XLA itself emits for this gradient (x with
+  batch and channels swapped, convolved with g as a kernel as big as the
+  map); only the batch it contracts over is smaller.
+  """
+  size = kernel_shape[0]
+  pad = (size - 1) // 2
+  n = x.shape[0] // chunks
+  total = None
+  for i in range(chunks):
+    part = lax.conv_general_dilated(
+        x[i * n:(i + 1) * n], g[i * n:(i + 1) * n], window_strides=(1, 1),
+        padding=((pad, size - 1 - pad), (pad, size - 1 - pad)),
+        # x as [C=batch-of-chunk, H, W, N=channels]; g as the kernel with
+        # the chunk's images as its input features; out [kh, kw, Cin, Cout].
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+        preferred_element_type=jnp.float32)
+    total = part if total is None else total + part
+  return total
+
+
+@jax.custom_vjp
+def split_grad_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
+  """`xla_conv` whose kernel gradient is summed over chunks of the batch.
+
+  Forward values and the input gradient are exactly `xla_conv`'s (the same
+  XLA ops). The kernel gradient is the same sum in a different order: XLA CPU
+  computes it as one convolution whose kernel is the whole batch of output
+  gradients, which ran 2-5x slower than the forward conv (VGG-16: half the
+  train step); summed over chunks of about 1024 output positions it costs
+  about what the forward does (docs/performance.md). Square odd kernels.
+  """
+  return xla_conv(x_BxHxWxC, kernel_KxKxCxD)
+
+
+def _split_grad_conv_fwd(x, kernel):
+  return xla_conv(x, kernel), (x, kernel)
+
+
+def _split_grad_conv_bwd(residuals, g):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel), x)
+  (grad_x,) = input_vjp(g)
+  chunks = kernel_grad_chunks(*x.shape[:3])
+  grad_kernel = _kernel_grad(x, g, kernel.shape, chunks)
+  return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+split_grad_conv.defvjp(_split_grad_conv_fwd, _split_grad_conv_bwd)
 
 
 def resolve_conv_impl(impl: str, height: int, width: int) -> str:
@@ -119,15 +233,31 @@ def resolve_conv_impl(impl: str, height: int, width: int) -> str:
   return "shifted" if tiny_map and jax.default_backend() == "cpu" else "xla"
 
 
-class Conv3x3(nn.Module):
-  """3x3 SAME stride-1 convolution with a choice of implementation.
+def conv_fn(impl: str, height: int, width: int) -> Callable[[Array, Array],
+                                                           Array]:
+  """The function computing a SAME conv for `impl` on this backend.
 
-  Parameters are 'kernel' [3, 3, Cin, Cout] and optional 'bias' [Cout], the
-  names and shapes of `nn.Conv(features, (3, 3))`, whichever `impl` runs, so
+  'xla' is XLA's convolution; on CPU its kernel gradient goes through
+  `split_grad_conv` (unless `CPU_PATHS` is off), elsewhere it is plain.
+  """
+  impl = resolve_conv_impl(impl, height, width)
+  if impl == "shifted":
+    return shifted_conv3x3
+  on_cpu = jax.default_backend() == "cpu"
+  return split_grad_conv if on_cpu and CPU_PATHS else xla_conv
+
+
+class Conv(nn.Module):
+  """SAME stride-1 convolution with a square odd kernel and a choice of
+  implementation (`conv_fn`; 'shifted' only for 3x3).
+
+  Parameters are 'kernel' [K, K, Cin, Cout] and optional 'bias' [Cout], the
+  names and shapes of `nn.Conv(features, (K, K))`, whichever `impl` runs, so
   checkpoints move freely between impls (and from nn.Conv). Inputs and kernel
   are cast to `dtype` for the compute; parameters are stored in `param_dtype`.
   """
   features: int
+  kernel_size: int = 3
   use_bias: bool = True
   impl: str = "auto"  # 'auto' | 'xla' | 'shifted'
   dtype: Any = jnp.float32
@@ -137,14 +267,21 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    size = self.kernel_size
+    if size % 2 != 1:
+      raise ValueError(f"kernel_size must be odd, got {size}")
     in_features = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
-                        (3, 3, in_features, self.features), self.param_dtype)
+                        (size, size, in_features, self.features),
+                        self.param_dtype)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    impl = resolve_conv_impl(self.impl, x.shape[1], x.shape[2])
-    conv = shifted_conv3x3 if impl == "shifted" else xla_conv3x3
-    y = conv(x, kernel)
+    impl = self.impl
+    if size != 3:  # The shifted form is written for 3x3 kernels only.
+      if impl == "shifted":
+        raise ValueError(f"impl 'shifted' needs a 3x3 kernel, not {size}x{size}")
+      impl = "xla"
+    y = conv_fn(impl, x.shape[1], x.shape[2])(x, kernel)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,),
                         self.param_dtype)
@@ -152,16 +289,137 @@ class Conv3x3(nn.Module):
     return y
 
 
-def max_pool_2x2(x_BxHxWxC: Array) -> Array:
-  """2x2 stride-2 max pool as reshape + max.
+class Conv3x3(Conv):
+  """`Conv` with a 3x3 kernel (VGG's and the tiny model's convs)."""
+  kernel_size: int = 3
 
-  Same values and gradients as `nn.max_pool(x, (2, 2), strides=(2, 2))`
-  (except how a tie shares its gradient), at about half the backward cost on
-  XLA CPU, whose select-and-scatter is slow. An odd trailing row or column is
-  cropped first, which is what VALID pooling does with it anyway.
+
+def _pool_geometry(size: int, window: int, stride: int,
+                   padding: str) -> tuple[int, int, int]:
+  """(output size, padding before, padding after) along one axis, as
+  lax.reduce_window / TensorFlow define SAME and VALID."""
+  if padding == "SAME":
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return out, total // 2, total - total // 2
+  if padding == "VALID":
+    return (size - window) // stride + 1, 0, 0
+  raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def strided_max_pool(x_BxHxWxC: Array, window: int, stride: int,
+                     padding: str) -> Array:
+  """Square max pool written with strided slices, and its gradient with pads.
+
+  Same values and the same gradient, bit for bit, as
+  `nn.max_pool(x, (window, window), (stride, stride), padding)`, ties
+  included: each window's gradient goes to its first maximum in row-major
+  order (select-and-scatter's choice), and a pixel shared by several windows
+  sums their gradients in the order select-and-scatter does. XLA CPU expands
+  select-and-scatter into iotas, a variadic reduce-window and a scatter; for
+  AlexNet's 3x3/2 pools at batch 128 that cost 260 ms fwd+bwd at 32x32 and
+  60 ms at 16x16, against 50 and 5 ms here (module docstring).
   """
-  batch, height, width, channels = x_BxHxWxC.shape
-  out_h, out_w = height // 2, width // 2
-  x = x_BxHxWxC[:, :2 * out_h, :2 * out_w, :]
-  x = x.reshape(batch, out_h, 2, out_w, 2, channels)
-  return jnp.max(x, axis=(2, 4))
+  # Without differentiation (eval) reduce-window itself is as fast or faster.
+  return nn.max_pool(x_BxHxWxC, (window, window), strides=(stride, stride),
+                     padding=padding)
+
+
+def _pool_view(x: Array, dy: int, dx: int, stride: int, out_h: int, out_w: int,
+               top: int, left: int) -> Array:
+  """view[b, i, j] = x[b, stride*i + dy - top, stride*j + dx - left], -inf
+  outside x (reduce-window's padding; it never wins a max against a real
+  value). Only the view is padded, never the whole input."""
+  _, height, width, _ = x.shape
+
+  def axis_range(offset, size, out):
+    # Window indices i with 0 <= stride * i + offset < size.
+    first = max(0, -(-(-offset) // stride))
+    last = min(out - 1, (size - 1 - offset) // stride)
+    return first, last
+
+  i0, i1 = axis_range(dy - top, height, out_h)
+  j0, j1 = axis_range(dx - left, width, out_w)
+  y0, x0 = stride * i0 + dy - top, stride * j0 + dx - left
+  view = x[:, y0:y0 + stride * (i1 - i0) + 1:stride,
+           x0:x0 + stride * (j1 - j0) + 1:stride, :]
+  if i0 or j0 or i1 < out_h - 1 or j1 < out_w - 1:
+    view = jnp.pad(view, ((0, 0), (i0, out_h - 1 - i1), (j0, out_w - 1 - j1),
+                          (0, 0)), constant_values=-jnp.inf)
+  return view
+
+
+def _strided_max_pool_fwd(x, window, stride, padding):
+  _, height, width, _ = x.shape
+  out_h, top, _ = _pool_geometry(height, window, stride, padding)
+  out_w, left, _ = _pool_geometry(width, window, stride, padding)
+  taps = [_pool_view(x, dy, dx, stride, out_h, out_w, top, left)
+          for dy in range(window) for dx in range(window)]
+  # Max is exact, so these are reduce-window's values (NaN included).
+  out = functools.reduce(jnp.maximum, taps)
+  # The tap each window's gradient goes to: its first maximum in row-major
+  # order, select-and-scatter's choice. Kept instead of x, so the backward
+  # pass reads one small int8 array and none of the input.
+  first = jnp.full(out.shape, len(taps) - 1, jnp.int8)
+  for k in reversed(range(len(taps) - 1)):
+    first = jnp.where(taps[k] == out, jnp.int8(k), first)
+  return out, (first, x.shape)
+
+
+def _strided_max_pool_bwd(window, stride, padding, residuals, g):
+  first, x_shape = residuals
+  batch, height, width, channels = x_shape
+  out_h, top, bottom = _pool_geometry(height, window, stride, padding)
+  out_w, left, right = _pool_geometry(width, window, stride, padding)
+  # The padded input split into stride x stride interleaved planes: plane
+  # (py, px) holds padded pixels (stride*q + py, stride*q' + px). Tap
+  # (dy, dx) of window (i, j) lands in plane (dy % s, dx % s) at
+  # (i + dy // s, j + dx // s): a shifted copy of the window grid, so each
+  # plane is a sum of shifted, masked copies of g. (Nine interior-padded
+  # pads of the full input, the plain transpose of the strided slices, were
+  # materialised one by one and cost 3x as much.)
+  rows = -(-(height + top + bottom) // stride)
+  cols = -(-(width + left + right) // stride)
+  zero = jnp.zeros((), g.dtype)
+  taps = [(dy, dx) for dy in range(window) for dx in range(window)]
+  planes = {}
+  # A pixel gets one term from every window covering it; taking the taps in
+  # reverse order adds those terms in the windows' row-major order, which is
+  # select-and-scatter's order, so the sums agree bit for bit.
+  for k in reversed(range(len(taps))):
+    dy, dx = taps[k]
+    my, mx = dy // stride, dx // stride
+    part = jnp.where(first == k, g, zero)
+    part = jnp.pad(part, ((0, 0), (my, rows - out_h - my),
+                          (mx, cols - out_w - mx), (0, 0)))
+    key = (dy % stride, dx % stride)
+    planes[key] = part if key not in planes else planes[key] + part
+  empty = jnp.zeros((batch, rows, cols, channels), g.dtype)
+  grid = jnp.stack([
+      jnp.stack([planes.get((py, px), empty) for px in range(stride)], axis=3)
+      for py in range(stride)], axis=2)  # [b, rows, s, cols, s, c]
+  grad = grid.reshape(batch, rows * stride, cols * stride, channels)
+  return (grad[:, top:top + height, left:left + width, :],)
+
+
+strided_max_pool.defvjp(_strided_max_pool_fwd, _strided_max_pool_bwd)
+
+
+def max_pool(x_BxHxWxC: Array, window: int, stride: int,
+             padding: str = "VALID") -> Array:
+  """`nn.max_pool` with a square window, through `strided_max_pool` on CPU.
+
+  Elsewhere the native reduce-window and select-and-scatter are the fast
+  path (a GPU has a real kernel for them), so the switch is by backend.
+  """
+  if jax.default_backend() == "cpu" and CPU_PATHS:
+    return strided_max_pool(x_BxHxWxC, window, stride, padding)
+  return nn.max_pool(x_BxHxWxC, (window, window), strides=(stride, stride),
+                     padding=padding)
+
+
+def max_pool_2x2(x_BxHxWxC: Array) -> Array:
+  """2x2 stride-2 max pool: `max_pool(x, 2, 2)`. An odd trailing row or
+  column is left out, as VALID pooling does."""
+  return max_pool(x_BxHxWxC, 2, 2, "VALID")
