@@ -42,10 +42,8 @@ class AlexNetLike(nn.Module):
           depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
           name=f"norm{index}")(x)
     if self.norm == "batchnorm":
-      return nn.BatchNorm(
-          use_running_average=not train, momentum=0.9, epsilon=1e-5,
-          axis_name=self.bn_axis_name, dtype=jnp.float32,
-          name=f"bn{index}")(x).astype(self.dtype)
+      return layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
+                             name=f"bn{index}", dtype=self.dtype)
     return x
 
   @nn.compact

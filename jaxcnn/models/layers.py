@@ -97,6 +97,16 @@ def _lrn_bwd(radius, bias, alpha, beta, residuals, g):
 local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
 
 
+def batch_norm(x: Array, *, train: bool, axis_name: str | None, name: str,
+               dtype: Any) -> Array:
+  """The BatchNorm every model uses: PyTorch's momentum (0.9 here) and eps,
+  statistics in float32, synchronised over `axis_name` under pmap; the
+  output goes back to the compute `dtype`. Call inside a compact module."""
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      axis_name=axis_name, dtype=jnp.float32, name=name)(x).astype(dtype)
+
+
 class LocalResponseNorm(nn.Module):
   """Local response normalisation across channels, exactly as `tf.nn.lrn`.
 

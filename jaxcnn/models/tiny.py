@@ -40,10 +40,8 @@ class TinyCNN(nn.Module):
                          impl=self.conv_impl, dtype=self.dtype,
                          name=f"conv{index}")(x)
       if use_bn:
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            axis_name=self.bn_axis_name, dtype=jnp.float32,
-            name=f"bn{index}")(x).astype(self.dtype)
+        x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
+                              name=f"bn{index}", dtype=self.dtype)
       x = act(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -68,10 +68,8 @@ class VGG(nn.Module):
                          impl=self.conv_impl, dtype=self.dtype,
                          kernel_init=conv_init, name=f"conv{block}_{index}")(x)
       if use_bn:
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            axis_name=self.bn_axis_name, dtype=jnp.float32,
-            name=f"bn{block}_{index}")(x).astype(self.dtype)
+        x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
+                              name=f"bn{block}_{index}", dtype=self.dtype)
       x = act(x)
       index += 1
 
