@@ -398,6 +398,9 @@ def benchmark(args) -> dict:
       "jax_version": jax.__version__,
       "cpu_threads": args.threads if device.platform == "cpu" else None,
       "cpu_paths": args.cpu_paths,
+      # Which XLA CPU kernels ran the convolutions (layers.py docstring).
+      "cpu_convs": (("ynnpack" if layers.cpu_convs_use_ynnpack() else "eigen")
+                    if device.platform == "cpu" else None),
       "conv_impl": config.model.conv_impl,
       # Other processes on the machine slow both sides, PyTorch's OpenMP
       # threads the more: read the ratios with the load beside them.
@@ -454,8 +457,10 @@ def report(result: dict) -> str:
   lines = [
       f"{result['model']} batch {result['batch']} {result['dtype']} on "
       f"{result['device']} (jax {result['jax_version']}), "
-      f"{result['steps_per_dispatch']} step(s) per dispatch, CPU paths "
-      f"{'on' if result['cpu_paths'] else 'off'}"
+      f"{result['steps_per_dispatch']} step(s) per dispatch"
+      + (f", {result['cpu_convs']} convs, CPU paths "
+         f"{'on' if result['cpu_paths'] else 'off'}"
+         if result["cpu_convs"] else "")
       + (f", load average {load[0]:.1f} -> {load[1]:.1f}"
          if load[0] is not None else ""),
       f"  FLOPs per image: {result['flops_per_image_forward'] / 1e9:.3f} G "
@@ -524,9 +529,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--eval_calls", type=int, default=3,
                  help="timed eval calls (0: skip eval, saving its compile)")
   p.add_argument("--cpu_paths", type=int, choices=[0, 1], default=1,
-                 help="0: time the plain XLA ops instead of jaxcnn's CPU "
-                 "fast paths (layers.CPU_PATHS); with --set "
-                 "model.conv_impl=xla that is the unoptimised model")
+                 help="0: plain select-and-scatter pool gradients and conv "
+                 "kernel gradients (layers.CPU_PATHS); with --set "
+                 "model.conv_impl=xla and XLA_FLAGS=--xla_cpu_experimental_"
+                 "ynn_fusion_type=+individual_convolution (YNNPACK convs), "
+                 "close to the unoptimised model")
   p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                  help="PyTorch CPU threads (default: the cores XLA uses)")
   p.add_argument("--channels_last", type=int, choices=[0, 1], default=None,

@@ -37,6 +37,9 @@ def base_config() -> Config:
   c.model = Config(
       name="vgg",  # 'vgg' | 'alexnet' | 'tiny' (tests only)
       depth=16,  # VGG depth: 11 | 13 | 16 | 19.
+      # VGG block: '3x3' | '5x5' (each pair of 3x3 convs in a block becomes
+      # one 5x5 conv; see jaxcnn/models/vgg.py).
+      vgg_block="3x3",
       width=1.0,  # Channel multiplier (0.25 gives a CPU-sized VGG).
       activation="relu",  # relu | leaky_relu | elu | tanh | sigmoid | gelu
       norm="batchnorm",  # batchnorm | lrn | none (lrn: AlexNet-like only)
@@ -97,3 +100,18 @@ def base_config() -> Config:
       collect_stats=False,
   )
   return c
+
+
+def with_defaults(config: Config) -> Config:
+  """The saved config laid over today's defaults: a field added to jaxcnn
+  after the run was saved takes its default, which is what the code did
+  before the field existed."""
+  def merge(base: dict, saved: dict) -> dict:
+    out = dict(base)
+    for key, value in saved.items():
+      if isinstance(value, dict) and isinstance(base.get(key), dict):
+        out[key] = merge(base[key], value)
+      else:
+        out[key] = value
+    return out
+  return Config.from_dict(merge(base_config().to_dict(), config.to_dict()))

@@ -29,7 +29,7 @@ from jaxcnn import checkpoint, optim, parallel, trainer
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
-from jaxcnn.defaults import base_config
+from jaxcnn.defaults import with_defaults
 from jaxcnn.models import create_model
 
 WEIGHTS = ("raw", "ema")
@@ -102,21 +102,6 @@ def _pick_step(workdir, steps: Sequence[int], step: int | None) -> int:
         f"no checkpoint for step {step} in {workdir}; saved steps: "
         f"{_steps_text(steps)}")
   return step
-
-
-def _with_defaults(config: Config) -> Config:
-  """The saved config laid over today's defaults: a field added to jaxcnn
-  after the run was saved takes its default, which is what the code did
-  before the field existed."""
-  def merge(base: dict, saved: dict) -> dict:
-    out = dict(base)
-    for key, value in saved.items():
-      if isinstance(value, dict) and isinstance(base.get(key), dict):
-        out[key] = merge(base[key], value)
-      else:
-        out[key] = value
-    return out
-  return Config.from_dict(merge(base_config().to_dict(), config.to_dict()))
 
 
 def _key_name(key: Any) -> str:
@@ -288,7 +273,7 @@ class CheckpointReader:
   def config(self, step: int | None = None) -> tuple[Config, int]:
     step = _pick_step(self.workdir, self.steps, step)
     saved = checkpoint.restore_config(self._open(), step)
-    return _with_defaults(saved), step
+    return with_defaults(saved), step
 
   def restore(self, step: int | None = None
               ) -> tuple[Config, trainer.TrainState, int]:

@@ -846,11 +846,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         scale_overrides={"small": ("model.width=0.25", "model.dropout=0.0",
                                    "optim.schedule=constant"),
                          "full": ("optim.schedule=cosine",)},
-        epochs={"small": 5, "full": 30}, extras=("flops",),
-        blocked="the vgg model has no one-5x5-conv-per-block variant; it "
-                "needs a `model.vgg_block` field ('3x3' | '5x5') in "
-                "jaxcnn/defaults.py and jaxcnn/models/vgg.py (see "
-                "docs/studies/README.md)"),
+        epochs={"small": 5, "full": 30}, extras=("flops",)),
     Study(
         "schedules",
         question="Constant, step, exponential, 1/t and cosine-with-warmup "

@@ -31,6 +31,7 @@ import optax
 from jaxcnn import augment, checkpoint, optim, parallel, reporting
 from jaxcnn.config import Config, ConfigError, diff
 from jaxcnn.data import Dataset, channel_stats, load_from_config
+from jaxcnn.defaults import with_defaults
 from jaxcnn.models import create_model
 from jaxcnn.workdir_lock import WorkdirLock
 
@@ -486,7 +487,9 @@ def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
   try:
     for step in reversed(steps):
       try:
-        saved_config = checkpoint.restore_config(manager, step)
+        # A field added since the run was saved takes its default.
+        saved_config = with_defaults(
+            checkpoint.restore_config(manager, step))
         changes = incompatible_changes(saved_config, setup.config)
         if changes:
           raise TrainingError(

@@ -154,6 +154,51 @@ def test_vgg11_bn_param_count():
   assert count_params(init_shapes(model)["params"]) == 9_753_674
 
 
+def test_vgg13_5x5_block_param_count_and_shapes():
+  # VGG-13 has two 3x3 convs per block; '5x5' makes each pair one 5x5 conv
+  # with the pair's output width:
+  #   25 * (3*64 + 64*128 + 128*256 + 256*512 + 512*512) = 25 * 434,368
+  #                                                       = 10,859,200
+  # BN: 2 * (64 + 128 + 256 + 512 + 512)                  =      2,944
+  # fc1, fc2, logits as VGG-16                            =    530,442
+  #                                                 total = 11,392,586
+  model = create_model(model_config(name="vgg", depth=13, vgg_block="5x5"))
+  variables = init_shapes(model)
+  assert count_params(variables["params"]) == 11_392_586
+  kernels = {name: leaf["kernel"].shape
+             for name, leaf in variables["params"].items()
+             if name.startswith("conv")}
+  assert kernels == {"conv1_1": (5, 5, 3, 64), "conv2_1": (5, 5, 64, 128),
+                     "conv3_1": (5, 5, 128, 256), "conv4_1": (5, 5, 256, 512),
+                     "conv5_1": (5, 5, 512, 512)}
+  # The 3x3 VGG-13 it replaces: 9 * (3*64 + 64*64 + 64*128 + 128*128
+  # + 128*256 + 256*256 + 256*512 + 3*512*512) = 9 * 1,044,672 = 9,402,048
+  # conv weights, i.e. 18C^2 against 25C^2 per block.
+  plain = create_model(model_config(name="vgg", depth=13))
+  plain_convs = sum(int(np.prod(leaf["kernel"].shape))
+                    for name, leaf in init_shapes(plain)["params"].items()
+                    if name.startswith("conv"))
+  assert plain_convs == 9_402_048
+
+
+def test_vgg_5x5_block_keeps_an_odd_conv_as_3x3():
+  from jaxcnn.models.vgg import POOL, conv_plan
+  # VGG-16's blocks hold 2, 2, 3, 3, 3 convs.
+  assert conv_plan(16, "5x5") == [
+      (5, 64), POOL, (5, 128), POOL, (5, 256), (3, 256), POOL,
+      (5, 512), (3, 512), POOL, (5, 512), (3, 512), POOL]
+  assert conv_plan(11, "3x3") == [
+      (3, 64), POOL, (3, 128), POOL, (3, 256), (3, 256), POOL,
+      (3, 512), (3, 512), POOL, (3, 512), (3, 512), POOL]
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
+                  jnp.float32)
+  model = create_model(model_config(name="vgg", depth=16, vgg_block="5x5",
+                                    width=0.125))
+  variables = synthetic_variables(model)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+
+
 def test_vgg16_without_bn_has_conv_biases():
   # BN's scale+bias (2 per channel) become one conv bias per channel:
   # 15,249,354 - 4,224 = 15,245,130.
@@ -343,6 +388,7 @@ def test_max_pool_2x2_matches_flax_max_pool(shape):
     (dict(name="alexnet", norm="layernorm"), "model.norm='layernorm'"),
     (dict(dtype="float16"), "model.dtype='float16'"),
     (dict(conv_impl="winograd"), "model.conv_impl='winograd'"),
+    (dict(name="vgg", vgg_block="7x7"), "model.vgg_block='7x7'"),
     (dict(width=0.0), "model.width=0.0"),
     (dict(dropout=1.0), "model.dropout=1.0"),
 ])

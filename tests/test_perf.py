@@ -119,10 +119,21 @@ def test_train_step_traces_and_compiles_once(tiny_setup, steps_per_call):
   assert int(state.step.addressable_data(0)[0]) == 5 * steps_per_call
 
   # The counter does see a retrace: a permutation of another length is a new
-  # input shape (lowered only, which traces without compiling).
+  # input shape.
   longer = parallel.replicate(np.concatenate([perm, perm[:batch]]), devices)
-  step_fn.lower(state, acc, train_x, train_y, longer)
+  lowered = step_fn.lower(state, acc, train_x, train_y, longer)
   assert counting.traces == 2
+
+  if steps_per_call > 1 and jax.default_backend() == "cpu":
+    # Inside the scan XLA CPU does not transpose a convolution into the
+    # layout of its fast kernels: one left in another layout runs as a naive
+    # loop nest (AlexNet: 18 s a step instead of 0.3 s). layers.cpu_conv
+    # writes the gradients in the canonical layout.
+    hlo = lowered.compile().as_text()
+    convs = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert convs
+    for line in convs:
+      assert "dim_labels=b01f_01io->b01f" in line, line
 
 
 # --- Max pooling ----------------------------------------------------------------
@@ -217,7 +228,7 @@ def kernel_grad_float64(x, cotangent, size):
 
 
 @pytest.mark.parametrize("batch,height,width,cin,cout,size", SPLIT_CASES)
-def test_split_grad_conv_equals_xla_conv(monkeypatch, batch, height, width,
+def test_cpu_conv_equals_xla_conv(monkeypatch, batch, height, width,
                                          cin, cout, size):
   # Few output positions per chunk, so every case really sums several
   # chunks (VGG's own sizes give 1-16 chunks at batch 128).
@@ -231,7 +242,7 @@ def test_split_grad_conv_equals_xla_conv(monkeypatch, batch, height, width,
   @jax.jit
   def values_and_grads(x, kernel, cotangent):
     out = []
-    for conv in (layers.split_grad_conv, layers.xla_conv):
+    for conv in (layers.cpu_conv, layers.xla_conv):
       y, vjp = jax.vjp(conv, x, kernel)
       out.append((y,) + vjp(cotangent))
     return out
@@ -250,13 +261,13 @@ def test_split_grad_conv_equals_xla_conv(monkeypatch, batch, height, width,
   assert err <= 2 * xla_err + 1e-6, (err, xla_err)
 
 
-def test_split_grad_conv_in_bfloat16_accumulates_in_float32(monkeypatch):
+def test_cpu_conv_in_bfloat16_accumulates_in_float32(monkeypatch):
   monkeypatch.setattr(layers, "KERNEL_GRAD_POSITIONS", 16)
   x = jnp.asarray(random_normal(1, (8, 8, 8, 4))).astype(jnp.bfloat16)
   kernel = jnp.asarray(random_normal(2, (3, 3, 4, 6))).astype(jnp.bfloat16)
   cotangent = jnp.asarray(random_normal(3, (8, 8, 8, 6))).astype(jnp.bfloat16)
   grads = [jax.vjp(conv, x, kernel)[1](cotangent)
-           for conv in (layers.split_grad_conv, layers.xla_conv)]
+           for conv in (layers.cpu_conv, layers.xla_conv)]
   assert grads[0][1].dtype == jnp.bfloat16
   np.testing.assert_array_equal(grads[0][0], grads[1][0])
   np.testing.assert_allclose(np.asarray(grads[0][1], np.float32),
@@ -306,15 +317,21 @@ def lrn_plain(x, radius, bias, alpha, beta):
 @pytest.mark.parametrize("settings", [(4, 1.0, 0.001 / 9.0, 0.75),
                                       (2, 2.0, 0.3, 0.5)])
 def test_lrn_gradient_equals_autodiff_of_the_formula(settings):
+  @jax.jit
+  def values_and_grads(x, cotangent):
+    out = []
+    for lrn in (lambda x: layers.local_response_norm(x, *settings),
+                lambda x: lrn_plain(x, *settings)):
+      y, vjp = jax.vjp(lrn, x)
+      out.append((y, vjp(cotangent)[0]))
+    return out
+
   for seed, shape in enumerate([(2, 5, 5, 3), (3, 4, 6, 8), (2, 8, 8, 64)]):
     x = jnp.asarray(3 * random_normal(seed, shape))
     cotangent = jnp.asarray(random_normal(seed + 10, shape))
-    got, got_vjp = jax.vjp(lambda x: layers.local_response_norm(x, *settings),
-                           x)
-    want, want_vjp = jax.vjp(lambda x: lrn_plain(x, *settings), x)
+    (got, got_grad), (want, want_grad) = values_and_grads(x, cotangent)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(got_vjp(cotangent)[0], want_vjp(cotangent)[0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
 
 
 # --- Whole models with and without the CPU paths ---------------------------------

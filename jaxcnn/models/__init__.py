@@ -32,7 +32,7 @@ from jaxcnn.defaults import base_config
 from jaxcnn.models import layers
 from jaxcnn.models.alexnet import AlexNetLike
 from jaxcnn.models.tiny import TinyCNN
-from jaxcnn.models.vgg import LAYERS_BY_DEPTH, VGG
+from jaxcnn.models.vgg import BLOCK_KINDS, LAYERS_BY_DEPTH, VGG
 
 MODEL_NAMES = ("alexnet", "vgg", "tiny")
 NORMS_BY_MODEL = {
@@ -60,9 +60,9 @@ def create_model(model_cfg: Mapping[str, Any], *,
   """Builds the model that `model_cfg` (the config's `model` section) names.
 
   `bn_axis_name`: the pmap axis over which BatchNorm averages its batch
-  statistics (synchronised BN); None for a single device. `depth` matters only
-  to vgg and `conv_impl` only to the 3x3 convs of vgg and tiny; alexnet
-  ignores both. Raises ModelConfigError for any value that does not exist.
+  statistics (synchronised BN); None for a single device. `depth` and
+  `vgg_block` matter only to vgg and `conv_impl` only to the 3x3 convs of vgg
+  and tiny; alexnet ignores all three. Raises ModelConfigError for any value that does not exist.
   """
   # Fields the caller leaves out take their defaults (handy for a plain dict).
   cfg = {**base_config().model.to_dict(), **dict(model_cfg.items())}
@@ -74,6 +74,7 @@ def create_model(model_cfg: Mapping[str, Any], *,
   _check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
   if name == "vgg":
     _check_choice("depth", cfg["depth"], tuple(LAYERS_BY_DEPTH), " by vgg")
+    _check_choice("vgg_block", cfg["vgg_block"], BLOCK_KINDS)
   if not cfg["width"] > 0:
     raise ModelConfigError(f"model.width={cfg['width']!r} must be > 0")
   if not 0 <= cfg["dropout"] < 1:
@@ -90,7 +91,8 @@ def create_model(model_cfg: Mapping[str, Any], *,
   if name == "alexnet":
     return AlexNetLike(**common)
   if name == "vgg":
-    return VGG(depth=cfg["depth"], conv_impl=cfg["conv_impl"], **common)
+    return VGG(depth=cfg["depth"], block=cfg["vgg_block"],
+               conv_impl=cfg["conv_impl"], **common)
   return TinyCNN(conv_impl=cfg["conv_impl"], **common)
 
 

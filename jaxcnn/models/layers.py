@@ -1,14 +1,33 @@
-"""Building blocks shared by the models: activations, LRN, a 3x3 conv with a
-fast path for tiny feature maps on XLA CPU, and a cheap 2x2 max pool.
+"""Building blocks shared by the models: activations, LRN, convolutions and
+max pooling, with fast paths for XLA CPU that compute the same values.
 
-Why the fast paths exist (measured on the 2-core CPU machine, jax 0.10.2,
-batch 128, 512 -> 512 channels, fwd+bwd of one 3x3 SAME conv):
+The CPU paths switch on by backend (`jax.default_backend() == 'cpu'`, off
+anywhere else); CPU_PATHS = False turns off the conv gradients and the pool
+(to time or test the plain ops), and an XLA_FLAGS entry of the user's own
+for YNNPACK keeps the Eigen preference out:
+
+- Convolutions go to XLA's Eigen kernels rather than YNNPACK
+  (`prefer_eigen_convolutions`, an XLA_FLAGS entry set when this module is
+  imported): 1.3-2x faster on the 2-core machine, kernel gradients included.
+  Their gradients are written out as canonical convolutions (`cpu_conv`),
+  which keeps them fast inside lax.scan (several steps per dispatch), and
+  where YNNPACK still runs them, its slow kernel gradient is summed over
+  batch chunks.
+- 3x3 convs on maps of at most 2x2 use the shifted-matmul form (below).
+- Max pools keep reduce-window's forward pass and replace its gradient,
+  select-and-scatter, which XLA CPU expands into iotas, a variadic reduce-
+  window and a scatter, with strided slices and pads (`strided_max_pool`).
+- LRN's gradient is written out rather than differentiated (any backend).
+
+Measurements behind each: docs/performance.md. The shifted 3x3 conv (fwd+bwd,
+batch 128, 512 -> 512 channels, with YNNPACK convs):
 
   map   lax.conv   'shifted'
   1x1      52 ms       5 ms   (only the centre tap touches real pixels)
   2x2    1100 ms      31 ms   (XLA swaps operands when kernel > input and
-                               misses its fast path)
-  4x4     150 ms     130 ms   (at 128 channels lax.conv wins: 8 vs 11 ms)
+                               misses its fast path; Eigen's: 1600 vs 53 ms)
+  4x4     150 ms     130 ms   (at 128 channels lax.conv wins: 8 vs 11 ms;
+                               Eigen lax.conv wins at 512 too: 196 vs 265)
   8x8     690 ms     590 ms   (at 128 channels lax.conv wins: 35 vs 61 ms)
 
 So 'auto' takes the shifted form on CPU only for maps of at most 2x2
@@ -18,12 +37,14 @@ two are close and lax.conv is the safer default.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
+from jaxlib.version import __version__ as jaxlib_version
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -47,11 +68,11 @@ CONV_IMPLS = ("auto", "xla", "shifted")
 SHIFTED_MAX_SIZE = 2
 
 # The CPU-only paths with the same values but cheaper gradients
-# (`split_grad_conv`, `strided_max_pool`) are taken when the backend is CPU
-# and this is True; set it False to time or test the plain XLA ops.
+# (`cpu_conv`, `strided_max_pool`) are taken when the backend is CPU and
+# this is True; set it False to time or test the plain XLA ops.
 CPU_PATHS = True
-# `split_grad_conv`: output positions per batch chunk of the kernel gradient,
-# and the most chunks (each is one more convolution to compile).
+# `cpu_conv` under YNNPACK: output positions per batch chunk of the kernel
+# gradient, and the most chunks (each is one more convolution to compile).
 KERNEL_GRAD_POSITIONS = 1024
 KERNEL_GRAD_MAX_CHUNKS = 16
 
@@ -170,9 +191,10 @@ xla_conv3x3 = xla_conv
 
 
 def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
-  """Batch chunks that `split_grad_conv` sums its kernel gradient over:
-  about KERNEL_GRAD_POSITIONS output positions each, at most
-  KERNEL_GRAD_MAX_CHUNKS, and a divisor of the batch."""
+  """Batch chunks that `cpu_conv` sums its kernel gradient over when
+  YNNPACK runs the convolutions: about KERNEL_GRAD_POSITIONS output
+  positions each, at most KERNEL_GRAD_MAX_CHUNKS, and a divisor of the
+  batch."""
   per_chunk = max(1, -(-KERNEL_GRAD_POSITIONS // (height * width)))
   chunks = max(1, min(batch // per_chunk, KERNEL_GRAD_MAX_CHUNKS))
   while batch % chunks:
@@ -180,57 +202,69 @@ def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
   return chunks
 
 
-def _kernel_grad(x: Array, g: Array, kernel_shape, chunks: int) -> Array:
-  """d(sum(conv(x, k) * g))/dk as a sum over batch chunks, in float32.
+def _input_grad(g: Array, kernel: Array) -> Array:
+  """d(sum(conv(x, k) * g))/dx: g convolved with the kernel flipped in space
+  and with its channel axes swapped, given to XLA in the canonical layout."""
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return lax.conv_general_dilated(
+      g, flipped, window_strides=(1, 1), padding="SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  Each chunk is the convolution XLA itself emits for this gradient (x with
-  batch and channels swapped, convolved with g as a kernel as big as the
-  map); only the batch it contracts over is smaller.
-  """
-  size = kernel_shape[0]
+
+def _kernel_grad(x: Array, g: Array, size: int, chunks: int) -> Array:
+  """d(sum(conv(x, k) * g))/dk, summed over `chunks` batch chunks in
+  float32: per chunk, x with images as channels convolved with g as a
+  kernel as big as the map, in the canonical layout."""
+  batch, height, width, channels = x.shape
+  n = batch // chunks
   pad = (size - 1) // 2
-  n = x.shape[0] // chunks
+  # [chunk, Cin, H, W, image] and [chunk, H, W, image, Cout]: one transpose
+  # each, whatever the number of chunks.
+  x_t = x.reshape(chunks, n, height, width, channels).transpose(0, 4, 2, 3, 1)
+  g_t = g.reshape(chunks, n, height, width, -1).transpose(0, 2, 3, 1, 4)
   total = None
   for i in range(chunks):
     part = lax.conv_general_dilated(
-        x[i * n:(i + 1) * n], g[i * n:(i + 1) * n], window_strides=(1, 1),
+        x_t[i], g_t[i], window_strides=(1, 1),
         padding=((pad, size - 1 - pad), (pad, size - 1 - pad)),
-        # x as [C=batch-of-chunk, H, W, N=channels]; g as the kernel with
-        # the chunk's images as its input features; out [kh, kw, Cin, Cout].
-        dimension_numbers=("CHWN", "IHWO", "HWNC"),
-        preferred_element_type=jnp.float32)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32)  # [Cin, kh, kw, Cout]
     total = part if total is None else total + part
-  return total
+  return total.transpose(1, 2, 0, 3)
 
 
 @jax.custom_vjp
-def split_grad_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
-  """`xla_conv` whose kernel gradient is summed over chunks of the batch.
+def cpu_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
+  """`xla_conv`, with its two gradient convolutions written out for XLA CPU.
 
-  Forward values and the input gradient are exactly `xla_conv`'s (the same
-  XLA ops). The kernel gradient is the same sum in a different order: XLA CPU
-  computes it as one convolution whose kernel is the whole batch of output
-  gradients, which ran 2-5x slower than the forward conv (VGG-16: half the
-  train step); summed over chunks of about 1024 output positions it costs
-  about what the forward does (docs/performance.md). Square odd kernels.
+  The forward pass is `xla_conv` itself. Autodiff leaves the gradient
+  convolutions in non-canonical layouts that XLA CPU transposes before its
+  fast kernels, but not inside a loop: in the lax.scan of several train
+  steps per dispatch they fell to a naive loop nest, 50x slower (AlexNet:
+  18 s per step). Here they are canonical convolutions with the transposes
+  explicit, fast inside loops and out. Where YNNPACK runs the convolutions
+  (`cpu_convs_use_ynnpack`), the kernel gradient is summed over batch chunks
+  (`kernel_grad_chunks`): YNNPACK computed it 2-5x slower than the forward
+  conv in one piece (VGG-16: half the train step), and about as fast as the
+  forward in chunks of about 1024 output positions. Square odd kernels;
+  the same sums as autodiff's, the kernel gradient's in another order.
   """
   return xla_conv(x_BxHxWxC, kernel_KxKxCxD)
 
 
-def _split_grad_conv_fwd(x, kernel):
+def _cpu_conv_fwd(x, kernel):
   return xla_conv(x, kernel), (x, kernel)
 
 
-def _split_grad_conv_bwd(residuals, g):
+def _cpu_conv_bwd(residuals, g):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel), x)
-  (grad_x,) = input_vjp(g)
-  chunks = kernel_grad_chunks(*x.shape[:3])
-  grad_kernel = _kernel_grad(x, g, kernel.shape, chunks)
-  return grad_x, grad_kernel.astype(kernel.dtype)
+  chunks = (kernel_grad_chunks(*x.shape[:3]) if cpu_convs_use_ynnpack()
+            else 1)
+  grad_kernel = _kernel_grad(x, g, kernel.shape[0], chunks)
+  return _input_grad(g, kernel), grad_kernel.astype(kernel.dtype)
 
 
-split_grad_conv.defvjp(_split_grad_conv_fwd, _split_grad_conv_bwd)
+cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
 def resolve_conv_impl(impl: str, height: int, width: int) -> str:
@@ -247,14 +281,64 @@ def conv_fn(impl: str, height: int, width: int) -> Callable[[Array, Array],
                                                            Array]:
   """The function computing a SAME conv for `impl` on this backend.
 
-  'xla' is XLA's convolution; on CPU its kernel gradient goes through
-  `split_grad_conv` (unless `CPU_PATHS` is off), elsewhere it is plain.
+  'xla' is XLA's convolution; on CPU its gradients go through `cpu_conv`
+  (unless `CPU_PATHS` is off), elsewhere it is plain.
   """
   impl = resolve_conv_impl(impl, height, width)
   if impl == "shifted":
     return shifted_conv3x3
-  on_cpu = jax.default_backend() == "cpu"
-  return split_grad_conv if on_cpu and CPU_PATHS else xla_conv
+  if jax.default_backend() == "cpu" and CPU_PATHS:
+    return cpu_conv
+  return xla_conv
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_convs_use_ynnpack() -> bool:
+  """Whether XLA CPU runs convolutions through YNNPACK in this process.
+
+  Only YNNPACK's kernel gradient is slow enough for `cpu_conv` to split;
+  XLA's Eigen convolutions (see `prefer_eigen_convolutions`) compute it as
+  fast as the forward pass, and splitting only adds work. Decided once, by
+  compiling a small kernel-gradient convolution and reading its HLO.
+  """
+  # Big enough for XLA to hand it to YNNPACK (it keeps tiny ones).
+  x = jax.ShapeDtypeStruct((8, 8, 8, 64), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+  kernel_grad = jax.jit(lambda x, k: jax.grad(
+      lambda k: jnp.sum(xla_conv(x, k)))(k))
+  return "__ynn_fusion" in kernel_grad.lower(x, kernel).compile().as_text()
+
+
+# XLA CPU flag that gives convolutions back to Eigen, and the jaxlib versions
+# it was checked on (an XLA_FLAGS entry a jaxlib does not know is fatal, so
+# others are left alone).
+EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+EIGEN_CONV_JAXLIB_VERSIONS = ("0.10.",)
+
+
+def prefer_eigen_convolutions() -> bool:
+  """Adds EIGEN_CONV_FLAG to XLA_FLAGS, before XLA reads it, unless the user
+  set a YNNPACK flag or this jaxlib is not one it was checked on. Returns
+  whether the flag is set.
+
+  On the 2-core AMD EPYC machine (jax 0.10.2, batch 128) XLA's YNNPACK
+  convolutions ran VGG-16's at 70-200 GFLOP/s forward and their kernel
+  gradients 2-5x slower still; Eigen's ran 145-210 GFLOP/s with kernel
+  gradients about as fast as the forward pass (docs/performance.md). XLA reads
+  XLA_FLAGS once, when the CPU backend starts, so this runs when jaxcnn's
+  models are imported, before any array exists; later it changes nothing,
+  and `cpu_convs_use_ynnpack` still sees what the backend really does.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "ynn_fusion_type" in flags:
+    return EIGEN_CONV_FLAG in flags
+  if not jaxlib_version.startswith(EIGEN_CONV_JAXLIB_VERSIONS):
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONV_FLAG}".strip()
+  return True
+
+
+prefer_eigen_convolutions()
 
 
 class Conv(nn.Module):
@@ -328,8 +412,9 @@ def strided_max_pool(x_BxHxWxC: Array, window: int, stride: int,
   order (select-and-scatter's choice), and a pixel shared by several windows
   sums their gradients in the order select-and-scatter does. XLA CPU expands
   select-and-scatter into iotas, a variadic reduce-window and a scatter; for
-  AlexNet's 3x3/2 pools at batch 128 that cost 260 ms fwd+bwd at 32x32 and
-  60 ms at 16x16, against 50 and 5 ms here (module docstring).
+  AlexNet's 3x3/2 pools at batch 128 that cost 260-360 ms fwd+bwd at 32x32
+  and 60-90 ms at 16x16, against 65-90 and 5-15 ms here
+  (docs/performance.md).
   """
   # Without differentiation (eval) reduce-window itself is as fast or faster.
   return nn.max_pool(x_BxHxWxC, (window, window), strides=(stride, stride),
@@ -371,6 +456,8 @@ def _strided_max_pool_fwd(x, window, stride, padding):
   # The tap each window's gradient goes to: its first maximum in row-major
   # order, select-and-scatter's choice. Kept instead of x, so the backward
   # pass reads one small int8 array and none of the input.
+  if len(taps) > 127:
+    raise ValueError(f"window {window} is too large for an int8 tap index")
   first = jnp.full(out.shape, len(taps) - 1, jnp.int8)
   for k in reversed(range(len(taps) - 1)):
     first = jnp.where(taps[k] == out, jnp.int8(k), first)
@@ -386,9 +473,9 @@ def _strided_max_pool_bwd(window, stride, padding, residuals, g):
   # (py, px) holds padded pixels (stride*q + py, stride*q' + px). Tap
   # (dy, dx) of window (i, j) lands in plane (dy % s, dx % s) at
   # (i + dy // s, j + dx // s): a shifted copy of the window grid, so each
-  # plane is a sum of shifted, masked copies of g. (Nine interior-padded
-  # pads of the full input, the plain transpose of the strided slices, were
-  # materialised one by one and cost 3x as much.)
+  # plane is a sum of shifted, masked copies of g. (The plain transpose of the
+  # strided slices, interior-padded pads of the full input, had XLA write
+  # window**2 input-sized arrays; these planes add up to one.)
   rows = -(-(height + top + bottom) // stride)
   cols = -(-(width + left + right) // stride)
   zero = jnp.zeros((), g.dtype)

@@ -8,6 +8,12 @@ block. Five pools take 32x32 to 1x1, so the head sees 512 features:
 
 Parameter names: conv{block}_{i} and bn{block}_{i} (conv1_1 ... conv5_3),
 fc1, fc2, logits.
+
+`block='5x5'` replaces each pair of consecutive 3x3 convs in a block by one
+5x5 conv of the same width (the same 5x5 receptive field, one non-linearity
+instead of two, 25C^2 weights instead of 18C^2); a conv left over in a block
+of odd length stays 3x3. VGG-13, with two convs in each of its five blocks,
+becomes five 5x5 convs. (The VGG paper's section 2.3 comparison.)
 """
 from __future__ import annotations
 
@@ -29,6 +35,33 @@ LAYERS_BY_DEPTH: dict[int, tuple] = {
          512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL),
 }
 HEAD_FEATURES = 512
+BLOCK_KINDS = ("3x3", "5x5")
+
+
+def conv_plan(depth: int, block: str = "3x3") -> list:
+  """The layer list of a VGG: (kernel size, channels) per conv and POOL.
+
+  '3x3' is LAYERS_BY_DEPTH[depth] with every conv 3x3; '5x5' merges each
+  pair of consecutive convs of a block into one 5x5 conv.
+  """
+  if block not in BLOCK_KINDS:
+    raise ValueError(f"unknown VGG block {block!r}; use one of {BLOCK_KINDS}")
+  plan, pending = [], []
+  for item in LAYERS_BY_DEPTH[depth] + (None,):
+    if item not in (POOL, None):
+      pending.append(item)
+      continue
+    if block == "3x3":
+      plan += [(3, c) for c in pending]
+    else:
+      for i in range(0, len(pending) - 1, 2):
+        plan.append((5, pending[i + 1]))
+      if len(pending) % 2:
+        plan.append((3, pending[-1]))
+    pending = []
+    if item == POOL:
+      plan.append(POOL)
+  return plan
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -37,8 +70,10 @@ def _scaled(channels: int, width: float) -> int:
 
 class VGG(nn.Module):
   """`norm`: 'batchnorm' | 'none'. `width` scales every conv and fc width.
-  `conv_impl` picks the 3x3 conv implementation (see layers.Conv3x3)."""
+  `conv_impl` picks the 3x3 conv implementation (see layers.Conv3x3);
+  `block` is '3x3' (VGG) or '5x5' (see `conv_plan`)."""
   depth: int = 16
+  block: str = "3x3"
   num_classes: int = 10
   width: float = 1.0
   activation: str = "relu"
@@ -58,15 +93,18 @@ class VGG(nn.Module):
     conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
     block, index = 1, 1
-    for item in LAYERS_BY_DEPTH[self.depth]:
+    for item in conv_plan(self.depth, self.block):
       if item == POOL:
         x = layers.max_pool_2x2(x)
         block, index = block + 1, 1
         continue
+      size, channels = item
       # A bias in front of BatchNorm would be cancelled by its mean.
-      x = layers.Conv3x3(_scaled(item, self.width), use_bias=not use_bn,
-                         impl=self.conv_impl, dtype=self.dtype,
-                         kernel_init=conv_init, name=f"conv{block}_{index}")(x)
+      x = layers.Conv(_scaled(channels, self.width), size,
+                      use_bias=not use_bn,
+                      impl=self.conv_impl if size == 3 else "xla",
+                      dtype=self.dtype, kernel_init=conv_init,
+                      name=f"conv{block}_{index}")(x)
       if use_bn:
         x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
                               name=f"bn{block}_{index}", dtype=self.dtype)
