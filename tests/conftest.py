@@ -18,3 +18,13 @@ def real_data_dir():
   if not (REAL_DATA / "train").is_dir():
     pytest.skip(f"real CIFAR-10 images not found at {REAL_DATA}")
   return REAL_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `slow` run only when asked for: `pytest -m slow`."""
+  if "slow" in (config.getoption("markexpr") or ""):
+    return
+  skip = pytest.mark.skip(reason="slow: run with -m slow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

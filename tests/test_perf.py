@@ -10,6 +10,10 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +208,38 @@ def test_max_pool_takes_the_strided_form_only_on_cpu_with_cpu_paths():
     assert not uses_custom_vjp()
 
 
+# --- Which XLA CPU kernels run the convolutions ----------------------------------
+
+CONV_KERNELS_PROBE = (
+    "import os, jaxcnn.models.layers as layers; "
+    "print(os.environ.get('XLA_FLAGS', '')); "
+    "print(layers.cpu_convs_use_ynnpack())")
+
+
+@pytest.mark.parametrize("user_flags,eigen", [
+    ("", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", False),
+])
+def test_convolutions_go_to_eigen_unless_the_user_says_otherwise(user_flags,
+                                                                  eigen):
+  # Importing the models adds the Eigen flag to XLA_FLAGS before XLA starts
+  # (on the jaxlib it was checked on); a YNNPACK flag of the user's own wins.
+  # What the backend really does is read from the compiled HLO.
+  import jaxlib.version
+  if eigen and not jaxlib.version.__version__.startswith(
+      layers.EIGEN_CONV_JAXLIB_VERSIONS):
+    pytest.skip("the Eigen flag is only set on jaxlib "
+                f"{layers.EIGEN_CONV_JAXLIB_VERSIONS}")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(XLA_FLAGS=user_flags, JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  out = subprocess.run([sys.executable, "-c", CONV_KERNELS_PROBE], env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  flags, uses_ynnpack = out.stdout.strip().splitlines()[-2:]
+  assert (layers.EIGEN_CONV_FLAG in flags) == eigen
+  assert uses_ynnpack == str(not eigen)
+
+
 # --- Convolution with a split kernel gradient -----------------------------------
 
 # Every map size VGG-16 runs lax.conv at on CPU (2x2 and 1x1 go to 'shifted'),
@@ -227,11 +263,16 @@ def kernel_grad_float64(x, cotangent, size):
       for dy in range(size)])
 
 
+@pytest.mark.parametrize("ynnpack", [True, False])
 @pytest.mark.parametrize("batch,height,width,cin,cout,size", SPLIT_CASES)
-def test_cpu_conv_equals_xla_conv(monkeypatch, batch, height, width,
-                                         cin, cout, size):
-  # Few output positions per chunk, so every case really sums several
-  # chunks (VGG's own sizes give 1-16 chunks at batch 128).
+def test_cpu_conv_equals_xla_conv(monkeypatch, ynnpack, batch, height, width,
+                                  cin, cout, size):
+  # ynnpack=True takes the path for YNNPACK convolutions (the kernel
+  # gradient summed over batch chunks), False the one for Eigen's (one
+  # piece), whichever kernels this process really runs: the arithmetic is
+  # the same. Few output positions per chunk, so every case really sums
+  # several chunks (VGG's own sizes give 1-16 chunks at batch 128).
+  monkeypatch.setattr(layers, "cpu_convs_use_ynnpack", lambda: ynnpack)
   monkeypatch.setattr(layers, "KERNEL_GRAD_POSITIONS", 32)
   chunks = layers.kernel_grad_chunks(batch, height, width)
   assert chunks > 1 or batch * height * width <= 32
@@ -262,6 +303,7 @@ def test_cpu_conv_equals_xla_conv(monkeypatch, batch, height, width,
 
 
 def test_cpu_conv_in_bfloat16_accumulates_in_float32(monkeypatch):
+  monkeypatch.setattr(layers, "cpu_convs_use_ynnpack", lambda: True)
   monkeypatch.setattr(layers, "KERNEL_GRAD_POSITIONS", 16)
   x = jnp.asarray(random_normal(1, (8, 8, 8, 4))).astype(jnp.bfloat16)
   kernel = jnp.asarray(random_normal(2, (3, 3, 4, 6))).astype(jnp.bfloat16)
