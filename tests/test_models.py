@@ -313,12 +313,13 @@ CONV_SHAPES = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (2, 1),
                (1, 3)]
 
 
+@pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("height,width", CONV_SHAPES)
-def test_shifted_conv_matches_xla_conv(height, width):
+def test_shifted_conv_matches_xla_conv(height, width, size):
   x = jnp.asarray(random_normal(1, (3, height, width, 5)))
-  kernel = jnp.asarray(random_normal(2, (3, 3, 5, 7)))
+  kernel = jnp.asarray(random_normal(2, (size, size, 5, 7)))
   cotangent = jnp.asarray(random_normal(3, (3, height, width, 7)))
-  got = jax.jit(lambda *a: value_and_grads(layers.shifted_conv3x3, *a))(
+  got = jax.jit(lambda *a: value_and_grads(layers.shifted_conv, *a))(
       x, kernel, cotangent)
   want = jax.jit(lambda *a: value_and_grads(layers.xla_conv3x3, *a))(
       x, kernel, cotangent)
@@ -343,10 +344,14 @@ def test_conv3x3_params_do_not_depend_on_impl():
 
 def test_auto_impl_picks_shifted_only_for_tiny_maps_on_cpu():
   on_cpu = jax.default_backend() == "cpu"
+  expected = "shifted" if on_cpu else "xla"
   for size in (1, 2):
-    expected = "shifted" if on_cpu else "xla"
     assert layers.resolve_conv_impl("auto", size, size) == expected
   assert layers.resolve_conv_impl("auto", 4, 4) == "xla"
+  # Kernels larger than the map: 5x5 on 4x4 and below.
+  assert layers.resolve_conv_impl("auto", 4, 4, 5) == expected
+  assert layers.resolve_conv_impl("auto", 2, 1, 5) == expected
+  assert layers.resolve_conv_impl("auto", 8, 8, 5) == "xla"
   assert layers.resolve_conv_impl("shifted", 32, 32) == "shifted"
   assert layers.resolve_conv_impl("xla", 1, 1) == "xla"
 
@@ -358,6 +363,20 @@ def test_vgg16_same_output_with_every_conv_impl():
     model = create_model(model_config(**SMALL_CONFIGS["vgg"], conv_impl=impl))
     logits[impl] = jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, SMALL_INPUT)
+  scale = float(np.abs(logits["xla"]).max())
+  for impl in ("shifted", "auto"):
+    np.testing.assert_allclose(logits[impl], logits["xla"], rtol=1e-4,
+                               atol=1e-4 * scale, err_msg=impl)
+
+
+def test_vgg_5x5_block_same_output_with_every_conv_impl():
+  # Its 5x5 convs on 4x4 maps and below go to the shifted form on CPU.
+  cfg = dict(SMALL_CONFIGS["vgg"], depth=13, vgg_block="5x5")
+  variables = synthetic_variables(create_model(model_config(**cfg)))
+  logits = {impl: jax.jit(lambda v, x, m=create_model(
+                model_config(**cfg, conv_impl=impl)): m.apply(
+                    v, x, train=False))(variables, SMALL_INPUT)
+            for impl in layers.CONV_IMPLS}
   scale = float(np.abs(logits["xla"]).max())
   for impl in ("shifted", "auto"):
     np.testing.assert_allclose(logits[impl], logits["xla"], rtol=1e-4,

@@ -339,10 +339,14 @@ def test_conv_module_equals_flax_conv(size):
           jax.tree.map(lambda a: a.shape, variables))
   with cpu_paths(True):
     got = jax.jit(ours.apply)(variables, x)
-  np.testing.assert_array_equal(got, jax.jit(flax_conv.apply)(variables, x))
-  if size != 3:
-    with pytest.raises(ValueError, match="3x3"):
-      layers.Conv(6, size, impl="shifted").init(jax.random.key(0), x)
+  want = jax.jit(flax_conv.apply)(variables, x)
+  np.testing.assert_array_equal(got, want)
+  # The shifted form takes any odd kernel, with the same parameters.
+  shifted = jax.jit(layers.Conv(6, size, impl="shifted").apply)(variables, x)
+  np.testing.assert_allclose(shifted, want, rtol=1e-5,
+                             atol=1e-5 * float(np.abs(want).max()))
+  with pytest.raises(ValueError, match="odd"):
+    layers.Conv(6, 4).init(jax.random.key(0), x)
 
 
 # --- LRN ----------------------------------------------------------------------

@@ -13,7 +13,8 @@ for YNNPACK keeps the Eigen preference out:
   which keeps them fast inside lax.scan (several steps per dispatch), and
   where YNNPACK still runs them, its slow kernel gradient is summed over
   batch chunks.
-- 3x3 convs on maps of at most 2x2 use the shifted-matmul form (below).
+- Convs whose kernel is larger than the map (3x3 on 2x2 and 1x1) use the
+  shifted-matmul form (below).
 - Max pools keep reduce-window's forward pass and replace its gradient,
   select-and-scatter, which XLA CPU expands into iotas, a variadic reduce-
   window and a scatter, with strided slices and pads (`strided_max_pool`).
@@ -30,9 +31,13 @@ batch 128, 512 -> 512 channels, with YNNPACK convs):
                                Eigen lax.conv wins at 512 too: 196 vs 265)
   8x8     690 ms     590 ms   (at 128 channels lax.conv wins: 35 vs 61 ms)
 
-So 'auto' takes the shifted form on CPU only for maps of at most 2x2
-(`SHIFTED_MAX_SIZE`), where it wins by 4-35x at every width; at 4x4 and up the
-two are close and lax.conv is the safer default.
+So 'auto' takes the shifted form on CPU only where the kernel is larger than
+the map (3x3 kernels on 2x2 and 1x1 maps), where it wins by 4-35x at every
+width; at 4x4 and up the two are close and lax.conv is the safer default. The
+same holds for 5x5 kernels (VGG's `vgg_block='5x5'`; fwd+bwd, batch 128, on
+a loaded machine): 4x4 maps, 512 channels 37,400 ms vs 1,000 ms; 128
+channels 376 vs 113 ms; 2x2, 128 channels 28 vs 6.5 ms; but 8x8, 64 channels
+44 vs 122 ms.
 """
 from __future__ import annotations
 
@@ -62,10 +67,6 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 CONV_IMPLS = ("auto", "xla", "shifted")
-
-# Largest feature-map side for which conv_impl='auto' uses the shifted form
-# on CPU (see the table in the module docstring).
-SHIFTED_MAX_SIZE = 2
 
 # The CPU-only paths with the same values but cheaper gradients
 # (`cpu_conv`, `strided_max_pool`) are taken when the backend is CPU and
@@ -154,27 +155,28 @@ class LocalResponseNorm(nn.Module):
                                self.beta)
 
 
-def shifted_conv3x3(x_BxHxWxC: Array, kernel_3x3xCxD: Array) -> Array:
-  """3x3 SAME conv (stride 1) as one matmul over the nine shifted views.
+def shifted_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
+  """KxK SAME conv (stride 1, K odd) as one matmul over shifted views.
 
   Equal to the sum over taps (dy, dx) of x_pad[:, dy:dy+H, dx:dx+W] @
   kernel[dy, dx]; stacking the views along channels makes it a single matmul
-  of depth 9*C, which measured a little faster than nine separate ones (2x2,
-  512 ch: 31 vs 33 ms; 4x4: 127 vs 144 ms). Taps that would only read zero
-  padding (all but the centre row/column when H or W is 1) are left out, so a
-  1x1 map costs one matmul with the centre tap.
+  of depth taps*C, which measured a little faster than separate ones (3x3,
+  2x2, 512 ch: 31 vs 33 ms; 4x4: 127 vs 144 ms). Taps that would only read
+  zero padding (offsets of H or more rows, W or more columns) are left out:
+  a 1x1 map costs one matmul with the centre tap, a 5x5 kernel on a 2x2 map
+  nine.
   """
   _, height, width, _ = x_BxHxWxC.shape
-  taps_y = (1,) if height == 1 else (0, 1, 2)
-  taps_x = (1,) if width == 1 else (0, 1, 2)
-  pad_y = 0 if height == 1 else 1
-  pad_x = 0 if width == 1 else 1
+  size = kernel_KxKxCxD.shape[0]
+  radius = size // 2
+  # Offsets -pad..pad reach real pixels; the padding is only what they read.
+  pad_y, pad_x = min(radius, height - 1), min(radius, width - 1)
   x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (pad_y, pad_y), (pad_x, pad_x), (0, 0)))
-  # With no padding on an axis, the centre tap starts at offset 0, not 1.
-  views = [x_pad[:, dy - 1 + pad_y:dy - 1 + pad_y + height,
-                 dx - 1 + pad_x:dx - 1 + pad_x + width, :]
-           for dy in taps_y for dx in taps_x]
-  taps = [kernel_3x3xCxD[dy, dx] for dy in taps_y for dx in taps_x]
+  offsets = [(oy, ox) for oy in range(-pad_y, pad_y + 1)
+             for ox in range(-pad_x, pad_x + 1)]
+  views = [x_pad[:, oy + pad_y:oy + pad_y + height,
+                 ox + pad_x:ox + pad_x + width, :] for oy, ox in offsets]
+  taps = [kernel_KxKxCxD[oy + radius, ox + radius] for oy, ox in offsets]
   stacked_x = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
   stacked_kernel = jnp.concatenate(taps, axis=0)
   return stacked_x @ stacked_kernel
@@ -267,26 +269,28 @@ def _cpu_conv_bwd(residuals, g):
 cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
-def resolve_conv_impl(impl: str, height: int, width: int) -> str:
-  """'auto' -> 'shifted' on CPU for maps up to SHIFTED_MAX_SIZE, else 'xla'."""
+def resolve_conv_impl(impl: str, height: int, width: int,
+                      kernel_size: int = 3) -> str:
+  """'auto' -> 'shifted' on CPU where the kernel is larger than the map
+  (3x3 on 2x2 and 1x1, 5x5 on 4x4 and below), else 'xla'."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
   if impl != "auto":
     return impl
-  tiny_map = max(height, width) <= SHIFTED_MAX_SIZE
-  return "shifted" if tiny_map and jax.default_backend() == "cpu" else "xla"
+  small_map = kernel_size > max(height, width)
+  return "shifted" if small_map and jax.default_backend() == "cpu" else "xla"
 
 
-def conv_fn(impl: str, height: int, width: int) -> Callable[[Array, Array],
-                                                           Array]:
+def conv_fn(impl: str, height: int, width: int,
+            kernel_size: int = 3) -> Callable[[Array, Array], Array]:
   """The function computing a SAME conv for `impl` on this backend.
 
   'xla' is XLA's convolution; on CPU its gradients go through `cpu_conv`
   (unless `CPU_PATHS` is off), elsewhere it is plain.
   """
-  impl = resolve_conv_impl(impl, height, width)
+  impl = resolve_conv_impl(impl, height, width, kernel_size)
   if impl == "shifted":
-    return shifted_conv3x3
+    return shifted_conv
   if jax.default_backend() == "cpu" and CPU_PATHS:
     return cpu_conv
   return xla_conv
@@ -343,7 +347,7 @@ prefer_eigen_convolutions()
 
 class Conv(nn.Module):
   """SAME stride-1 convolution with a square odd kernel and a choice of
-  implementation (`conv_fn`; 'shifted' only for 3x3).
+  implementation (`conv_fn`).
 
   Parameters are 'kernel' [K, K, Cin, Cout] and optional 'bias' [Cout], the
   names and shapes of `nn.Conv(features, (K, K))`, whichever `impl` runs, so
@@ -370,12 +374,7 @@ class Conv(nn.Module):
                         self.param_dtype)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    impl = self.impl
-    if size != 3:  # The shifted form is written for 3x3 kernels only.
-      if impl == "shifted":
-        raise ValueError(f"impl 'shifted' needs a 3x3 kernel, not {size}x{size}")
-      impl = "xla"
-    y = conv_fn(impl, x.shape[1], x.shape[2])(x, kernel)
+    y = conv_fn(self.impl, x.shape[1], x.shape[2], size)(x, kernel)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,),
                         self.param_dtype)

@@ -70,7 +70,7 @@ def _scaled(channels: int, width: float) -> int:
 
 class VGG(nn.Module):
   """`norm`: 'batchnorm' | 'none'. `width` scales every conv and fc width.
-  `conv_impl` picks the 3x3 conv implementation (see layers.Conv3x3);
+  `conv_impl` picks the conv implementation (see layers.conv_fn);
   `block` is '3x3' (VGG) or '5x5' (see `conv_plan`)."""
   depth: int = 16
   block: str = "3x3"
@@ -102,7 +102,7 @@ class VGG(nn.Module):
       # A bias in front of BatchNorm would be cancelled by its mean.
       x = layers.Conv(_scaled(channels, self.width), size,
                       use_bias=not use_bn,
-                      impl=self.conv_impl if size == 3 else "xla",
+                      impl=self.conv_impl,
                       dtype=self.dtype, kernel_init=conv_init,
                       name=f"conv{block}_{index}")(x)
       if use_bn:
