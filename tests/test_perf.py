@@ -427,6 +427,21 @@ def test_model_gradients_agree_with_and_without_cpu_paths(overrides):
 # --- The benchmark ------------------------------------------------------------
 
 
+def test_conv_small_maps_benchmark_runs():
+  from benchmarks import conv_small_maps
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    conv_small_maps.main(["--batch", "1", "--repeats", "1"])
+  rows = out.getvalue().splitlines()[2:]
+  assert len(rows) == len(conv_small_maps.CASES)
+  for row, (side, channels, size) in zip(rows, conv_small_maps.CASES):
+    # map, channels, kernel, two times (ms) and their ratio
+    map_, ch, kernel, *numbers = row.split()
+    assert (map_, ch, kernel) == (f"{side}x{side}", str(channels),
+                                  f"{size}x{size}")
+    assert len(numbers) == 3 and all(float(n) >= 0 for n in numbers)
+
+
 def test_benchmark_runs_one_step_without_torch():
   from benchmarks import throughput
   out = io.StringIO()
