@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxcnn import augment, config as config_lib, parallel, trainer
 from jaxcnn.data import make_synthetic
-from jaxcnn.models import layers
+from jaxcnn.models import forward_flops, layers
 
 # name -> (experiment, config overrides). The experiments' own recipes, so
 # the optimizer chain is the one their training runs use.
@@ -89,46 +89,6 @@ def peak_flops(device, dtype: str) -> dict[str, float] | None:
   if dtype == "bfloat16":
     return {"bfloat16": peaks["bfloat16"]}
   return {"tf32": peaks["tf32"], "float32": peaks["float32"]}
-
-
-def forward_flops(model, image_shape) -> float:
-  """FLOPs of one forward pass per image: 2 * multiply-adds of every conv and
-  dot in the model's jaxpr (elementwise work left out, as MFU conventions
-  do). Traced with the plain conv so the CPU fast paths, which do the same
-  products differently, count the same."""
-  model = model.clone(conv_impl="xla") if hasattr(model, "conv_impl") else model
-  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
-  variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
-  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
-      variables, x)
-  return float(_count_flops(jaxpr.jaxpr))
-
-
-def _count_flops(jaxpr) -> int:
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      out = eqn.outvars[0].aval.shape
-      rhs = eqn.invars[1].aval.shape
-      dn = eqn.params["dimension_numbers"]
-      # Per output element: one multiply-add per kernel tap and input
-      # channel of its group.
-      spatial = int(np.prod([rhs[d] for d in dn.rhs_spec[2:]]))
-      in_per_group = rhs[dn.rhs_spec[1]]
-      total += 2 * int(np.prod(out)) * spatial * in_per_group
-    elif name == "dot_general":
-      (lc, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      out = eqn.outvars[0].aval.shape
-      total += 2 * int(np.prod(out)) * int(np.prod([lhs[d] for d in lc]))
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          total += _count_flops(inner)
-  return total
 
 
 # --- The JAX side -------------------------------------------------------------

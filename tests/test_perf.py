@@ -24,7 +24,7 @@ from jax import lax
 
 from jaxcnn import config as config_lib, parallel, trainer
 from jaxcnn.defaults import base_config
-from jaxcnn.models import create_model, layers
+from jaxcnn.models import create_model, forward_flops, layers
 
 
 def random_normal(seed, shape):
@@ -470,7 +470,18 @@ def test_flops_count_matches_the_vgg16_arithmetic():
   # fc1, fc2, logits: 2*512*512 + 512*10               =     529,408
   #                                              total = 313,725,952
   model = create_model(model_config(name="vgg", depth=16))
-  assert throughput.forward_flops(model, (32, 32, 3)) == 2 * 313_725_952
+  assert forward_flops(model, (32, 32, 3)) == 2 * 313_725_952
+  # VGG-13, two 3x3 convs per block against one 5x5 (receptive_field study):
+  #   3x3: 9 * (1024*(3*64 + 64*64) + 256*(64*128 + 128*128)
+  #        + 64*(128*256 + 256*256) + 16*(256*512 + 512*512)
+  #        + 4*(2*512*512))                          = 228,261,888
+  #   5x5: 25 * (1024*3*64 + 256*64*128 + 64*128*256 + 16*256*512
+  #        + 4*512*512)                              = 188,416,000
+  # (the shifted form on tiny maps skips padding taps; the count is the
+  # nominal one either way) plus the head's 529,408.
+  for block, convs in (("3x3", 228_261_888), ("5x5", 188_416_000)):
+    model = create_model(model_config(name="vgg", depth=13, vgg_block=block))
+    assert forward_flops(model, (32, 32, 3)) == 2 * (convs + 529_408), block
 
 
 def test_mfu_peaks_only_for_known_gpus():
