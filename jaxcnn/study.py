@@ -843,7 +843,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
         scale_overrides={"small": ("model.width=0.25", "model.dropout=0.0",
                                    "optim.schedule=constant"),
                          "full": ("optim.schedule=cosine",)},
-        epochs={"small": 5, "full": 30}, extras=("flops",)),
+        epochs={"small": 15, "full": 30}, extras=("flops",)),
     Study(
         "schedules",
         question="Constant, step, exponential, 1/t and cosine-with-warmup "

@@ -61,8 +61,9 @@ def create_model(model_cfg: Mapping[str, Any], *,
 
   `bn_axis_name`: the pmap axis over which BatchNorm averages its batch
   statistics (synchronised BN); None for a single device. `depth` and
-  `vgg_block` matter only to vgg and `conv_impl` only to the 3x3 convs of vgg
-  and tiny; alexnet ignores all three. Raises ModelConfigError for any value that does not exist.
+  `vgg_block` matter only to vgg and `conv_impl` only to the convs of vgg and
+  tiny; alexnet ignores all three. Raises ModelConfigError for any value that
+  does not exist.
   """
   # Fields the caller leaves out take their defaults (handy for a plain dict).
   cfg = {**base_config().model.to_dict(), **dict(model_cfg.items())}
