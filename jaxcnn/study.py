@@ -750,13 +750,16 @@ def _schedules(s: Scale) -> list[Member]:
   ]
 
 
+# Half-decade steps around each optimizer's usual learning rate; the sweep
+# reaches one step past the best of a first, three-point run (whose best lay
+# at its top end for every optimizer but SGD), so the best is bracketed.
 OPTIMIZER_LRS = {
     "sgd": (0.03, 0.1, 0.3),
-    "momentum": (0.003, 0.01, 0.03),
-    "nesterov": (0.003, 0.01, 0.03),
-    "adam": (1e-4, 3e-4, 1e-3),
-    "adamw": (1e-4, 3e-4, 1e-3),
-    "rmsprop": (1e-4, 3e-4, 1e-3),
+    "momentum": (0.003, 0.01, 0.03, 0.1),
+    "nesterov": (0.003, 0.01, 0.03, 0.1),
+    "adam": (1e-4, 3e-4, 1e-3, 3e-3),
+    "adamw": (1e-4, 3e-4, 1e-3, 3e-3),
+    "rmsprop": (1e-4, 3e-4, 1e-3, 3e-3),
 }
 
 
@@ -860,7 +863,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
     Study(
         "optimizers",
         question="SGD, momentum, Nesterov, Adam, AdamW and RMSProp, each at "
-                 "its best learning rate of a three-point sweep.",
+                 "its best learning rate of a three- or four-point sweep.",
         paper="Wilson et al. (2017): adaptive methods generalize worse than "
               "SGD with momentum on CIFAR-10.",
         base="alexnet", members=_optimizers,
