@@ -78,8 +78,6 @@ class Study:
   # Extra report parts: 'dead', 'saturated', 'sparsity', 'flops', 'ema',
   # 'best_lr' (group members name@lr and pick the best lr per group).
   extras: tuple[str, ...] = ()
-  # Why the study cannot run as the code stands (None: it can).
-  blocked: str | None = None
   notes: str = ""
   # Training errors whose time-to-reach the main table gives.
   thresholds: tuple[float, ...] = THRESHOLDS
@@ -177,8 +175,6 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
   from jaxcnn import trainer
   from jaxcnn.data import load_from_config
   say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-  if study.blocked:
-    raise ConfigError(f"study {study.name} cannot run: {study.blocked}")
   runs = member_configs(study, scale, seeds, data, only)
   datasets: dict[str, Any] = {}
   out = {}
@@ -928,8 +924,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   if args.list or not args.name:
     for s in STUDIES.values():
-      flag = " (blocked: needs a model change)" if s.blocked else ""
-      print(f"{s.name}{flag}: {s.question}")
+      print(f"{s.name}: {s.question}")
     return 0
   if args.name not in STUDIES:
     raise ConfigError(f"unknown study {args.name!r}; known: "

@@ -167,13 +167,9 @@ def test_tiny_study_end_to_end(tmp_path):
   assert [m["name"] for m in summary["members"]] == ["learns", "frozen"]
 
 
-def test_every_runnable_study_resolves():
+def test_every_study_resolves():
   # Every member's overrides name real config fields with valid values.
   for name, s in study.STUDIES.items():
-    if s.blocked:
-      with pytest.raises(config_lib.ConfigError, match="cannot run"):
-        study.run_study(s, "small", 1, "/nonexistent")
-      continue
     runs = study.member_configs(s, "small", 2, data="synthetic")
     assert len(runs) == 2 * len(s.members(study._generic_scale(s, "small")))
     names = [m.name for m, _, _ in runs]
