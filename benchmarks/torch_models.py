@@ -24,16 +24,8 @@ import re
 import torch
 from torch import nn
 
-# Same layer lists as jaxcnn.models.vgg.LAYERS_BY_DEPTH ('M' = 2x2 max pool).
-VGG_LAYERS = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M",
-         512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-         512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-         512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
-}
+# jaxcnn's own VGG layer lists, so both frameworks build the same nets.
+from jaxcnn.models.vgg import LAYERS_BY_DEPTH, POOL
 
 
 class VGG(nn.Module):
@@ -42,8 +34,8 @@ class VGG(nn.Module):
                dropout: float = 0.5, batchnorm: bool = True):
     super().__init__()
     layers, channels = [], 3
-    for item in VGG_LAYERS[depth]:
-      if item == "M":
+    for item in LAYERS_BY_DEPTH[depth]:
+      if item == POOL:
         layers.append(nn.MaxPool2d(2))
         continue
       layers.append(nn.Conv2d(channels, item, 3, padding=1,

@@ -321,7 +321,7 @@ def test_shifted_conv_matches_xla_conv(height, width, size):
   cotangent = jnp.asarray(random_normal(3, (3, height, width, 7)))
   got = jax.jit(lambda *a: value_and_grads(layers.shifted_conv, *a))(
       x, kernel, cotangent)
-  want = jax.jit(lambda *a: value_and_grads(layers.xla_conv3x3, *a))(
+  want = jax.jit(lambda *a: value_and_grads(layers.xla_conv, *a))(
       x, kernel, cotangent)
   for what, g, w in zip(("output", "d/dx", "d/dkernel"), got, want):
     scale = float(np.abs(w).max())

@@ -189,9 +189,6 @@ def xla_conv(x_BxHxWxC: Array, kernel_KxKxCxD: Array) -> Array:
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-xla_conv3x3 = xla_conv
-
-
 def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
   """Batch chunks that `cpu_conv` sums its kernel gradient over when
   YNNPACK runs the convolutions: about KERNEL_GRAD_POSITIONS output
