@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxcnn import data
+from jaxcnn.data import dataset as data_dataset, folder as data_folder
 from jaxcnn.defaults import base_config
 
 CLASSES = ("dog", "ant", "cat")  # written unsorted on purpose
@@ -114,7 +115,7 @@ def test_synthetic_through_load_dataset_and_config():
 
 
 def test_channel_stats_matches_float64(monkeypatch):
-  monkeypatch.setattr(data, "_STATS_CHUNK", 37)  # many uneven chunks
+  monkeypatch.setattr(data_dataset, "_STATS_CHUNK", 37)  # many uneven chunks
   images = np.random.default_rng(0).integers(0, 256, size=(9, 5, 7, 3),
                                               dtype=np.uint8)
   images[..., 2] //= 4  # channels with different statistics
@@ -322,12 +323,12 @@ def test_folder_cache_is_hit_then_invalidated(tree, tmp_path, monkeypatch):
   assert len(cached) == 2  # train and test
   assert not list((tmp_path / "cache").glob(".tmp-*"))  # no leftovers
 
-  real_decode = data._decode_image
+  real_decode = data_folder._decode_image
 
   def no_decoding(*args, **kwargs):
     raise AssertionError("decoded although the cache is current")
 
-  monkeypatch.setattr(data, "_decode_image", no_decoding)
+  monkeypatch.setattr(data_folder, "_decode_image", no_decoding)
   second = _load(root)
   for split in ("train", "test"):
     np.testing.assert_array_equal(getattr(first, f"{split}_images"),
@@ -343,7 +344,7 @@ def test_folder_cache_is_hit_then_invalidated(tree, tmp_path, monkeypatch):
   os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
   with pytest.raises(AssertionError, match="decoded although"):
     _load(root)
-  monkeypatch.setattr(data, "_decode_image", real_decode)
+  monkeypatch.setattr(data_folder, "_decode_image", real_decode)
   third = _load(root)
   index = 1 * PER_CLASS + 2  # class 'cat' (1), file 0002
   np.testing.assert_array_equal(third.train_images[index], new_pixels)
@@ -437,3 +438,17 @@ def test_real_folder_with_limits(real_data_dir, monkeypatch):
   np.testing.assert_array_equal(np.bincount(ds.test_labels), [5] * 10)
   mean, std = data.channel_stats(ds.train_images)
   assert np.all((mean > 0.3) & (mean < 0.7)) and np.all(std > 0.15)
+
+
+def test_public_names_are_importable_from_the_package():
+  # The package split by source keeps `from jaxcnn.data import X` working
+  # for every name the other modules, benchmarks and tests use.
+  for name in data.__all__:
+    assert getattr(data, name) is not None, name
+  assert {"Dataset", "DataError", "SPLITS", "load_dataset", "load_from_config",
+          "channel_stats", "make_synthetic", "subset_indices",
+          "CACHE_DIR_ENV"} <= set(data.__all__)
+  # Each source lives in its own module.
+  assert data.make_synthetic.__module__ == "jaxcnn.data.synthetic"
+  assert data.cache_dir.__module__ == "jaxcnn.data.folder"
+  assert data.Dataset.__module__ == "jaxcnn.data.dataset"
