@@ -8,15 +8,11 @@ Reached on one H200 (bf16, jax 0.11.2; CIFAR-10 test, JPEG copy, 5k images):
 88.58% raw, 88.78% EMA after 30 epochs, about 30 s of training after a 23 s
 compile (benchmarks/gpu_run.sh; docs/gpu/h200_run.log).
 """
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import vgg  # noqa: E402
+from jaxcnn.config import load_experiment
 
 
 def get_config():
-  c = vgg.get_config()
+  c = load_experiment("vgg")
   c.train.num_epochs = 30
   c.optim.schedule = "cosine"
   c.optim.warmup_epochs = 1.0

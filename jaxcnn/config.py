@@ -114,7 +114,13 @@ def known_experiments() -> list[str]:
 
 
 def load_experiment(name_or_path: str) -> Config:
-  """Returns `get_config()` of `experiments/<name>.py` or of a .py file path."""
+  """Returns `get_config()` of `experiments/<name>.py` or of a .py file path.
+
+  A variant builds on another experiment by calling this in its own
+  `get_config()`: `c = load_experiment("vgg")`, then changes a few fields. The
+  name resolves in `experiments/` wherever the variant's file lies, and
+  nothing is added to `sys.path`.
+  """
   path = pathlib.Path(name_or_path)
   if path.suffix != ".py":
     path = EXPERIMENTS_DIR / f"{name_or_path}.py"
@@ -188,10 +194,22 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
   raise bad(type(current).__name__)
 
 
+# The two ways to give a run's length; `num_steps` > 0 wins in the trainer.
+EPOCHS_KEY, STEPS_KEY = "train.num_epochs", "train.num_steps"
+
+
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
-  """Returns a copy of `config` with `a.b=value` overrides applied."""
+  """Returns a copy of `config` with `a.b=value` overrides applied.
+
+  A run length given here is the one used: overriding `train.num_epochs`
+  without `train.num_steps` sets `train.num_steps` to 0, so the experiment's
+  own step count (which would win in the trainer) cannot silently replace
+  it. Overriding both, each above 0, is refused: only one can be the length.
+  """
   config = config.copy()
+  overrides = list(overrides)
   flat_keys = [k for k, _ in config.flat_items()]
+  given = set()
   for item in overrides:
     if "=" not in item:
       raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -207,7 +225,26 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
       if i < len(parts) - 1:
         node = node[part]
     node[parts[-1]] = _parse_value(key, text, node[parts[-1]])
+    given.add(key)
+  _resolve_run_length(config, given)
   return config
+
+
+def _resolve_run_length(config: Config, given: set[str]) -> None:
+  """Makes an overridden `train.num_epochs` the run length (see
+  `apply_overrides`)."""
+  if EPOCHS_KEY not in given:
+    return
+  train = config.get("train")
+  if STEPS_KEY not in given:
+    if isinstance(train, Config) and "num_steps" in train:
+      train.num_steps = 0
+    return
+  epochs, steps = train.num_epochs, train.num_steps
+  if epochs > 0 and steps > 0:
+    raise ConfigError(
+        f"both {EPOCHS_KEY}={epochs} and {STEPS_KEY}={steps} are set: give "
+        f"one run length (set the other to 0)")
 
 
 def config_from_json_file(path: str | os.PathLike) -> Config:

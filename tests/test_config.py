@@ -70,3 +70,52 @@ def test_diff_names_changed_fields():
   a = config_lib.load_experiment("vgg")
   b = config_lib.apply_overrides(a, ["model.depth=11"])
   assert config_lib.diff(a, b) == ["model.depth: 16 -> 11"]
+
+
+def test_epochs_override_replaces_the_experiments_step_count():
+  # alexnet trains 100k steps; an override of the epochs alone must set the
+  # run length, not be ignored because num_steps > 0 wins in the trainer.
+  alexnet = config_lib.load_experiment("alexnet")
+  assert alexnet.train.num_steps == 100_000
+  out = config_lib.apply_overrides(alexnet, ["train.num_epochs=2"])
+  assert (out.train.num_epochs, out.train.num_steps) == (2, 0)
+  # The step count the trainer derives: epochs x steps per epoch (500
+  # images at batch 128: 3 full batches an epoch), so 6, not 100,000.
+  from jaxcnn import trainer
+  from jaxcnn.data import make_synthetic
+  setup = trainer.build(out, make_synthetic(500, 10))
+  assert (setup.steps_per_epoch, setup.total_steps) == (3, 6)
+  # Steps alone, or both with one of them 0, are taken as given.
+  out = config_lib.apply_overrides(alexnet, ["train.num_steps=50"])
+  assert (out.train.num_epochs, out.train.num_steps) == (
+      alexnet.train.num_epochs, 50)
+  out = config_lib.apply_overrides(alexnet, ["train.num_epochs=3",
+                                             "train.num_steps=0"])
+  assert (out.train.num_epochs, out.train.num_steps) == (3, 0)
+
+
+def test_epochs_and_steps_both_overridden_is_refused():
+  with pytest.raises(ConfigError) as e:
+    config_lib.apply_overrides(config_lib.load_experiment("vgg"), [
+        "train.num_epochs=2", "train.num_steps=500"])
+  assert "train.num_epochs=2" in str(e.value)
+  assert "train.num_steps=500" in str(e.value)
+
+
+def test_variant_experiment_loads_its_base_without_sys_path(tmp_path):
+  import pathlib
+  import sys
+  before = list(sys.path)
+  short = config_lib.load_experiment("vgg_short")
+  assert sys.path == before
+  vgg = config_lib.load_experiment("vgg")
+  assert (short.model.to_dict(), short.train.batch_size) == (
+      vgg.model.to_dict(), vgg.train.batch_size)
+  assert (short.train.num_epochs, short.optim.schedule) == (30, "cosine")
+  # The same file given as a path, from another directory, still finds its
+  # base in experiments/.
+  copy = tmp_path / "my_short.py"
+  copy.write_text((config_lib.EXPERIMENTS_DIR / "vgg_short.py").read_text())
+  assert config_lib.load_experiment(str(copy)) == short
+  for path in pathlib.Path(config_lib.EXPERIMENTS_DIR).glob("*.py"):
+    assert "sys.path" not in path.read_text(), path
