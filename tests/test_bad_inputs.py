@@ -57,6 +57,8 @@ CASES = [
      "train.batch_size must be positive"),
     ("negative epochs", TINY + ["--set", "train.num_epochs=-1"], 2,
      "train.num_epochs must be >= 0"),
+    ("two run lengths", TINY + ["--set", "train.num_epochs=2"], 2,
+     "both train.num_epochs=2 and train.num_steps=8 are set"),
     ("batch not divisible by the device count",
      TINY + ["--set", "train.batch_size=30"], 2,
      "does not divide evenly over 4 devices"),
