@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +31,8 @@ from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
 from jaxcnn.defaults import with_defaults
 from jaxcnn.models import create_model
+# format_table is imported from here by eval.py; both live in jaxcnn.tables.
+from jaxcnn.tables import format_table, percent  # noqa: F401
 
 WEIGHTS = ("raw", "ema")
 WEIGHT_CHOICES = ("raw", "ema", "both")
@@ -666,31 +668,3 @@ def inspect_workdir(workdir, *, step: int | None = None,
       report["eval"] = {"data": dataset.source, "split": split, **results}
   return report
 
-
-# --- Text ---------------------------------------------------------------------
-
-
-def percent(x: float | None, digits: int = 2) -> str:
-  if x is None:
-    return "-"
-  if math.isinf(x):
-    return "inf"
-  return f"{100 * x:.{digits}f}%"
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-                 align: str | None = None) -> str:
-  """A plain-text table; `align` has one 'l' or 'r' per column (default:
-  first column left, the rest right)."""
-  rows = [[str(c) for c in row] for row in rows]
-  align = align or "l" + "r" * (len(headers) - 1)
-  widths = [max([len(h)] + [len(r[i]) for r in rows])
-            for i, h in enumerate(headers)]
-
-  def line(cells):
-    return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                     for c, w, a in zip(cells, widths, align)).rstrip()
-
-  out = [line(headers), line(["-" * w for w in widths])]
-  out += [line(r) for r in rows]
-  return "\n".join(out)

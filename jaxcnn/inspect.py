@@ -60,7 +60,7 @@ def _g(x: float) -> str:
 
 
 def format_report(report: dict) -> str:
-  from jaxcnn.evaluation import format_table, percent
+  from jaxcnn.tables import format_table, percent
   lines = [f"workdir {report['workdir']}, step {report['step']}: "
            f"{report['model']}; near zero: |w| < {report['near_zero']:g}"]
   headers = ["tensor", "shape", "count", "raw L2", "EMA L2", "L2 dist",

@@ -1,5 +1,6 @@
-"""PNG figures for `jaxcnn.eval` and `jaxcnn.inspect`, drawn from the plain
-data the evaluation library returns.
+"""PNG figures for `jaxcnn.eval`, `jaxcnn.inspect` and the study reports,
+drawn from the plain data the evaluation library and `jaxcnn.study_report`
+return.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never
 through pyplot: no display, no global figure state, the same output on a
@@ -15,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, dpi: int = 100):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height), dpi=100)
+  fig = Figure(figsize=(width, height), dpi=dpi)
   FigureCanvasAgg(fig)
   return fig
 
@@ -114,4 +115,62 @@ def weight_histogram(histogram: dict, path, *, title: str) -> str:
   ax.set_ylabel("count")
   ax.set_title(title)
   ax.legend()
+  return _save(fig, path)
+
+
+# --- Studies: one line per member (means over seeds) -------------------------
+
+Curve = tuple[Sequence[float], Sequence[float]]  # (xs, ys)
+STUDY_DPI = 90  # Several panels per figure: smaller files, still readable.
+
+
+def training_curves(lines: Sequence[dict], path, *,
+                    thresholds: Sequence[float], title: str) -> str:
+  """Training loss (log scale) and training error against epochs and
+  against training seconds. Each line: {name, loss_vs_epoch,
+  loss_vs_seconds, error_vs_epoch, error_vs_seconds}, each a Curve; the
+  error panels mark `thresholds`."""
+  fig = _figure(11.0, 8.0, STUDY_DPI)
+  axes = fig.subplots(2, 2)
+  for line in lines:
+    for col, x in enumerate(("epoch", "seconds")):
+      axes[0][col].plot(*line[f"loss_vs_{x}"], label=line["name"])
+      axes[1][col].plot(*line[f"error_vs_{x}"], label=line["name"])
+  for col, x in enumerate(("epochs", "training seconds")):
+    axes[0][col].set(xlabel=x, ylabel="training loss", yscale="log")
+    axes[1][col].set(xlabel=x, ylabel="training error")
+    for t in thresholds:
+      axes[1][col].axhline(t, color="grey", lw=0.5, ls=":")
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def raw_and_ema_curves(lines: Sequence[dict], path, *, ylabel: str) -> str:
+  """One colour per line ({name, raw, ema}, Curves): raw solid, EMA
+  dashed."""
+  fig = _figure(7.0, 4.5, STUDY_DPI)
+  ax = fig.add_subplot()
+  for i, line in enumerate(lines):
+    color = f"C{i % 10}"
+    ax.plot(*line["raw"], color=color, label=f"{line['name']} raw")
+    ax.plot(*line["ema"], color=color, ls="--", label=f"{line['name']} EMA")
+  ax.set(xlabel="epochs", ylabel=ylabel)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def per_layer_curves(panels: dict[str, Sequence[tuple[str, Curve]]], path, *,
+                     ylabel: str) -> str:
+  """One panel per layer ({layer: [(name, Curve), ...]}), against epochs."""
+  fig = _figure(3.2 * len(panels), 3.4, STUDY_DPI)
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (layer, lines) in zip(axes, panels.items()):
+    for name, curve in lines:
+      ax.plot(*curve, label=name)
+    ax.set(title=layer, xlabel="epochs", ylabel=ylabel)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
   return _save(fig, path)

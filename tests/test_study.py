@@ -2,13 +2,14 @@
 synthetic data (runs on the 4 fake CPU devices of conftest.py)."""
 import json
 import re
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from jaxcnn import config as config_lib, parallel, reporting, stats, study, \
-    trainer
+from jaxcnn import config as config_lib, parallel, reporting, stats, studies, \
+    study, study_report, study_runner, trainer
 
 
 def tiny_setup(*overrides):
@@ -119,19 +120,19 @@ def test_tiny_study_end_to_end(tmp_path):
   # chance within a few steps: train error below 85%), one has a zero
   # learning rate and so keeps its initial weights (never below 85%, raw and
   # EMA weights equal).
-  s = study.Study(
+  s = studies.Study(
       "toy", question="q", paper="p", base="test",
       members=lambda scale: [
-          study.Member("learns", ("optim.learning_rate=0.1",)),
-          study.Member("frozen", ("optim.learning_rate=0.0",))],
+          studies.Member("learns", ("optim.learning_rate=0.1",)),
+          studies.Member("frozen", ("optim.learning_rate=0.0",))],
       scale_overrides={"tiny": ("optim.optimizer=momentum",
                                 "optim.schedule=constant",
                                 "data.synthetic_train_size=256")},
       epochs={"tiny": 3}, extras=("dead", "ema"), thresholds=(0.85,))
   root = tmp_path / "runs"
-  status = study.run_study(s, "tiny", 1, root)
+  status = study_runner.run_study(s, "tiny", 1, root)
   assert sorted(status.values()) == ["done", "done"]
-  path = study.write_report(s, "tiny", 1, root, command="toy")
+  path = study_report.write_report(s, "tiny", 1, root, command="toy")
   report = path.read_text()
   out = path.parent
   for png in ("curves.png", "test_accuracy.png", "dead_fraction.png"):
@@ -160,7 +161,7 @@ def test_tiny_study_end_to_end(tmp_path):
   # A re-run trains nothing: the metrics files are not appended to.
   sizes = {p: p.stat().st_size for p in root.glob("study_toy/*/metrics.jsonl")}
   assert len(sizes) == 2
-  status = study.run_study(s, "tiny", 1, root)
+  status = study_runner.run_study(s, "tiny", 1, root)
   assert sorted(status.values()) == ["done", "done"]
   assert {p: p.stat().st_size for p in sizes} == sizes
   summary = json.loads((out / "summary.json").read_text())
@@ -169,9 +170,77 @@ def test_tiny_study_end_to_end(tmp_path):
 
 def test_every_study_resolves():
   # Every member's overrides name real config fields with valid values.
-  for name, s in study.STUDIES.items():
-    runs = study.member_configs(s, "small", 2, data="synthetic")
-    assert len(runs) == 2 * len(s.members(study._generic_scale(s, "small")))
+  for name, s in studies.all_studies().items():
+    assert s.name == name
+    runs = studies.member_configs(s, "small", 2, data="synthetic")
+    assert len(runs) == 2 * len(s.members(studies.scale_of(s, "small")))
     names = [m.name for m, _, _ in runs]
     assert all(re.fullmatch(r"[\w.@-]+", n) for n in names)
     assert all(c.train.collect_stats for _, _, c in runs)
+
+
+def test_study_command_defaults_to_the_training_data(monkeypatch, tmp_path):
+  # Without --data the members train on their experiment's data, as
+  # `python -m jaxcnn.train` does (tfds:cifar10), never on a folder outside
+  # the repository; --data replaces it. Loading is where the run would start.
+  from jaxcnn import data
+
+  class Loaded(Exception):
+    pass
+
+  sources = []
+
+  def load_from_config(data_cfg, seed):
+    sources.append(data_cfg.source)
+    raise Loaded
+
+  monkeypatch.setattr(data, "load_from_config", load_from_config)
+  root = str(tmp_path / "runs")
+  with pytest.raises(Loaded):
+    study.main(["lrn", "--root", root])
+  assert sources == ["tfds:cifar10"]
+  assert config_lib.load_experiment("alexnet").data.source == "tfds:cifar10"
+  with pytest.raises(Loaded):
+    study.main(["lrn", "--root", root, "--data", "folder:/some/images"])
+  assert sources[-1] == "folder:/some/images"
+  assert not (tmp_path / "runs").exists()
+
+
+def test_library_code_names_no_path_outside_the_repository():
+  package = config_lib.REPO_ROOT / "jaxcnn"
+  for path in package.rglob("*.py"):
+    text = path.read_text()
+    for outside in ("REPO_ROOT.parent", "../shared", '"shared"'):
+      assert outside not in text, f"{path} names {outside}"
+
+
+def test_a_study_is_one_file(monkeypatch, tmp_path, capsys):
+  # Dropping one file into the studies package is all it takes: listed,
+  # loaded by name, resolved into configs.
+  (tmp_path / "toy_norms.py").write_text(
+      "from jaxcnn.studies import Member, Study\n"
+      "STUDY = Study('toy_norms', question='which norm?', paper='-',\n"
+      "              base='test', members=lambda scale: [\n"
+      "                  Member(n, (f'model.norm={n}',))\n"
+      "                  for n in ('none', 'batchnorm')])\n")
+  (tmp_path / "misnamed.py").write_text(
+      "from jaxcnn.studies import Study\n"
+      "STUDY = Study('other', question='', paper='', base='test',\n"
+      "              members=lambda scale: [])\n")
+  monkeypatch.setattr(studies, "__path__", [*studies.__path__, str(tmp_path)])
+  for module in ("toy_norms", "misnamed"):
+    monkeypatch.delitem(sys.modules, f"jaxcnn.studies.{module}",
+                        raising=False)
+  assert {"toy_norms", "misnamed", "lrn"} <= set(studies.names())
+  assert not any(n.startswith("_") for n in studies.names())
+  toy = studies.load("toy_norms")
+  runs = studies.member_configs(toy, "small", 1)
+  assert [c.model.norm for _, _, c in runs] == ["none", "batchnorm"]
+  with pytest.raises(config_lib.ConfigError, match="name it after its file"):
+    studies.load("misnamed")
+  with pytest.raises(config_lib.ConfigError, match="unknown study 'nosuch'"):
+    studies.load("nosuch")
+  monkeypatch.setattr(studies, "__path__", [*studies.__path__[:-1]])
+  assert "toy_norms" not in studies.names()
+  for module in ("toy_norms", "misnamed"):
+    sys.modules.pop(f"jaxcnn.studies.{module}", None)

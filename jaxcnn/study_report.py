@@ -1,0 +1,363 @@
+"""A study's report: the members' numbers (`jaxcnn.study_metrics`) written as
+report.md (Markdown tables of mean ± std over seeds), summary.json (the same
+numbers, unrounded) and PNG plots (`jaxcnn.plots`).
+
+Optional sections, named by a study's `extras`: 'dead', 'saturated',
+'sparsity' (per-layer statistics of `train.collect_stats`), 'grads'
+(gradient norms per layer, first and last log step), 'flops' (parameters and
+forward FLOPs per member), 'ema' (raw against EMA test accuracy at each
+evaluation), 'best_lr' (members named GROUP@LR: the best LR of each group).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import platform
+from typing import Sequence
+
+from jaxcnn import plots
+from jaxcnn.config import Config
+from jaxcnn.studies import THRESHOLDS, Study, scale_of
+from jaxcnn.study_metrics import (collect, epoch_of_stats, layers_of,
+                                  mean_curve, mean_std)
+from jaxcnn.tables import format_table
+
+# Markdown tables for report.md, through the formatter the CLIs use.
+_markdown = functools.partial(format_table, markdown=True)
+
+
+# --- Numbers as text -----------------------------------------------------------
+
+
+def fmt(values: Sequence[float | None], *, scale: float = 1.0,
+        digits: int = 2, unit: str = "") -> str:
+  """'mean ± std' over seeds ('mean' for one seed); 'never' if no seed got a
+  value; '(k/n)' appended when only k of n seeds did."""
+  mean, std, k = mean_std(values)
+  n = len(values)
+  if k == 0:
+    return "never" if n else "-"
+  text = f"{mean * scale:.{digits}f}{unit}"
+  if n > 1:
+    text += f" ± {std * scale:.{digits}f}"
+  if k < n:
+    text += f" ({k}/{n})"
+  return text
+
+
+def model_cost(config: Config, flops: bool = False) -> dict:
+  """Parameters (and nominal forward FLOPs per image: 2 x the multiply-adds
+  of every conv and dense layer, `models.forward_flops`) of a config's
+  model, without training it."""
+  import jax
+  import jax.numpy as jnp
+  from jaxcnn.models import count_params, create_model, forward_flops
+  model = create_model(config.model)
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.PRNGKey(0),
+                          "dropout": jax.random.PRNGKey(0)}, x, train=False))
+  out = {"params": count_params(variables["params"])}
+  if flops:
+    out["flops"] = forward_flops(model, (32, 32, 3))
+  return out
+
+
+# --- Tables -----------------------------------------------------------------------
+
+
+def _main_rows(entries: list[dict], thresholds: Sequence[float]
+               ) -> tuple[list[str], list[list[str]]]:
+  header = ["member", "overrides", "seeds", "test acc raw %", "test acc EMA %",
+            "final train loss"]
+  for t in thresholds:
+    tag = round(t * 100)
+    header += [f"epochs to {tag}% train err", f"s to {tag}% train err"]
+  header += ["train s"]
+  rows = []
+  for e in entries:
+    ss = e["seeds"]
+    get = lambda key: [s[key] for s in ss]
+    row = [e["name"], " ".join(f"`{o}`" for o in e["overrides"]) or "-",
+           str(len(ss)) + (" (failed: " + str(sum(1 for s in ss
+                                                   if s["failed"])) + ")"
+                           if any(s["failed"] for s in ss) else ""),
+           fmt(get("test_accuracy_raw"), scale=100),
+           fmt(get("test_accuracy_ema"), scale=100),
+           fmt(get("final_train_loss"), digits=3)]
+    for t in thresholds:
+      tag = round(t * 100)
+      row += [fmt(get(f"epochs_to_{tag}"), digits=2),
+              fmt(get(f"seconds_to_{tag}"), digits=0)]
+    row += [fmt(get("train_seconds"), digits=0)]
+    rows.append(row)
+  return header, rows
+
+
+def _per_layer_table(entries: list[dict], prefix: str, *,
+                     scale: float = 100.0, digits: int = 1,
+                     which: str = "final_stats") -> str | None:
+  layers = layers_of([s for e in entries for s in e["seeds"]], prefix)
+  if not layers:
+    return None
+  rows = []
+  for e in entries:
+    row = [e["name"]]
+    for layer in layers:
+      vals = [s[which].get(f"{prefix}/{layer}") for s in e["seeds"]]
+      row.append("-" if all(v is None for v in vals)
+                 else fmt(vals, scale=scale, digits=digits))
+    rows.append(row)
+  unit = " %" if scale == 100.0 else ""
+  return _markdown(["member"] + [f"{layer}{unit}" for layer in layers], rows)
+
+
+def _ema_table(entries: list[dict]) -> str:
+  """Raw and EMA test accuracy at each evaluation (mean over seeds)."""
+  epochs = sorted({round(r["epoch"], 2) for e in entries for s in e["seeds"]
+                   for r in s["eval"]})
+  rows = []
+  for e in entries:
+    row = [e["name"]]
+    for ep in epochs:
+      def at(key):
+        return [next((r[key] for r in s["eval"]
+                      if round(r["epoch"], 2) == ep), None) for s in e["seeds"]]
+      raw, ema = at("test_accuracy_raw"), at("test_accuracy_ema")
+      row.append(f"{fmt(raw, scale=100, digits=1)} / "
+                 f"{fmt(ema, scale=100, digits=1)}")
+    rows.append(row)
+  return _markdown(["member (raw / EMA %)"] + [f"ep {ep:g}" for ep in epochs],
+                rows)
+
+
+def _best_lr_table(entries: list[dict], threshold: float) -> str:
+  """Members named GROUP@LR: the best LR of each group by mean final raw test
+  accuracy. (Chosen on the test split: there is no validation split at this
+  scale; the choice is optimistic for every optimizer alike.)"""
+  tag = round(threshold * 100)
+  groups: dict[str, list] = {}
+  for e in entries:
+    group = e["name"].split("@")[0]
+    acc = mean_std([s["test_accuracy_raw"] for s in e["seeds"]])[0]
+    groups.setdefault(group, []).append((acc if acc is not None else -1, e))
+  rows = []
+  for group, items in groups.items():
+    acc, best = max(items, key=lambda item: item[0])
+    tried = ", ".join(e["name"].split("@", 1)[-1] for _, e in items)
+    rows.append([group, best["name"].split("@", 1)[-1], tried,
+                 fmt([s["test_accuracy_raw"] for s in best["seeds"]],
+                     scale=100),
+                 fmt([s[f"epochs_to_{tag}"] for s in best["seeds"]])])
+  return _markdown(["optimizer", "best lr", "lrs tried", "test acc raw %",
+                 f"epochs to {tag}% train err"], rows)
+
+
+def _cost_table(entries: list[dict]) -> str:
+  rows = []
+  for e in entries:
+    cost = model_cost(e["config"], flops=True)
+    rows.append([e["name"], f"{cost['params']:,}",
+                 f"{cost['flops'] / 1e6:.1f}",
+                 fmt([s["test_accuracy_raw"] for s in e["seeds"]], scale=100)])
+  return _markdown(["member", "params", "forward MFLOPs / image",
+                 "test acc raw %"], rows)
+
+
+# --- Plots -------------------------------------------------------------------------
+
+
+def write_plots(entries: list[dict], out: pathlib.Path, extras: Sequence[str],
+                thresholds: Sequence[float] = THRESHOLDS) -> list[str]:
+  """PNG plots into `out`; returns their file names."""
+  def error(curve):
+    return curve[0], [1 - a for a in curve[1]]
+
+  lines = [{"name": e["name"], **{
+      f"{what}_vs_{x}": curve for x in ("epoch", "seconds")
+      for what, curve in (
+          ("loss", mean_curve(e["seeds"], "train", "loss", x)),
+          ("error", error(mean_curve(e["seeds"], "train", "accuracy", x))))}}
+           for e in entries]
+  plots.training_curves(
+      lines, out / "curves.png", thresholds=thresholds,
+      title="Training loss and error of the training batches (mean over "
+            "seeds; averages over each log interval)")
+  written = ["curves.png"]
+
+  def percent(curve):
+    return curve[0], [100 * a for a in curve[1]]
+
+  plots.raw_and_ema_curves(
+      [{"name": e["name"],
+        "raw": percent(mean_curve(e["seeds"], "eval", "test_accuracy_raw",
+                                   "epoch")),
+        "ema": percent(mean_curve(e["seeds"], "eval", "test_accuracy_ema",
+                                   "epoch"))} for e in entries],
+      out / "test_accuracy.png",
+      ylabel="test accuracy % (solid raw, dashed EMA)")
+  written.append("test_accuracy.png")
+
+  for prefix, wanted in (("dead_fraction", "dead"),
+                         ("saturated_fraction", "saturated"),
+                         ("zero_fraction", "sparsity")):
+    if wanted not in extras:
+      continue
+    for e in entries:
+      for s in e["seeds"]:
+        epoch_of_stats(s)
+    layers = layers_of([s for e in entries for s in e["seeds"]], prefix)
+    if not layers:
+      continue
+    panels = {}
+    for layer in layers:
+      curves = [(e["name"], mean_curve(e["seeds"], "stats",
+                                        f"{prefix}/{layer}", "epoch"))
+                for e in entries]
+      panels[layer] = [(name, percent(c)) for name, c in curves if c[0]]
+    name = f"{prefix}.png"
+    plots.per_layer_curves(panels, out / name, ylabel=f"{prefix} %")
+    written.append(name)
+  return written
+
+
+# --- The report --------------------------------------------------------------------
+
+
+def _probe_size() -> int:
+  from jaxcnn import stats
+  return stats.PROBE_SIZE
+
+
+def machine_line() -> str:
+  import jax
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (f"{platform.node()}: {os.cpu_count()} CPU cores, "
+          f"{platform.processor() or platform.machine()}, jax {jax.__version__} "
+          f"on {jax.devices()[0].platform} ({len(jax.devices())} device(s)); "
+          f"load average {load:.1f} when the report was written (the machine "
+          "is shared, so seconds are noisy)")
+
+
+def _median(values: list[float]) -> float:
+  return sorted(values)[len(values) // 2]
+
+
+def _how_it_was_run(study: Study, scale: str, seeds: int, entries: list[dict],
+                    only: Sequence[str] | None, command: str,
+                    run_seconds: float | None) -> list[str]:
+  """The report's 'How it was run' lines: command, machine, scale, seeds,
+  wall time, members not run yet, and the cost of the statistics."""
+  s = scale_of(study, scale)
+  ran = {e["name"] for e in entries}
+  wall = sum(x["wall_seconds"] or 0 for e in entries for x in e["seeds"])
+  command = command or (f"python -m jaxcnn.study {study.name} --scale {scale} "
+                        f"--seeds {seeds}")
+  parts = ["## How it was run", "",
+           f"- command: `{command}`",
+           f"- machine: {machine_line()}",
+           f"- scale `{scale}`: {s.epochs} epochs; overrides for every "
+           f"member: {' '.join(f'`{o}`' for o in s.overrides)}; base "
+           f"experiment `{study.base}`",
+           f"- seeds: {seeds} (0..{seeds - 1}); 'mean ± std' is over seeds "
+           "(sample std), a single number means one seed",
+           f"- wall time of the member runs (compile, training, evaluation, "
+           f"statistics): {wall / 60:.1f} min"
+           + (f"; this invocation: {run_seconds / 60:.1f} min"
+              if run_seconds is not None else "")]
+  missing = [m.name for m in study.members(s) if m.name not in ran
+             and (not only or m.name in only)]
+  if missing:
+    parts.append(f"- not run (yet): {', '.join(missing)}")
+  runs = [x for e in entries for x in e["seeds"]]
+  stats_s = [t for x in runs for t in x["stats_seconds"][1:]]
+  first_s = [x["stats_seconds"][0] for x in runs if x["stats_seconds"]]
+  step_s = [t for x in runs for t in x["sec_per_batch"]]
+  if stats_s and step_s:
+    parts.append(
+        f"- cost of `train.collect_stats` (probe batch of "
+        f"{_probe_size()} images, forward and backward): median "
+        f"{_median(stats_s):.2f} s per log step (first call, with "
+        f"its compile: median {_median(first_s):.1f} s), against a "
+        f"median train step of {_median(step_s):.2f} s; with it off "
+        "nothing is built or run")
+  return parts
+
+
+def _result_tables(study: Study, entries: list[dict]) -> list[str]:
+  """The main table, then the sections the study's extras ask for."""
+  header, rows = _main_rows(entries, study.thresholds)
+  parts = [_markdown(header, rows), ""]
+  if "best_lr" in study.extras:
+    parts += ["### Best learning rate per optimizer", "",
+              _best_lr_table(entries, study.thresholds[0]), ""]
+  if "flops" in study.extras:
+    parts += ["### Cost", "", _cost_table(entries), ""]
+  for prefix, wanted, title in (
+      ("dead_fraction", "dead",
+       "Dead units at the end (channels never > 0 on the probe batch)"),
+      ("saturated_fraction", "saturated",
+       "Saturated activations at the end (tanh |y|>0.99, sigmoid y<0.01 or "
+       ">0.99)"),
+      ("zero_fraction", "sparsity",
+       "Activation sparsity at the end (|y| < 1e-6)"),
+      ("weight_zero_fraction", "sparsity",
+       "Weight sparsity at the end (|w| < 1e-3)")):
+    if wanted in study.extras:
+      table = _per_layer_table(entries, prefix)
+      if table:
+        parts += [f"### {title}", "", table, ""]
+  if "grads" in study.extras:
+    for which, when in (("first_stats", "at the first log step"),
+                        ("final_stats", "at the end")):
+      table = _per_layer_table(entries, "grad_norm", scale=1.0, digits=4,
+                               which=which)
+      if table:
+        parts += [f"### Gradient norm per layer {when} (probe batch, "
+                  "inference mode)", "", table, ""]
+  if "ema" in study.extras:
+    parts += ["### Raw vs EMA test accuracy during training", "",
+              _ema_table(entries), ""]
+  failed = [(e["name"], x["failed"]) for e in entries for x in e["seeds"]
+            if x["failed"]]
+  if failed:
+    parts += ["### Failed runs", ""]
+    parts += [f"- {name}: {why}" for name, why in failed] + [""]
+  return parts
+
+
+def write_report(study: Study, scale: str, seeds: int, root, out=None, *,
+                 only: Sequence[str] | None = None, command: str = "",
+                 run_seconds: float | None = None) -> pathlib.Path:
+  """report.md, summary.json and the plots for whatever has been run."""
+  out = pathlib.Path(out or pathlib.Path(root) / f"study_{study.name}")
+  out.mkdir(parents=True, exist_ok=True)
+  entries = collect(study, scale, seeds, root, only)
+  parts = [f"# Study `{study.name}` ({scale} scale)", "",
+           f"**Question.** {study.question}", "",
+           f"**Literature.** {study.paper}", ""]
+  parts += _how_it_was_run(study, scale, seeds, entries, only, command,
+                           run_seconds)
+  if study.notes:
+    parts += ["", study.notes]
+  parts += ["", "## Results", "",
+            "Training error is the running average over each log interval of "
+            "the training batches (augmented if the config augments, dropout "
+            "on), as the trainer logs it. Seconds are training seconds: "
+            "compile, evaluation and the statistics collection are left out. "
+            "'never' = not reached in the run; (k/n) = reached by k of n "
+            "seeds, the mean is over those.", ""]
+  parts += _result_tables(study, entries)
+  written = write_plots(entries, out, study.extras, study.thresholds)
+  parts += ["## Plots", ""] + [f"![{p}]({p})" for p in written] + [""]
+  (out / "report.md").write_text("\n".join(parts))
+  summary = [{"name": e["name"], "overrides": e["overrides"],
+              "seeds": [{k: v for k, v in x.items()
+                         if k not in ("train", "eval", "stats")}
+                        for x in e["seeds"]]} for e in entries]
+  (out / "summary.json").write_text(json.dumps(
+      {"study": study.name, "scale": scale, "seeds": seeds, "command": command,
+       "members": summary}, indent=1))
+  return out / "report.md"
