@@ -36,12 +36,24 @@ def normalize(images_u8, mode: str, mean, std):
   raise ValueError(f"unknown normalization {mode!r}; use one of {NORMALIZATIONS}")
 
 
+PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
+FLIP_MODES = ("random", "alternate")
+TTA_MODES = ("none", "mirror", "mirror_translate")
+
+
 def random_crop_flip(images_u8, key, *, global_batch: int, offset,
-                     crop: bool, padding: int, flip: bool):
-  """Random crop of the zero-padded image and horizontal flip.
+                     crop: bool, padding: int, flip: bool,
+                     pad_mode: str = "zeros", flip_mode: str = "random",
+                     epoch=None, example_ids=None, seed_key=None):
+  """Random crop of the padded image and horizontal flip.
 
   images_u8: this device's [b, H, W, C] slice of a global batch, starting at
   example `offset` of that batch. Draws for the whole global batch, then slices.
+  `pad_mode`: 'zeros' or 'reflect' (see PAD_MODES). `flip_mode` 'random'
+  flips each example with probability 1/2 from `key`; 'alternate' flips an
+  image iff its own fixed coin (from `seed_key` and its dataset index in
+  `example_ids`) differs from the parity of `epoch`, so every odd epoch
+  flips exactly the images an even epoch leaves, and the reverse.
   """
   b, h, w, _ = images_u8.shape
   crop_key, flip_key = jax.random.split(key)
@@ -50,7 +62,7 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
     shifts = jax.random.randint(crop_key, (global_batch, 2), 0, 2 * padding + 1)
     shifts = jax.lax.dynamic_slice_in_dim(shifts, offset, b, axis=0)
     padded = jnp.pad(out, ((0, 0), (padding, padding), (padding, padding),
-                           (0, 0)))
+                           (0, 0)), mode=PAD_MODES[pad_mode])
 
     def crop_one(img, shift):
       return jax.lax.dynamic_slice(img, (shift[0], shift[1], 0),
@@ -58,7 +70,49 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
 
     out = jax.vmap(crop_one)(padded, shifts)
   if flip:
-    flips = jax.random.bernoulli(flip_key, 0.5, (global_batch,))
-    flips = jax.lax.dynamic_slice_in_dim(flips, offset, b, axis=0)
+    if flip_mode == "alternate":
+      flips = alternating_flips(seed_key, example_ids, epoch)
+    else:
+      flips = jax.random.bernoulli(flip_key, 0.5, (global_batch,))
+      flips = jax.lax.dynamic_slice_in_dim(flips, offset, b, axis=0)
     out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
   return out
+
+
+def alternating_flips(seed_key, example_ids, epoch):
+  """Bool [len(example_ids)]: whether each image is flipped in `epoch`: its
+  own fair coin (a pure function of `seed_key` and its index) XOR whether
+  the epoch is odd."""
+  coins = jax.vmap(lambda i: jax.random.bernoulli(
+      jax.random.fold_in(seed_key, i)))(example_ids)
+  return coins ^ (epoch % 2 == 1)
+
+
+def _shift(x, dy: int, dx: int):
+  """x [B, H, W, C] moved by (dy, dx) pixels, the border reflected: the
+  window at (1 + dy, 1 + dx) of the 1-pixel reflect-padded image."""
+  _, h, w, _ = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  return padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w, :]
+
+
+def tta_logits(apply_fn, x, mode: str):
+  """Logits averaged over test-time augmentations of a normalized batch x.
+
+  'none': apply_fn(x). 'mirror': the mean of x and its mirror image.
+  'mirror_translate': half the 'mirror' logits plus half the mean of the
+  'mirror' logits of x shifted one pixel up-left and one down-right (border
+  reflected), airbench's TTA.
+  """
+  def mirror(x):
+    return 0.5 * apply_fn(x) + 0.5 * apply_fn(x[:, :, ::-1, :])
+
+  if mode == "none":
+    return apply_fn(x)
+  if mode == "mirror":
+    return mirror(x)
+  if mode == "mirror_translate":
+    shifted = 0.5 * mirror(_shift(x, -1, -1)) + 0.5 * mirror(_shift(x, 1, 1))
+    return 0.5 * mirror(x) + 0.5 * shifted
+  raise ValueError(f"unknown test-time augmentation {mode!r}; use one of "
+                   f"{', '.join(TTA_MODES)}")

@@ -30,12 +30,20 @@ def base_config() -> Config:
       channel_std=(),
       random_crop=True,  # Random 32x32 crop of the image padded by crop_padding.
       crop_padding=4,
-      random_flip=True,  # Horizontal flip with probability 1/2.
+      # How the crop pads: 'zeros' | 'reflect' (mirror the border pixels, as
+      # airbench's translation does).
+      crop_pad_mode="zeros",
+      random_flip=True,  # Horizontal flips (see flip_mode).
+      # 'random': each example flipped with probability 1/2 at every step.
+      # 'alternate': each image gets one random flip for the whole run, and
+      # on every odd epoch all images are flipped on top of it, so an image
+      # is seen both ways in any two consecutive epochs (airbench).
+      flip_mode="random",
   )
 
   # --- Model ----------------------------------------------------------------
   c.model = Config(
-      name="vgg",  # 'vgg' | 'alexnet' | 'tiny' (tests only)
+      name="vgg",  # 'vgg' | 'alexnet' | 'speednet' | 'tiny' (tests only)
       depth=16,  # VGG depth: 11 | 13 | 16 | 19.
       # VGG block: '3x3' | '5x5' (each pair of 3x3 convs in a block becomes
       # one 5x5 conv; see jaxcnn/models/vgg.py).
@@ -47,17 +55,42 @@ def base_config() -> Config:
       num_classes=10,
       dtype="float32",  # Compute dtype: float32 | bfloat16 (params stay fp32).
       conv_impl="auto",  # auto | xla | shifted (see jaxcnn/models/layers.py)
+      # BatchNorm (every model): weight of the old running statistics in
+      # each update (Flax's convention; PyTorch's momentum is 1 minus this),
+      # and whether it learns a scale (False: only its bias is trained).
+      bn_momentum=0.9,
+      bn_scale=True,
+      # speednet only (jaxcnn/models/speednet.py): channels of its three conv
+      # groups (times `width`), the factor on its logits, whether its first
+      # layer is the frozen 2x2 patch-whitening layer (False: an ordinary
+      # trainable conv) and how many training images that is computed from.
+      speednet_widths=(64, 256, 256),
+      logit_scale=1.0 / 9.0,
+      whiten=True,
+      whiten_images=5000,
   )
 
   # --- Optimizer --------------------------------------------------------------
   c.optim = Config(
-      optimizer="momentum",  # sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad
+      # sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad|muon. 'muon'
+      # (optax.contrib.muon) orthogonalizes the momentum of conv and dense
+      # kernels and trains every other parameter with Adam (b1, b2, eps) at
+      # learning_rate * muon_adam_lr_scale.
+      optimizer="momentum",
       learning_rate=0.05,  # Peak learning rate.
       momentum=0.9,  # momentum / nesterov; also rmsprop's momentum.
       b1=0.9,  # adam / adamw
       b2=0.999,
       eps=1e-8,
       rmsprop_decay=0.9,
+      muon_adam_lr_scale=0.1,
+      # 'step': learning_rate and weight_decay as they are used per step.
+      # 'per_1024' (momentum/nesterov only): both are per 1024 examples and
+      # decoupled from the batch size and the momentum, airbench's form: the
+      # step's rate is learning_rate * batch / (1024 (1 + 1 / (1 - momentum)))
+      # and the L2 coefficient weight_decay / learning_rate, so each of the
+      # three can be changed without retuning the others.
+      hparam_units="step",
       weight_decay=5e-4,
       # 'l2': wd * w added to the gradient (the L2 loss term of the TF code);
       # 'decoupled': lr * wd * w subtracted from the weights (AdamW style).
@@ -66,7 +99,18 @@ def base_config() -> Config:
       # apply to.
       weight_decay_filter=r"kernel",
       l1=0.0,  # L1 strength: l1 * sign(w) added to the gradient.
-      # constant | exponential | step | inverse_time | cosine
+      # The gradient of parameters matching bias_lr_filter is multiplied by
+      # bias_lr_scale (their learning rate, not their weight decay: airbench
+      # trains BatchNorm biases 64x faster).
+      bias_lr_scale=1.0,
+      bias_lr_filter=r"(^|/)bn[^/]*/bias$",
+      # Regex of parameters never updated (e.g. a frozen first layer), and of
+      # parameters updated only during the first freeze_after_epochs epochs.
+      # '' matches nothing.
+      freeze_filter="",
+      freeze_after_filter="",
+      freeze_after_epochs=0.0,
+      # constant | exponential | step | inverse_time | cosine | triangular
       schedule="step",
       decay_epochs=25.0,  # exponential / inverse_time: period of decay.
       decay_rate=0.5,  # exponential: factor per period; inverse_time: k.
@@ -74,11 +118,26 @@ def base_config() -> Config:
       step_boundaries_epochs=(),  # step: epochs where lr is multiplied ...
       step_factor=0.1,  # ... by this factor.
       cosine_final_fraction=0.0,  # cosine: final lr as a fraction of peak.
+      # triangular: linear from triangle_start * peak at step 0 up to the peak
+      # at triangle_peak * total steps, then linear down to triangle_end *
+      # peak at the last step (fractions of the peak / of the run).
+      triangle_start=0.2,
+      triangle_peak=0.23,
+      triangle_end=0.07,
       warmup_epochs=0.0,  # Linear warmup from 0 to the peak before the schedule.
       ema_decay=0.9999,  # EMA of parameters (and BatchNorm statistics).
       # True: TF ExponentialMovingAverage(num_updates=step) semantics,
       # decay_t = min(decay, (1 + t) / (10 + t)).
       ema_ramp=True,
+      # Lookahead (0: off): every lookahead_every_steps steps after the first
+      # lookahead_start_epochs, the slow copy of the weights and BatchNorm
+      # statistics moves to rho * slow + (1 - rho) * live and is written back
+      # into the live ones; rho = lookahead_decay * (step / total) ** 3; at
+      # every epoch end and at the last step the live weights become the slow
+      # ones (airbench). Independent of the EMA above.
+      lookahead_every_steps=0,
+      lookahead_decay=0.95 ** 5,
+      lookahead_start_epochs=0.0,
   )
 
   # --- Training loop ----------------------------------------------------------
@@ -86,11 +145,16 @@ def base_config() -> Config:
       batch_size=128,  # Global batch, split evenly over the devices.
       num_epochs=300,
       num_steps=0,  # If > 0, train for this many steps instead of num_epochs.
+      label_smoothing=0.0,  # Weight of the uniform distribution in the targets.
       num_devices=0,  # Local devices to use (0: all).
       steps_per_dispatch=1,  # Train steps fused per call (lax.scan).
       log_every_steps=100,
       eval_every_epochs=5,  # 0: only at the end.
       eval_batch_size=1000,  # Global eval batch.
+      # Test-time augmentation of the final evaluation: 'none' | 'mirror'
+      # (mean logits of the image and its mirror) | 'mirror_translate' (also
+      # of both shifted by one pixel up-left and down-right, reflect padded).
+      final_tta="none",
       checkpoint_every_steps=2000,
       keep_checkpoints=3,
       progress_bar=True,

@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--split", choices=("test", "train"), default="test",
                  help="split to evaluate (train: the training images, not "
                  "augmented)")
+  p.add_argument("--tta", choices=("none", "mirror", "mirror_translate"),
+                 default="none",
+                 help="test-time augmentation: mean logits of the image and "
+                 "its mirror (mirror), and also of both shifted by one pixel "
+                 "either way along both axes, borders reflected "
+                 "(mirror_translate); default none")
   p.add_argument("--batch_size", type=int, default=0,
                  help="global eval batch (default: the run's "
                  "train.eval_batch_size)")
@@ -63,7 +69,9 @@ def format_report(report: dict) -> str:
       f"workdir {report['workdir']}, step {report['step']}: {report['model']}",
       f"evaluated on {report['data']}, {report['split']} split: "
       f"{report['count']} images, {report['num_devices']} "
-      f"{report['platform']} device(s), batch {report['batch_size']}",
+      f"{report['platform']} device(s), batch {report['batch_size']}"
+      + (f", test-time augmentation {report['tta']}"
+         if report.get("tta", "none") != "none" else ""),
   ]
   if len(report["steps"]) > 1:
     weights = report["weights"]
@@ -130,7 +138,7 @@ def main(argv=None) -> int:
       args.workdir, step=args.step, all_steps=args.all_steps,
       weights=args.weights, source=args.data, data_dir=args.data_dir,
       split=args.split, batch_size=args.batch_size,
-      num_devices=args.num_devices,
+      num_devices=args.num_devices, tta=args.tta,
       log=lambda text: print(text, file=sys.stderr, flush=True))
   files = []
   if not args.no_plots:

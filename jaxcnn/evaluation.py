@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxcnn import checkpoint, optim, parallel, trainer
+from jaxcnn import augment, checkpoint, optim, parallel, trainer
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
@@ -385,7 +385,8 @@ class Evaluator:
   needs). Each image counts exactly once: padding is masked out."""
 
   def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray,
-               *, batch_size: int = 0, num_devices: int = 0):
+               *, batch_size: int = 0, num_devices: int = 0,
+               tta: str = "none"):
     self.config = config
     available = len(jax.local_devices())
     if num_devices > available:  # select_devices would blame train.num_devices.
@@ -401,7 +402,7 @@ class Evaluator:
     self.count = int(len(labels))
     self._data = trainer.place_eval_data(images, labels.astype(np.int32),
                                          self.devices, self.batch_size)
-    self._fn = trainer.make_eval_fn(self.model, config, self.devices)
+    self._fn = trainer.make_eval_fn(self.model, config, self.devices, tta)
     self._checked = False
 
   def _check_fits(self, variables: dict) -> None:
@@ -437,29 +438,33 @@ class Evaluator:
 def evaluate(config: Config, state: trainer.TrainState, dataset: Dataset, *,
              split: str = "test", batch_size: int = 0,
              weights: str | Sequence[str] = "both",
-             num_devices: int = 0) -> dict[str, dict]:
+             num_devices: int = 0, tta: str = "none") -> dict[str, dict]:
   """Evaluates one state on a split of `dataset` (see Evaluator)."""
   images, labels = split_arrays(dataset, split)
   evaluator = Evaluator(config, images, labels, batch_size=batch_size,
-                        num_devices=num_devices)
+                        num_devices=num_devices, tta=tta)
   return evaluator(state, weights)
 
 
 def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
                  weights: str = "both", source: str | None = None,
                  data_dir: str | None = None, split: str = "test",
-                 batch_size: int = 0, num_devices: int = 0,
+                 batch_size: int = 0, num_devices: int = 0, tta: str = "none",
                  log: Callable[[str], None] | None = None) -> dict:
   """What `python -m jaxcnn.eval` computes: one step (default the latest), or
-  every kept step with `all_steps`. Plain data:
+  every kept step with `all_steps`, with test-time augmentation `tta` (one
+  of augment.TTA_MODES). Plain data:
 
     {workdir, model, data, split, class_names, count, num_devices, batch_size,
-     weights, step (the last evaluated), results: {raw|ema: {...}} of that
-     step, steps: [{step, raw|ema: {...}}, ...]}
+     weights, tta, step (the last evaluated), results: {raw|ema: {...}} of
+     that step, steps: [{step, raw|ema: {...}}, ...]}
   """
   chosen = weights_list(weights)
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+  if tta not in augment.TTA_MODES:
+    raise ConfigError(f"unknown --tta {tta!r}; use one of "
+                      f"{', '.join(augment.TTA_MODES)}")
   with CheckpointReader(workdir) as reader:
     steps = list(reader.steps) if all_steps else [
         _pick_step(workdir, reader.steps, step)]
@@ -476,7 +481,7 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
         log(f"evaluating step {s} on {dataset.source} ({split})")
       if evaluator is None:
         evaluator = Evaluator(config, images, labels, batch_size=batch_size,
-                              num_devices=num_devices)
+                              num_devices=num_devices, tta=tta)
       results = evaluator(state, chosen)
       records.append({"step": s, **results})
   last = records[-1]
@@ -491,6 +496,7 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
       "platform": evaluator.devices[0].platform,
       "batch_size": evaluator.batch_size,
       "weights": list(chosen),
+      "tta": tta,
       "step": last["step"],
       "results": {w: last[w] for w in chosen},
       "steps": records,

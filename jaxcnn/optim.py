@@ -1,6 +1,9 @@
 """Learning-rate schedules, the optimizer chain, and an EMA of the parameters.
 
 The chain built by `make_optimizer` is, in order:
+  0. the gradient of parameters matching `bias_lr_filter` times
+     `bias_lr_scale` (a higher learning rate that leaves their weight decay
+     as it is);
   1. L2 weight decay as a gradient term `wd * w` (mode 'l2'; the TF code's
      `wd * tf.nn.l2_loss(w)` has exactly this gradient), on parameters whose
      '/'-joined path matches `weight_decay_filter`;
@@ -8,8 +11,15 @@ The chain built by `make_optimizer` is, in order:
   3. the optimizer, with the schedule as its learning rate; in mode
      'decoupled' (any optimizer but adamw) `lr_t * wd * w` is then subtracted
      from the weights, so decoupled decay follows the schedule as in AdamW;
-  4. last, `ema_of_params`: updates pass through unchanged and the state keeps
+  4. `freeze`: zero updates for parameters matching `freeze_filter`, and for
+     those matching `freeze_after_filter` once `freeze_after_epochs` are done;
+  5. last, `ema_of_params`: updates pass through unchanged and the state keeps
      an EMA of the post-step parameters (TF ExponentialMovingAverage).
+
+With `hparam_units='per_1024'` the learning rate and weight decay of the
+config are airbench's decoupled ones and are converted by `step_hparams`.
+Lookahead (`lookahead`) is not a link of the chain: it also moves the
+BatchNorm statistics, which optax never sees, so the train step applies it.
 
 'adamw' always decays through optax.adamw's own decoupled weight decay
 (masked by the same filter) whatever `weight_decay_mode` says, and never adds
@@ -29,9 +39,11 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop",
-              "adagrad")
-SCHEDULES = ("constant", "exponential", "step", "inverse_time", "cosine")
+              "adagrad", "muon")
+SCHEDULES = ("constant", "exponential", "step", "inverse_time", "cosine",
+             "triangular")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
+HPARAM_UNITS = ("step", "per_1024")
 
 
 class OptimConfigError(ValueError):
@@ -135,26 +147,91 @@ def _decay_schedule(optim_cfg: Any, steps_per_epoch: int,
                      (1.0 + jnp.cos(jnp.pi * progress)))
     return cosine_schedule
 
+  if name == "triangular":
+    start = float(_field(optim_cfg, "triangle_start"))
+    peak_at = float(_field(optim_cfg, "triangle_peak"))
+    end = float(_field(optim_cfg, "triangle_end"))
+    _check(start >= 0 and end >= 0,
+           f"optim.triangle_start and triangle_end must be >= 0, got {start} "
+           f"and {end}")
+    _check(0.0 <= peak_at < 1.0,
+           f"optim.triangle_peak must be in [0, 1), got {peak_at}")
+    _check(total_steps is not None,
+           "schedule 'triangular' needs total_steps (the run's training "
+           "steps): pass make_schedule(..., total_steps=N)")
+    length = int(total_steps) - warmup_steps
+    _check(length > 0,
+           f"schedule 'triangular' needs total_steps > warmup steps, got "
+           f"total_steps={total_steps}, warmup steps={warmup_steps}")
+    top = int(peak_at * length)  # The step at the peak, as airbench rounds.
+
+    def triangular_schedule(t: jax.Array) -> jax.Array:
+      t = jnp.minimum(t, length)
+      up = start + (1.0 - start) * t / max(top, 1)
+      down = 1.0 + (end - 1.0) * (t - top) / (length - top)
+      return peak * jnp.where(t < top, up, down)
+    return triangular_schedule
+
   raise OptimConfigError(
       f"unknown optim.schedule {name!r}; known: {', '.join(SCHEDULES)}")
 
 
+def step_hparams(optim_cfg: Any, batch_size: Optional[int]
+                 ) -> tuple[float, float]:
+  """(learning rate, weight decay) as the chain uses them per step.
+
+  'step' units: the config's values. 'per_1024' (airbench's decoupled form,
+  momentum and nesterov only): the config's learning_rate is the step size
+  per 1024 examples once momentum has built up and its weight_decay the decay
+  per 1024 examples. With a mean loss over the batch the step's rate is
+  learning_rate * batch / kilostep_scale, kilostep_scale = 1024 * (1 + 1 /
+  (1 - momentum)) (airbench's estimate of how much Nesterov momentum enlarges
+  a step, so changing the momentum leaves the step size alone), and the L2
+  coefficient that gives the decay per 1024 examples (with the step's rate)
+  is weight_decay / learning_rate.
+  """
+  units = _field(optim_cfg, "hparam_units")
+  _check(units in HPARAM_UNITS,
+         f"unknown optim.hparam_units {units!r}; known: "
+         f"{', '.join(HPARAM_UNITS)}")
+  lr = float(_field(optim_cfg, "learning_rate"))
+  wd = float(_field(optim_cfg, "weight_decay"))
+  if units == "step":
+    return lr, wd
+  name = _field(optim_cfg, "optimizer")
+  _check(name in ("momentum", "nesterov"),
+         f"optim.hparam_units='per_1024' is defined for momentum and "
+         f"nesterov, not {name!r}")
+  _check(batch_size is not None and batch_size > 0,
+         "optim.hparam_units='per_1024' needs the batch size")
+  _check(lr > 0, f"optim.learning_rate must be > 0 with hparam_units="
+         f"'per_1024', got {lr}")
+  momentum = _check_fraction(optim_cfg, "momentum")
+  kilostep_scale = 1024.0 * (1.0 + 1.0 / (1.0 - momentum))
+  return lr * batch_size / kilostep_scale, wd / lr
+
+
 def make_schedule(optim_cfg: Any, steps_per_epoch: int, *,
-                  total_steps: Optional[int] = None) -> optax.Schedule:
+                  total_steps: Optional[int] = None,
+                  batch_size: Optional[int] = None) -> optax.Schedule:
   """Returns step -> learning rate (float32), jit-able and cheap.
 
   Epoch fields are turned into steps with `steps_per_epoch`. With warmup the
   rate climbs linearly, `peak * t / warmup_steps` for t < warmup_steps (0 at
   the very first step), and the schedule then runs on the shifted clock
   `t - warmup_steps`: every decay period, step boundary and cosine length is
-  counted from the end of warmup. `total_steps` is required for 'cosine'
-  (which decays over total_steps - warmup_steps) and ignored otherwise.
+  counted from the end of warmup. `total_steps` is required for 'cosine' and
+  'triangular' (which last total_steps - warmup_steps) and ignored otherwise;
+  `batch_size` only for hparam_units 'per_1024' (see `step_hparams`).
   """
   _check(isinstance(steps_per_epoch, int) and steps_per_epoch > 0,
          f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
   peak = float(_field(optim_cfg, "learning_rate"))
   _check(math.isfinite(peak) and peak >= 0,
          f"optim.learning_rate must be finite and >= 0, got {peak}")
+  if _field(optim_cfg, "hparam_units") != "step":
+    peak, _ = step_hparams(optim_cfg, batch_size)
+    optim_cfg = {**dict(optim_cfg.items()), "learning_rate": peak}
   warmup_epochs = float(_field(optim_cfg, "warmup_epochs"))
   _check(warmup_epochs >= 0,
          f"optim.warmup_epochs must be >= 0, got {warmup_epochs}")
@@ -193,21 +270,23 @@ def param_path(path: tuple) -> str:
   return "/".join(parts)
 
 
-def make_param_mask(pattern: Optional[str]) -> Callable[[Any], Any]:
+def make_param_mask(pattern: Optional[str],
+                    field: str = "optim.weight_decay_filter", *,
+                    empty: bool = True) -> Callable[[Any], Any]:
   """Returns params -> bool pytree: True where `re.search(pattern, path)`.
 
   The mask is a function because make_optimizer never sees the params; optax
   calls it on the params at init and on the updates (same tree) each step.
-  None selects every parameter.
+  None selects every parameter (`empty=False`: none). `field` names the
+  config field in the error for a bad regex.
   """
   if pattern is None:
-    return lambda tree: jax.tree_util.tree_map(lambda _: True, tree)
+    return lambda tree: jax.tree_util.tree_map(lambda _: empty, tree)
   try:
     regex = re.compile(pattern)
   except re.error as e:
     raise OptimConfigError(
-        f"optim.weight_decay_filter {pattern!r} is not a valid regex: {e}"
-    ) from None
+        f"{field} {pattern!r} is not a valid regex: {e}") from None
   return lambda tree: jax.tree_util.tree_map_with_path(
       lambda path, _: regex.search(param_path(path)) is not None, tree)
 
@@ -260,6 +339,72 @@ def _scheduled_decoupled_decay(
     return updates, ScheduledDecayState(count=state.count + 1)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- Per-parameter learning-rate factor and freezing ----------------------------
+
+
+def _scale_gradient(factor: float) -> optax.GradientTransformation:
+  """Multiplies the gradient by `factor` (used under optax.masked)."""
+  return optax.stateless(
+      lambda updates, params=None: jax.tree_util.tree_map(
+          lambda g: g * jnp.asarray(factor, g.dtype), updates))
+
+
+class FreezeState(NamedTuple):
+  count: jax.Array  # int32 scalar: updates done so far.
+
+
+def freeze(always: Callable[[Any], Any], after: Callable[[Any], Any],
+           after_steps: int) -> optax.GradientTransformation:
+  """Zeroes the final update of parameters where `always(params)` is True,
+  and where `after(params)` is True from update number `after_steps` on
+  (0-based: updates 0 .. after_steps - 1 still apply). Momentum and weight
+  decay of a frozen parameter thus never reach it."""
+
+  def init_fn(params):
+    del params
+    return FreezeState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    training = state.count < after_steps
+    updates = jax.tree_util.tree_map(
+        lambda u, a, b: jnp.where(a | (b & ~training), jnp.zeros_like(u), u),
+        updates, always(updates), after(updates))
+    return updates, FreezeState(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- Lookahead --------------------------------------------------------------------
+
+
+def lookahead(step: jax.Array, live: Any, slow: Any, *, every: int,
+              decay: float, start_step: int, steps_per_epoch: int,
+              total_steps: int) -> tuple[Any, Any]:
+  """One lookahead update after the update that made `step` updates in all:
+  (live, slow) -> (live, slow), for pytrees of the weights and BatchNorm
+  statistics (airbench's LookaheadState, with its schedule).
+
+  Sync steps are the multiples of `every` after `start_step`. The first one
+  only copies the live weights into `slow`; each later one sets
+  slow = rho * slow + (1 - rho) * live with rho = decay * (step / total)^3
+  and writes `slow` back into `live`. Once `slow` exists, the live weights
+  also become `slow` at every epoch end and at the last step.
+  """
+  t = jnp.asarray(step, jnp.int32)
+  first = (start_step // every + 1) * every
+  sync = (t % every == 0) & (t >= first)
+  frac = t.astype(jnp.float32) / float(total_steps)
+  rho = jnp.where(t > first, jnp.float32(decay) * frac ** 3, 0.0)
+  slow = jax.tree_util.tree_map(
+      lambda s, w: jnp.where(sync, rho * s + (1.0 - rho) * w, s), slow, live)
+  copy_back = sync | (((t % steps_per_epoch == 0) | (t >= total_steps))
+                      & (t >= first))
+  live = jax.tree_util.tree_map(lambda w, s: jnp.where(copy_back, s, w),
+                                live, slow)
+  return live, slow
 
 
 # --- EMA of parameters --------------------------------------------------------
@@ -394,19 +539,48 @@ def _base_optimizer(optim_cfg: Any, schedule: optax.Schedule,
     _check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
     # Accumulator starts at 0.1 as in TF's AdagradOptimizer.
     return optax.adagrad(schedule, initial_accumulator_value=0.1, eps=eps)
+  if name == "muon":
+    b1 = _check_fraction(optim_cfg, "b1")
+    b2 = _check_fraction(optim_cfg, "b2")
+    momentum = _check_fraction(optim_cfg, "momentum")
+    eps = float(_field(optim_cfg, "eps"))
+    adam_scale = float(_field(optim_cfg, "muon_adam_lr_scale"))
+    _check(adam_scale > 0,
+           f"optim.muon_adam_lr_scale must be > 0, got {adam_scale}")
+    return optax.contrib.muon(
+        schedule, beta=momentum, nesterov=True, adam_b1=b1, adam_b2=b2,
+        eps=eps, adam_learning_rate=lambda t: schedule(t) * adam_scale,
+        muon_weight_dimension_numbers=muon_dimensions)
   raise OptimConfigError(
       f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
+def muon_dimensions(params: Any) -> Any:
+  """Which parameters Muon orthogonalizes, and as what matrix: a conv kernel
+  [K, K, Cin, Cout] as a (K*K*Cin) x Cout matrix, a dense kernel as itself;
+  None (Adam) for everything else (biases, BatchNorm, 1-D)."""
+  def spec(x):
+    if x.ndim == 4:
+      return optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2),
+                                                output_axis=3)
+    if x.ndim == 2:
+      return optax.contrib.MuonDimensionNumbers(reduction_axis=0,
+                                                output_axis=1)
+    return None
+  return jax.tree_util.tree_map(spec, params)
+
+
 def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
-                   total_steps: Optional[int] = None
+                   total_steps: Optional[int] = None,
+                   batch_size: Optional[int] = None
                    ) -> optax.GradientTransformation:
   """The full chain (see the module docstring) for an `optim` config section.
 
   `update` must be given the params. `total_steps` is needed by the cosine
-  schedule only.
+  and triangular schedules only, `batch_size` by hparam_units 'per_1024'.
   """
-  schedule = make_schedule(optim_cfg, steps_per_epoch, total_steps=total_steps)
+  schedule = make_schedule(optim_cfg, steps_per_epoch, total_steps=total_steps,
+                           batch_size=batch_size)
   name = _field(optim_cfg, "optimizer")
   _check(name in OPTIMIZERS,
          f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
@@ -414,9 +588,16 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   _check(mode in WEIGHT_DECAY_MODES,
          f"unknown optim.weight_decay_mode {mode!r}; known: "
          f"{', '.join(WEIGHT_DECAY_MODES)}")
-  weight_decay = float(_field(optim_cfg, "weight_decay"))
-  _check(weight_decay >= 0,
-         f"optim.weight_decay must be >= 0, got {weight_decay}")
+  _check(float(_field(optim_cfg, "weight_decay")) >= 0,
+         f"optim.weight_decay must be >= 0, got "
+         f"{_field(optim_cfg, 'weight_decay')}")
+  _, weight_decay = step_hparams(optim_cfg, batch_size)
+  bias_scale = float(_field(optim_cfg, "bias_lr_scale"))
+  _check(math.isfinite(bias_scale) and bias_scale > 0,
+         f"optim.bias_lr_scale must be > 0, got {bias_scale}")
+  freeze_epochs = float(_field(optim_cfg, "freeze_after_epochs"))
+  _check(freeze_epochs >= 0,
+         f"optim.freeze_after_epochs must be >= 0, got {freeze_epochs}")
   l1 = float(_field(optim_cfg, "l1"))
   _check(l1 >= 0, f"optim.l1 must be >= 0, got {l1}")
   mask = make_param_mask(_field(optim_cfg, "weight_decay_filter"))
@@ -424,6 +605,11 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
 
   links = []
   # Terms that are zero are left out, so they cost no state and no compute.
+  if bias_scale != 1.0:
+    links.append(optax.masked(
+        _scale_gradient(bias_scale),
+        make_param_mask(_field(optim_cfg, "bias_lr_filter"),
+                        "optim.bias_lr_filter")))
   if weight_decay > 0 and not decoupled:
     links.append(optax.add_decayed_weights(weight_decay, mask=mask))
   if l1 > 0:
@@ -432,6 +618,14 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   if weight_decay > 0 and decoupled and name != "adamw":
     links.append(optax.masked(
         _scheduled_decoupled_decay(weight_decay, schedule), mask))
+  frozen = _field(optim_cfg, "freeze_filter")
+  frozen_later = _field(optim_cfg, "freeze_after_filter")
+  if frozen or frozen_later:
+    links.append(freeze(
+        make_param_mask(frozen or None, "optim.freeze_filter", empty=False),
+        make_param_mask(frozen_later or None, "optim.freeze_after_filter",
+                        empty=False),
+        _epochs_to_steps(freeze_epochs, steps_per_epoch)))
   links.append(ema_of_params(float(_field(optim_cfg, "ema_decay")),
                              bool(_field(optim_cfg, "ema_ramp"))))
   return optax.chain(*links)

@@ -76,6 +76,10 @@ def _main_rows(entries: list[dict], thresholds: Sequence[float]
     tag = round(t * 100)
     header += [f"epochs to {tag}% train err", f"s to {tag}% train err"]
   header += ["train s"]
+  with_tta = any(s.get("test_accuracy_tta_raw") is not None
+                 for e in entries for s in e["seeds"])
+  if with_tta:
+    header[5:5] = ["TTA raw %", "TTA EMA %"]
   rows = []
   for e in entries:
     ss = e["seeds"]
@@ -92,6 +96,9 @@ def _main_rows(entries: list[dict], thresholds: Sequence[float]
       row += [fmt(get(f"epochs_to_{tag}"), digits=2),
               fmt(get(f"seconds_to_{tag}"), digits=0)]
     row += [fmt(get("train_seconds"), digits=0)]
+    if with_tta:
+      row[5:5] = [fmt([s.get("test_accuracy_tta_raw") for s in ss], scale=100),
+                  fmt([s.get("test_accuracy_tta_ema") for s in ss], scale=100)]
     rows.append(row)
   return header, rows
 

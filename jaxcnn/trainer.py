@@ -65,6 +65,9 @@ class TrainState:
   ema_batch_stats: Any
   opt_state: Any  # The optax chain state; its last element holds the EMA.
   rng: jax.Array  # Root key for dropout; folded with step and device.
+  # Lookahead's slow copy {'params', 'batch_stats'} (optim.lookahead); {}
+  # when optim.lookahead_every_steps is 0.
+  lookahead: Any = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -80,6 +83,16 @@ class TrainState:
 def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels)
+
+
+def smoothed_cross_entropy(logits, labels, smoothing: float):
+  """Cross-entropy against (1 - smoothing) * one_hot + smoothing / classes
+  (label smoothing); the plain integer-label form when smoothing is 0."""
+  if smoothing == 0:
+    return cross_entropy(logits, labels)
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 # --- Set-up -------------------------------------------------------------------
@@ -132,6 +145,25 @@ def _check_sizes(config: Config) -> None:
     raise ConfigError(
         f"data.normalization={config.data.normalization!r}; use one of "
         f"{', '.join(augment.NORMALIZATIONS)}")
+  for key, choices in (("data.crop_pad_mode", tuple(augment.PAD_MODES)),
+                       ("data.flip_mode", augment.FLIP_MODES),
+                       ("train.final_tta", augment.TTA_MODES)):
+    if flat[key] not in choices:
+      raise ConfigError(f"{key}={flat[key]!r}; use one of {', '.join(choices)}")
+  if not 0 <= config.train.label_smoothing < 1:
+    raise ConfigError(f"train.label_smoothing must be in [0, 1), got "
+                      f"{config.train.label_smoothing}")
+  if config.optim.lookahead_every_steps < 0:
+    raise ConfigError(f"optim.lookahead_every_steps must be >= 0, got "
+                      f"{config.optim.lookahead_every_steps}")
+  if config.optim.lookahead_every_steps and not (
+      0 <= config.optim.lookahead_decay <= 1
+      and config.optim.lookahead_start_epochs >= 0):
+    raise ConfigError(
+        "optim.lookahead_decay must be in [0, 1] and "
+        "optim.lookahead_start_epochs >= 0, got "
+        f"{config.optim.lookahead_decay} and "
+        f"{config.optim.lookahead_start_epochs}")
 
 
 def build(config: Config, data: Dataset | None = None) -> Setup:
@@ -166,10 +198,11 @@ def build(config: Config, data: Dataset | None = None) -> Setup:
         f"train.steps_per_dispatch={config.train.steps_per_dispatch} exceeds "
         f"the {steps_per_epoch} steps of an epoch")
   model = create_model(config.model, bn_axis_name=AXIS)
+  batch = config.train.batch_size
   schedule = optim.make_schedule(config.optim, steps_per_epoch,
-                                 total_steps=total_steps)
+                                 total_steps=total_steps, batch_size=batch)
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
-                            total_steps=total_steps)
+                            total_steps=total_steps, batch_size=batch)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps)
@@ -183,14 +216,33 @@ def create_train_state(setup: Setup) -> TrainState:
   variables = setup.model.init({"params": init_key, "dropout": init_key},
                                sample, train=False)
   params = variables["params"]
+  if hasattr(setup.model, "init_from_data"):
+    # Data-dependent init (speednet's whitening layer), from a seeded random
+    # sample of the normalized training images (a folder's images come
+    # sorted by class: its first ones are one class).
+    cfg = setup.config
+    images = setup.data.train_images
+    count = min(len(images), int(cfg.model.whiten_images))
+    pick = np.sort(np.random.default_rng([cfg.seed, 1]).choice(
+        len(images), count, replace=False))
+    mean, std = setup.mean_std
+    params = setup.model.init_from_data(
+        params, np.asarray(augment.normalize(jnp.asarray(images[pick]),
+                                             cfg.data.normalization,
+                                             mean, std)))
   batch_stats = variables.get("batch_stats", {})
+  slow = {}
+  if setup.config.optim.lookahead_every_steps:
+    slow = jax.tree.map(jnp.copy, {"params": params,
+                                   "batch_stats": batch_stats})
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
       ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
       opt_state=setup.tx.init(params),
-      rng=dropout_key)
+      rng=dropout_key,
+      lookahead=slow)
 
 
 def ema_variables(state: TrainState) -> dict:
@@ -227,6 +279,11 @@ def make_train_fn(setup: Setup, num_steps: int):
   steps_per_epoch = setup.steps_per_epoch
   mean, std = setup.mean_std
   decay, ramp = cfg.optim.ema_decay, cfg.optim.ema_ramp
+  smoothing = float(cfg.train.label_smoothing)
+  # Each image's own flip coin under flip_mode 'alternate' (a key no step
+  # key can equal: those are fold_ins of the seed key, this is a split).
+  flip_coins_key = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
+  la_every = int(cfg.optim.lookahead_every_steps)
 
   def one_step(state: TrainState, acc: dict, train_x, train_y, perm2, base):
     device = jax.lax.axis_index(AXIS)
@@ -243,14 +300,17 @@ def make_train_fn(setup: Setup, num_steps: int):
     images = augment.random_crop_flip(
         images, aug_key, global_batch=global_batch, offset=offset,
         crop=cfg.data.random_crop, padding=cfg.data.crop_padding,
-        flip=cfg.data.random_flip)
+        flip=cfg.data.random_flip, pad_mode=cfg.data.crop_pad_mode,
+        flip_mode=cfg.data.flip_mode, epoch=state.step // steps_per_epoch,
+        example_ids=idx,
+        seed_key=flip_coins_key)
     x = augment.normalize(images, cfg.data.normalization, mean, std)
 
     def loss_fn(params):
       logits, new_vars = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, x, train=True,
           rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-      loss = jnp.mean(cross_entropy(logits, labels))
+      loss = jnp.mean(smoothed_cross_entropy(logits, labels, smoothing))
       return loss, (logits, new_vars.get("batch_stats", {}))
 
     (loss, (logits, new_batch_stats)), grads = jax.value_and_grad(
@@ -279,9 +339,19 @@ def make_train_fn(setup: Setup, num_steps: int):
         "bad_step": jnp.where(finite, acc["bad_step"],
                               jnp.minimum(acc["bad_step"], state.step + 1)),
     }
+    slow = state.lookahead
+    if la_every:
+      live, slow = optim.lookahead(
+          state.step + 1, {"params": params, "batch_stats": new_batch_stats},
+          slow, every=la_every, decay=cfg.optim.lookahead_decay,
+          start_step=int(round(cfg.optim.lookahead_start_epochs
+                               * steps_per_epoch)),
+          steps_per_epoch=steps_per_epoch, total_steps=setup.total_steps)
+      params, new_batch_stats = live["params"], live["batch_stats"]
     state = state.replace(step=state.step + 1, params=params,
                           batch_stats=new_batch_stats,
-                          ema_batch_stats=ema_batch_stats, opt_state=opt_state)
+                          ema_batch_stats=ema_batch_stats, opt_state=opt_state,
+                          lookahead=slow)
     return state, acc
 
   def run(state, acc, train_x, train_y, perm2):
@@ -345,9 +415,13 @@ def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
       mask=parallel.shard(mask.reshape(shape)[rows], local), count=n)
 
 
-def make_eval_fn(model, config: Config, devices: list):
+def make_eval_fn(model, config: Config, devices: list, tta: str = "none"):
   """pmap'd (variables, images, labels, mask) -> summed loss, top-1, top-5
-  correct, count and confusion matrix [true, predicted] over the split."""
+  correct, count and confusion matrix [true, predicted] over the split.
+  `tta`: test-time augmentation, one of augment.TTA_MODES."""
+  if tta not in augment.TTA_MODES:
+    raise ConfigError(f"unknown test-time augmentation {tta!r}; use one of "
+                      f"{', '.join(augment.TTA_MODES)}")
   num_classes = config.model.num_classes
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
@@ -357,7 +431,9 @@ def make_eval_fn(model, config: Config, devices: list):
     def body(totals, batch):
       x_u8, y, m = batch
       x = augment.normalize(x_u8, normalization, mean, std)
-      logits = model.apply(variables, x, train=False).astype(jnp.float32)
+      logits = augment.tta_logits(
+          lambda x: model.apply(variables, x, train=False).astype(jnp.float32),
+          x, tta)
       pred = jnp.argmax(logits, -1)
       k = min(5, num_classes)
       top_k = jax.lax.top_k(logits, k)[1]
@@ -544,7 +620,8 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
     stats_fn = stats.StatsCollector(setup)
 
   perm_epoch, perm2 = None, None
-  step = int(state.step)
+  step = start_step = int(state.step)
+  timing = None
   total = setup.total_steps
   spe = setup.steps_per_epoch
   batch = config.train.batch_size
@@ -564,6 +641,10 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   one_call_in_flight = devices[0].platform == "cpu" and len(devices) > 1
   result = None
   warmed = False
+  # Training time: wall time from the end of the first call (which compiles)
+  # to the last step, less evaluation, statistics and checkpoint writing.
+  first_call = {"seconds": 0.0, "steps": 0}
+  timer_start, excluded = None, 0.0
 
   def save(at_step: int) -> None:
     # Host (numpy) copies: every process passes the same values and orbax's
@@ -604,9 +685,11 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
         prev, step = step, step + n
         if first:
           jax.block_until_ready(acc)
+          first_call = {"seconds": time.time() - t0, "steps": n}
           say(f"compiled and ran the first step in {time.time() - t0:.1f}s")
           last_log_time = time.time()
           last_log_step = step
+          timer_start = time.time()
           warmed = True
 
         at_end = step >= total
@@ -642,6 +725,12 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
           stats_start = time.time()
           writer.write("stats", step, **stats_fn(state_r))
           last_log_time += time.time() - stats_start  # Not training time.
+          excluded += time.time() - stats_start
+        if at_end and timer_start is not None:
+          timing = _training_seconds(
+              first_call, time.time() - timer_start - excluded,
+              step - first_call["steps"] - start_step)
+          writer.write("timing", step, **timing)
         if do_eval:
           eval_start = time.time()
           results = evaluate_state(setup, eval_fn, state_r, eval_data)
@@ -654,9 +743,15 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
               f"{results['raw']['accuracy']:.2%}, EMA "
               f"{results['ema']['accuracy']:.2%}")
           result = {"step": step, **results}
+          if at_end and config.train.final_tta != "none":
+            result["tta"] = _evaluate_tta(setup, state_r, eval_data, writer,
+                                          step, say)
           last_log_time += time.time() - eval_start  # Not training time.
+          excluded += time.time() - eval_start
         if do_ckpt:
+          save_start = time.time()
           save(step)
+          excluded += time.time() - save_start
         if stop.signum is not None and not at_end:
           checkpoint.wait(manager)
           name = signal.Signals(stop.signum).name
@@ -673,7 +768,42 @@ def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
 
   if result is None:  # Nothing left to train: evaluate now.
     result = {"step": step, **evaluate_state(setup, eval_fn, state_r, eval_data)}
+  if timing is not None:
+    result.update(timing)
+    say(f"training time {timing['train_seconds']:.1f}s for "
+        f"{step - start_step} steps (compile "
+        f"{timing['compile_seconds']:.1f}s, evaluation and checkpoints "
+        "excluded)" if timing["compile_seconds"] is not None else
+        f"training time {timing['train_seconds']:.1f}s, compile included")
   say(f"final: step {result['step']}, test accuracy raw "
       f"{result['raw']['accuracy']:.2%}, EMA {result['ema']['accuracy']:.2%} "
       f"on {result['raw']['count']} images")
   return result
+
+
+def _evaluate_tta(setup: Setup, state_r: TrainState, eval_data: EvalData,
+                  writer, step: int, say) -> dict:
+  """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
+  tta = setup.config.train.final_tta
+  tta_fn = make_eval_fn(setup.model, setup.config, setup.devices, tta=tta)
+  results = evaluate_state(setup, tta_fn, state_r, eval_data)
+  writer.write("eval_tta", step, tta=tta,
+               **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
+                  for k in ("accuracy", "loss", "top5_accuracy")})
+  say(f"step {step}: test accuracy with TTA ({tta}) raw "
+      f"{results['raw']['accuracy']:.2%}, EMA {results['ema']['accuracy']:.2%}")
+  return {"mode": tta, **results}
+
+
+def _training_seconds(first_call: dict, wall_after_first: float,
+                      steps_after_first: int) -> dict:
+  """Training and compile seconds: the steps after the first call took
+  `wall_after_first`; the first call's steps are counted at their mean, and
+  the rest of the first call is compilation. Without later steps the first
+  call's time is all we have (compile unknown: None)."""
+  if steps_after_first <= 0:
+    return {"train_seconds": first_call["seconds"], "compile_seconds": None}
+  per_step = wall_after_first / steps_after_first
+  first_steps = first_call["steps"] * per_step
+  return {"train_seconds": wall_after_first + first_steps,
+          "compile_seconds": max(first_call["seconds"] - first_steps, 0.0)}

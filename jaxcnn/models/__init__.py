@@ -31,13 +31,15 @@ from flax import linen as nn
 from jaxcnn.defaults import base_config
 from jaxcnn.models import layers
 from jaxcnn.models.alexnet import AlexNetLike
+from jaxcnn.models.speednet import SpeedNet
 from jaxcnn.models.tiny import TinyCNN
 from jaxcnn.models.vgg import BLOCK_KINDS, LAYERS_BY_DEPTH, VGG
 
-MODEL_NAMES = ("alexnet", "vgg", "tiny")
+MODEL_NAMES = ("alexnet", "vgg", "speednet", "tiny")
 NORMS_BY_MODEL = {
     "alexnet": ("lrn", "batchnorm", "none"),
     "vgg": ("batchnorm", "none"),
+    "speednet": ("batchnorm",),
     "tiny": ("batchnorm", "none"),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -84,11 +86,32 @@ def create_model(model_cfg: Mapping[str, Any], *,
   if not (isinstance(cfg["num_classes"], int) and cfg["num_classes"] >= 1):
     raise ModelConfigError(
         f"model.num_classes={cfg['num_classes']!r} must be an integer >= 1")
+  if not 0 <= cfg["bn_momentum"] < 1:
+    raise ModelConfigError(
+        f"model.bn_momentum={cfg['bn_momentum']!r} must be in [0, 1)")
 
+  bn = dict(bn_axis_name=bn_axis_name, bn_momentum=float(cfg["bn_momentum"]),
+            bn_scale=bool(cfg["bn_scale"]))
+  if name == "speednet":
+    widths = tuple(cfg["speednet_widths"])
+    if len(widths) != 3 or not all(isinstance(w, int) and w > 0
+                                   for w in widths):
+      raise ModelConfigError(
+          f"model.speednet_widths={widths!r} must be three positive integers")
+    if not (isinstance(cfg["whiten_images"], int) and cfg["whiten_images"] > 0):
+      raise ModelConfigError(
+          f"model.whiten_images={cfg['whiten_images']!r} must be a positive "
+          "integer")
+    return SpeedNet(num_classes=cfg["num_classes"], width=float(cfg["width"]),
+                    widths=widths, logit_scale=float(cfg["logit_scale"]),
+                    whiten_images=cfg["whiten_images"],
+                    whiten=bool(cfg["whiten"]),
+                    dtype=DTYPES[cfg["dtype"]], conv_impl=cfg["conv_impl"],
+                    **bn)
   common = dict(num_classes=cfg["num_classes"], width=float(cfg["width"]),
                 activation=cfg["activation"], norm=cfg["norm"],
                 dropout=float(cfg["dropout"]), dtype=DTYPES[cfg["dtype"]],
-                bn_axis_name=bn_axis_name)
+                **bn)
   if name == "alexnet":
     return AlexNetLike(**common)
   if name == "vgg":

@@ -20,10 +20,6 @@ from flax import linen as nn
 from jaxcnn.models import layers
 
 
-def _scaled(channels: int, width: float) -> int:
-  return max(1, int(round(channels * width)))
-
-
 class AlexNetLike(nn.Module):
   """`norm`: 'lrn' (the tutorial), 'none' (no normalisation) or 'batchnorm'
   (BatchNorm where each LRN was). `dropout` > 0 adds dropout before fc192 and
@@ -35,6 +31,8 @@ class AlexNetLike(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_scale: bool = True
 
   def _normalize(self, x, train: bool, index: int):
     if self.norm == "lrn":
@@ -43,13 +41,15 @@ class AlexNetLike(nn.Module):
           name=f"norm{index}")(x)
     if self.norm == "batchnorm":
       return layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                             name=f"bn{index}", dtype=self.dtype)
+                             name=f"bn{index}", dtype=self.dtype,
+                             momentum=self.bn_momentum,
+                             use_scale=self.bn_scale)
     return x
 
   @nn.compact
   def __call__(self, x, train: bool):
     act = layers.ACTIVATIONS[self.activation]
-    conv_channels = _scaled(64, self.width)
+    conv_channels = layers.scaled(64, self.width)
     # The tutorial's initialisers: truncated normal (cut at 2 std) with these
     # stds; biases 0 for conv1 and the logits, 0.1 elsewhere.
     conv_init = nn.initializers.truncated_normal(5e-2)
@@ -75,10 +75,10 @@ class AlexNetLike(nn.Module):
     x = layers.max_pool(x, 3, 2, "SAME")
 
     x = x.reshape(x.shape[0], -1)
-    x = act(dense(_scaled(384, self.width), fc_init, 0.1, "fc384")(x))
+    x = act(dense(layers.scaled(384, self.width), fc_init, 0.1, "fc384")(x))
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = act(dense(_scaled(192, self.width), fc_init, 0.1, "fc192")(x))
+    x = act(dense(layers.scaled(192, self.width), fc_init, 0.1, "fc192")(x))
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     # The logits layer computes in float32 whatever the compute dtype.

@@ -78,6 +78,11 @@ KERNEL_GRAD_POSITIONS = 1024
 KERNEL_GRAD_MAX_CHUNKS = 16
 
 
+def scaled(channels: int, width: float) -> int:
+  """A layer's channel count under the model's width multiplier (>= 1)."""
+  return max(1, int(round(channels * width)))
+
+
 def _channel_window_sum(x: Array, radius: int) -> Array:
   """sum(x[..., c - radius : c + radius + 1]), clipped at both ends."""
   window = (1,) * (x.ndim - 1) + (2 * radius + 1,)
@@ -120,13 +125,17 @@ local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 def batch_norm(x: Array, *, train: bool, axis_name: str | None, name: str,
-               dtype: Any) -> Array:
-  """The BatchNorm every model uses: PyTorch's momentum (0.9 here) and eps,
+               dtype: Any, momentum: float = 0.9,
+               use_scale: bool = True) -> Array:
+  """The BatchNorm every model uses: PyTorch's eps and default momentum (0.9
+  in Flax's convention, the weight of the old running statistics),
   statistics in float32, synchronised over `axis_name` under pmap; the
-  output goes back to the compute `dtype`. Call inside a compact module."""
+  output goes back to the compute `dtype`. `use_scale=False` learns only a
+  bias (config `model.bn_scale`). Call inside a compact module."""
   return nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5,
-      axis_name=axis_name, dtype=jnp.float32, name=name)(x).astype(dtype)
+      use_running_average=not train, momentum=momentum, epsilon=1e-5,
+      use_scale=use_scale, axis_name=axis_name, dtype=jnp.float32,
+      name=name)(x).astype(dtype)
 
 
 class LocalResponseNorm(nn.Module):

@@ -14,10 +14,6 @@ from flax import linen as nn
 from jaxcnn.models import layers
 
 
-def _scaled(channels: int, width: float) -> int:
-  return max(1, int(round(channels * width)))
-
-
 class TinyCNN(nn.Module):
   """`norm`: 'batchnorm' | 'none'. `width` scales the 8 and 16 channels."""
   num_classes: int = 10
@@ -28,6 +24,8 @@ class TinyCNN(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
   bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -36,12 +34,14 @@ class TinyCNN(nn.Module):
     for index, channels in enumerate((8, 16), start=1):
       if index > 1:
         x = layers.max_pool_2x2(x)
-      x = layers.Conv3x3(_scaled(channels, self.width), use_bias=not use_bn,
+      x = layers.Conv3x3(layers.scaled(channels, self.width), use_bias=not use_bn,
                          impl=self.conv_impl, dtype=self.dtype,
                          name=f"conv{index}")(x)
       if use_bn:
         x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                              name=f"bn{index}", dtype=self.dtype)
+                              name=f"bn{index}", dtype=self.dtype,
+                              momentum=self.bn_momentum,
+                              use_scale=self.bn_scale)
       x = act(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -64,10 +64,6 @@ def conv_plan(depth: int, block: str = "3x3") -> list:
   return plan
 
 
-def _scaled(channels: int, width: float) -> int:
-  return max(1, int(round(channels * width)))
-
-
 class VGG(nn.Module):
   """`norm`: 'batchnorm' | 'none'. `width` scales every conv and fc width.
   `conv_impl` picks the conv implementation (see layers.conv_fn);
@@ -82,6 +78,8 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
   bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -100,19 +98,21 @@ class VGG(nn.Module):
         continue
       size, channels = item
       # A bias in front of BatchNorm would be cancelled by its mean.
-      x = layers.Conv(_scaled(channels, self.width), size,
+      x = layers.Conv(layers.scaled(channels, self.width), size,
                       use_bias=not use_bn,
                       impl=self.conv_impl,
                       dtype=self.dtype, kernel_init=conv_init,
                       name=f"conv{block}_{index}")(x)
       if use_bn:
         x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                              name=f"bn{block}_{index}", dtype=self.dtype)
+                              name=f"bn{block}_{index}", dtype=self.dtype,
+                              momentum=self.bn_momentum,
+                              use_scale=self.bn_scale)
       x = act(x)
       index += 1
 
     x = x.reshape(x.shape[0], -1)
-    head_features = _scaled(HEAD_FEATURES, self.width)
+    head_features = layers.scaled(HEAD_FEATURES, self.width)
     for name in ("fc1", "fc2"):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = act(nn.Dense(head_features, dtype=self.dtype, name=name)(x))

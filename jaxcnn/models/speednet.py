@@ -1,0 +1,188 @@
+"""speednet: the VGG-like network of the CIFAR-10 speed records (airbench94,
+Jordan 2024, arXiv 2404.00498), written for jaxcnn.
+
+  whiten: 2x2 VALID conv, 3 -> 24 channels, frozen patch-whitening filters
+          (with a trainable bias) -> GELU                          32 -> 31
+  group1..3: conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU
+          widths (64, 256, 256) x `width`                  31 -> 15 -> 7 -> 3
+  max-pool 3 -> linear (no bias) -> x logit_scale (1/9)             3 -> 1
+
+The whitening filters are computed from the training images by
+`whitening_kernel` (`init_from_data`, which the trainer calls once at
+initialisation): the eigenvectors of the 2x2x3 patch second-moment matrix,
+each divided by the square root of its eigenvalue, and their negatives, so a
+GELU after them keeps both signs. The kernel is held out of the gradient
+(`stop_gradient`); config `optim.freeze_filter` keeps weight decay and
+momentum off it too. Every 3x3 conv starts as the identity on its first
+input-many output channels (Dirac init) over PyTorch's default uniform init,
+so the untrained network passes its input through: an implicit residual.
+
+Parameter names: whiten/{kernel,bias}, group{g}/conv{1,2}/kernel,
+group{g}/bn{1,2}/{bias,scale}, head/kernel.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxcnn.models import layers
+
+WHITEN_SIZE = 2  # Patch size of the whitening layer.
+WHITEN_EPS = 5e-4  # Added to each eigenvalue before the square root.
+
+# PyTorch's default conv and linear init: uniform(+-1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+                                                      "uniform")
+
+
+def dirac_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default conv init, with output channel i < Cin set to the
+  identity on input channel i (a centred one-hot 3x3 filter)."""
+  size, _, cin, cout = shape
+  kernel = torch_default_init(key, shape, dtype)
+  n = min(cin, cout)
+  identity = jnp.zeros((size, size, cin, n), dtype)
+  identity = identity.at[size // 2, size // 2, jnp.arange(n),
+                         jnp.arange(n)].set(1)
+  return kernel.at[..., :n].set(identity)
+
+
+def patches_2x2_moment(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
+                       chunk: int = 500) -> np.ndarray:
+  """Second moment (not centred) of all size x size patches, flattened in
+  (row, column, channel) order, the order of a conv kernel's first three
+  axes: [size*size*C, size*size*C], float64."""
+  x = np.asarray(images_NxHxWxC)
+  n, h, w, c = x.shape
+  dim = size * size * c
+  total = np.zeros((dim, dim), np.float64)
+  count = 0
+  for start in range(0, n, chunk):
+    part = x[start:start + chunk].astype(np.float64)
+    views = [part[:, dy:h - size + 1 + dy, dx:w - size + 1 + dx, :]
+             for dy in range(size) for dx in range(size)]
+    flat = np.stack(views, axis=3).reshape(-1, dim)
+    total += flat.T @ flat
+    count += len(flat)
+  return total / max(count, 1)
+
+
+def whitening_kernel(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
+                     eps: float = WHITEN_EPS) -> np.ndarray:
+  """[size, size, C, 2 * size*size*C] filters that whiten the patches of
+  `images` (normalised floats): filter j < size*size*C is the j-th
+  eigenvector of the patch moment matrix (largest eigenvalue first) over
+  sqrt(eigenvalue + eps); the next ones are their negatives."""
+  c = images_NxHxWxC.shape[-1]
+  moment = patches_2x2_moment(images_NxHxWxC, size)
+  eigenvalues, eigenvectors = np.linalg.eigh(moment)
+  order = np.argsort(eigenvalues)[::-1]
+  eigenvalues = np.clip(eigenvalues[order], 0.0, None)
+  scaled = eigenvectors[:, order] / np.sqrt(eigenvalues + eps)
+  filters = np.concatenate([scaled, -scaled], axis=1)
+  return filters.reshape(size, size, c, -1).astype(np.float32)
+
+
+class WhitenConv(nn.Module):
+  """VALID WHITEN_SIZE x WHITEN_SIZE conv with a bias. `frozen`: its kernel
+  is read through stop_gradient, so no gradient is computed for it, and its
+  init is a placeholder until `SpeedNet.init_from_data` sets the whitening
+  filters; otherwise it is an ordinary trainable conv."""
+  features: int
+  dtype: Any = jnp.float32
+  frozen: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+        "kernel", torch_default_init,
+        (WHITEN_SIZE, WHITEN_SIZE, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                      jnp.float32)
+    if self.frozen:
+      kernel = jax.lax.stop_gradient(kernel)
+    kernel = kernel.astype(self.dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel, (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
+class ConvGroup(nn.Module):
+  features: int
+  dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_scale: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = layers.ACTIVATIONS["gelu"]
+
+    def bn(x, name):
+      return layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
+                               name=name, dtype=self.dtype,
+                               momentum=self.bn_momentum,
+                               use_scale=self.bn_scale)
+
+    def conv(x, name):
+      return layers.Conv(self.features, 3, use_bias=False,
+                         impl=self.conv_impl, dtype=self.dtype,
+                         kernel_init=dirac_init, name=name)(x)
+
+    x = layers.max_pool_2x2(conv(x, "conv1"))
+    x = act(bn(x, "bn1"))
+    return act(bn(conv(x, "conv2"), "bn2"))
+
+
+class SpeedNet(nn.Module):
+  """See the module docstring. `widths`: the three groups' channels before
+  the `width` multiplier. `whiten=False` makes the first layer an ordinary
+  trainable conv of the same shape (the ablation of the whitening). `norm`
+  must be 'batchnorm'; `activation` and `dropout` are not used (GELU, no
+  dropout, as the recipe)."""
+  num_classes: int = 10
+  width: float = 1.0
+  widths: Sequence[int] = (64, 256, 256)
+  logit_scale: float = 1.0 / 9.0
+  whiten_images: int = 5000
+  whiten: bool = True
+  dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_scale: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = WhitenConv(2 * WHITEN_SIZE * WHITEN_SIZE * x.shape[-1],
+                   dtype=self.dtype, frozen=self.whiten, name="whiten")(x)
+    x = layers.ACTIVATIONS["gelu"](x)
+    for g, features in enumerate(self.widths, start=1):
+      x = ConvGroup(layers.scaled(features, self.width), dtype=self.dtype,
+                    conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name,
+                    bn_momentum=self.bn_momentum, bn_scale=self.bn_scale,
+                    name=f"group{g}")(x, train)
+    x = layers.max_pool(x, 3, 3, "VALID")
+    x = x.reshape(x.shape[0], -1)
+    logits = nn.Dense(self.num_classes, use_bias=False, dtype=jnp.float32,
+                      kernel_init=torch_default_init, name="head")(x)
+    return logits * self.logit_scale
+
+  def init_from_data(self, params: dict, images_NxHxWxC: np.ndarray) -> dict:
+    """`params` with the whitening kernel computed from the first
+    `whiten_images` of `images` (normalised float training images); as
+    they are with `whiten=False`."""
+    if not self.whiten:
+      return params
+    kernel = whitening_kernel(np.asarray(images_NxHxWxC[:self.whiten_images]))
+    old = params["whiten"]["kernel"]
+    if kernel.shape != old.shape:
+      raise ValueError(f"whitening kernel {kernel.shape} != {old.shape}")
+    whiten = {**params["whiten"], "kernel": jnp.asarray(kernel, old.dtype)}
+    return {**params, "whiten": whiten}

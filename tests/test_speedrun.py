@@ -1,0 +1,378 @@
+"""The speed recipe's parts against formulas written out here, and a
+CPU-sized speedrun that learns. Runs on 4 fake CPU devices (conftest.py)."""
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import augment, checkpoint, config as config_lib, optim, trainer
+from jaxcnn.defaults import base_config
+from jaxcnn.models import count_params, create_model, speednet
+from test_train import final_state
+
+
+def correlated_images(n=64, size=12, seed=0):
+  """Normalised-looking images with strongly correlated neighbouring pixels
+  and channels (a smoothed random field plus a shared colour component)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, size + 2, size + 2, 3))
+  x = (x[:, 1:-1, 1:-1] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2]
+       + x[:, 1:-1, 2:]) / 5
+  x = x + x.mean(axis=-1, keepdims=True) * 2
+  return x.astype(np.float32)
+
+
+def patch_moment_of_output(images, kernel):
+  """Second moment over positions of a VALID conv's output channels,
+  computed with lax.conv (not the code under test's patch extraction)."""
+  y = jax.lax.conv_general_dilated(
+      jnp.asarray(images), jnp.asarray(kernel), (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)
+  flat = np.asarray(y, np.float64).reshape(-1, kernel.shape[-1])
+  return flat.T @ flat / len(flat)
+
+
+# --- The whitening layer ------------------------------------------------------
+
+
+def test_whitening_kernel_whitens_its_data():
+  images = correlated_images()
+  # Without eps the first 12 output channels are exactly white: identity
+  # second moment; the other 12 are their negatives.
+  kernel = speednet.whitening_kernel(images, eps=0.0)
+  assert kernel.shape == (2, 2, 3, 24)
+  moment = patch_moment_of_output(images, kernel)
+  np.testing.assert_allclose(moment[:12, :12], np.eye(12), atol=2e-3)
+  np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+  # With eps each channel's variance is lambda / (lambda + eps) (the input's
+  # patch moment eigenvalues, from numpy here), still uncorrelated.
+  views = [images[:, dy:images.shape[1] - 1 + dy, dx:images.shape[2] - 1 + dx]
+           for dy in (0, 1) for dx in (0, 1)]
+  patches = np.stack(views, axis=3).reshape(-1, 12).astype(np.float64)
+  eigenvalues = np.sort(np.linalg.eigvalsh(patches.T @ patches
+                                           / len(patches)))[::-1]
+  eps = 0.05
+  moment = patch_moment_of_output(images, speednet.whitening_kernel(images,
+                                                                    eps=eps))
+  np.testing.assert_allclose(np.diag(moment)[:12],
+                             eigenvalues / (eigenvalues + eps), rtol=5e-3)
+  off = moment[:12, :12] - np.diag(np.diag(moment[:12, :12]))
+  assert np.max(np.abs(off)) < 2e-3
+  # The input itself is far from white (so the check above means something).
+  assert np.max(eigenvalues) / np.min(eigenvalues) > 20
+
+
+def test_speednet_init_from_data_sets_the_frozen_whitening_layer():
+  model = create_model({"name": "speednet", "width": 0.125,
+                        "bn_scale": False})
+  images = correlated_images(n=16, size=32)
+  params = model.init({"params": jax.random.key(0)}, images[:2],
+                      train=False)["params"]
+  params = model.init_from_data(params, images)
+  np.testing.assert_array_equal(params["whiten"]["kernel"],
+                                speednet.whitening_kernel(images))
+  # The kernel gets no gradient; its bias does.
+  variables = model.init({"params": jax.random.key(0)}, images[:2],
+                         train=False)
+
+  def loss(p):
+    out, _ = model.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                         images, train=True, mutable=["batch_stats"])
+    return jnp.sum(out ** 2)
+
+  grads = jax.grad(loss)(params)
+  assert np.all(np.asarray(grads["whiten"]["kernel"]) == 0)
+  assert np.any(np.asarray(grads["whiten"]["bias"]) != 0)
+  # whiten=False: an ordinary trainable first layer, untouched by the data.
+  plain = create_model({"name": "speednet", "width": 0.125, "whiten": False})
+  p2 = plain.init({"params": jax.random.key(0)}, images[:2],
+                  train=False)["params"]
+  assert plain.init_from_data(p2, images) is p2
+
+
+def test_speednet_shapes_and_parameter_count():
+  model = create_model({"name": "speednet", "bn_scale": False})
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, x, train=False))
+  # whiten 2*2*3*24 + 24 = 312; group1 3*3*24*64 + 64 + 3*3*64*64 + 64 =
+  # 50,816; group2 3*3*64*256 + 256 + 3*3*256*256 + 256 = 737,792; group3
+  # 2 * (3*3*256*256 + 256) = 1,180,160; head 256*10 = 2,560 (no bias).
+  assert count_params(variables["params"]) == 1_971_640
+  assert "scale" not in variables["params"]["group1"]["bn1"]
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out.shape == (2, 10)
+  with_scale = create_model({"name": "speednet", "bn_scale": True})
+  v2 = jax.eval_shape(
+      lambda: with_scale.init({"params": jax.random.key(0)}, x, train=False))
+  assert count_params(v2["params"]) == 1_971_640 + 64 * 2 + 256 * 4
+
+
+def test_dirac_init_passes_the_input_through():
+  kernel = speednet.dirac_init(jax.random.key(0), (3, 3, 4, 6))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 5, 4))
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(y[..., :4], x, atol=1e-6)
+  assert not np.allclose(kernel[..., 4:], 0)  # The rest: the default init.
+
+
+def test_bn_momentum_reaches_the_running_statistics():
+  model = create_model({"name": "tiny", "bn_momentum": 0.4})
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
+  v = model.init({"params": jax.random.key(1)}, x, train=False)
+  _, new = model.apply(v, x, train=True, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.key(2)})
+  pre = jax.lax.conv_general_dilated(
+      x, v["params"]["conv1"]["kernel"], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  batch_mean = np.asarray(pre.mean(axis=(0, 1, 2)))
+  # running = 0.4 * old (0) + 0.6 * batch mean.
+  np.testing.assert_allclose(new["batch_stats"]["bn1"]["mean"],
+                             0.6 * batch_mean, rtol=1e-4, atol=1e-6)
+
+
+# --- Augmentation and TTA ------------------------------------------------------
+
+
+def test_alternating_flip_flips_exactly_the_odd_epochs():
+  key = jax.random.key(3)
+  ids = jnp.arange(1000)
+  base = np.asarray(augment.alternating_flips(key, ids, 0))
+  assert 400 < base.sum() < 600  # A fair coin per image.
+  for epoch in range(1, 6):
+    flips = np.asarray(augment.alternating_flips(key, ids, epoch))
+    np.testing.assert_array_equal(flips, base ^ (epoch % 2 == 1))
+  # Through the crop-and-flip function: an image is mirrored iff its flag.
+  images = jax.random.randint(jax.random.key(4), (6, 4, 5, 3), 0, 255
+                              ).astype(jnp.uint8)
+  ids6 = jnp.array([5, 17, 2, 900, 33, 41])
+  for epoch in (2, 3):
+    out = augment.random_crop_flip(
+        images, jax.random.key(5), global_batch=6, offset=0, crop=False,
+        padding=0, flip=True, flip_mode="alternate", epoch=epoch,
+        example_ids=ids6, seed_key=key)
+    expect = np.asarray(augment.alternating_flips(key, ids6, epoch))
+    for i in range(6):
+      want = images[i, :, ::-1] if expect[i] else images[i]
+      np.testing.assert_array_equal(out[i], want)
+
+
+def test_reflect_padded_crop_is_a_shift_of_the_reflected_image():
+  images = jax.random.randint(jax.random.key(0), (32, 6, 6, 1), 0, 255
+                              ).astype(jnp.uint8)
+  key = jax.random.key(7)
+  out = augment.random_crop_flip(images, key, global_batch=32, offset=0,
+                                 crop=True, padding=2, flip=False,
+                                 pad_mode="reflect")
+  shifts = jax.random.randint(jax.random.split(key)[0], (32, 2), 0, 5)
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)),
+                  mode="reflect")
+  for i in range(32):
+    dy, dx = np.asarray(shifts[i])
+    np.testing.assert_array_equal(out[i], padded[i, dy:dy + 6, dx:dx + 6])
+
+
+def test_tta_of_a_flip_invariant_model_equals_no_tta():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 10))
+
+  def symmetric(x):  # Sum over columns: the mirror image gives the same.
+    return jnp.einsum("bhwc,ck->bk", x + x[:, :, ::-1], w)
+
+  def asymmetric(x):
+    return jnp.einsum("bhwc,ck->bk", x * jnp.arange(8.0)[:, None], w)
+
+  np.testing.assert_allclose(augment.tta_logits(symmetric, x, "mirror"),
+                             symmetric(x), rtol=1e-6)
+  assert not np.allclose(augment.tta_logits(asymmetric, x, "mirror"),
+                         asymmetric(x))
+  # mirror_translate against numpy: half the mirror logits plus half the mean
+  # of the mirror logits of the two reflect-padded one-pixel shifts.
+  xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  mirror = lambda v: 0.5 * asymmetric(v) + 0.5 * asymmetric(v[:, :, ::-1])
+  expect = 0.5 * mirror(x) + 0.25 * (mirror(xp[:, :8, :8])
+                                     + mirror(xp[:, 2:, 2:]))
+  np.testing.assert_allclose(
+      augment.tta_logits(asymmetric, x, "mirror_translate"), expect,
+      rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="test-time augmentation"):
+    augment.tta_logits(symmetric, x, "rotate")
+
+
+# --- Loss, schedule, optimizer parts --------------------------------------------
+
+
+def test_label_smoothing_matches_formula():
+  logits = jax.random.normal(jax.random.key(0), (5, 10))
+  labels = jnp.array([0, 3, 9, 2, 2])
+  a = 0.2
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  expect = -((1 - a) * logp[np.arange(5), np.asarray(labels)]
+             + a * logp.mean(axis=1))
+  np.testing.assert_allclose(
+      trainer.smoothed_cross_entropy(logits, labels, a), expect, rtol=1e-5)
+  np.testing.assert_array_equal(
+      trainer.smoothed_cross_entropy(logits, labels, 0.0),
+      trainer.cross_entropy(logits, labels))
+
+
+def test_triangular_schedule_matches_airbench_interpolation():
+  cfg = base_config().optim
+  cfg.schedule, cfg.learning_rate = "triangular", 2.0
+  schedule = optim.make_schedule(cfg, 48, total_steps=476)
+  top = int(0.23 * 476)
+  steps = np.arange(477)
+  expect = 2.0 * np.interp(steps, [0, top, 476], [0.2, 1.0, 0.07])
+  np.testing.assert_allclose(schedule(jnp.asarray(steps)), expect, rtol=1e-5)
+
+
+def test_per_1024_units():
+  cfg = config_lib.load_experiment("speedrun").optim
+  lr, l2 = optim.step_hparams(cfg, 1024)
+  # airbench: lr 11.5 / (1024 * (1 + 1 / 0.15)) per example of a summed loss,
+  # times 1024 for our mean loss; L2 coefficient wd / lr.
+  assert math.isclose(lr, 11.5 * 1024 / (1024 * (1 + 1 / 0.15)), rel_tol=1e-9)
+  assert math.isclose(l2, 0.0153 / 11.5, rel_tol=1e-9)
+  lr512, l2_512 = optim.step_hparams(cfg, 512)
+  assert math.isclose(lr512, lr / 2) and l2_512 == l2
+  cfg.optimizer = "adam"
+  with pytest.raises(optim.OptimConfigError, match="per_1024"):
+    optim.step_hparams(cfg, 1024)
+
+
+def test_bias_lr_scale_and_freezing_in_the_chain():
+  params = {"bn1": {"bias": jnp.ones(3)}, "conv": {"kernel": jnp.ones(3)},
+            "whiten": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
+  cfg = base_config().optim
+  cfg.optimizer, cfg.learning_rate, cfg.schedule = "sgd", 0.1, "constant"
+  cfg.weight_decay, cfg.bias_lr_scale = 0.01, 64.0
+  cfg.freeze_filter, cfg.freeze_after_filter = r"^whiten/kernel$", "whiten/bias"
+  cfg.freeze_after_epochs = 0.2  # 2 of the 10 steps an epoch.
+  tx = optim.make_optimizer(cfg, 10)
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  for step in range(3):
+    updates, state = tx.update(grads, state, params)
+    # BN bias: lr * (64 g + wd w); others: lr * (g + wd w).
+    np.testing.assert_allclose(updates["bn1"]["bias"], -0.1 * (64 * 0.5 + 0.01))
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.1 * (0.5 + 0.01))
+    np.testing.assert_array_equal(updates["whiten"]["kernel"], 0.0)
+    bias = -0.1 * (0.5 + 0.01) if step < 2 else 0.0
+    np.testing.assert_allclose(updates["whiten"]["bias"], bias)
+
+
+def test_muon_orthogonalizes_conv_kernels():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8)) * 0.1},
+            "bn": {"bias": jnp.zeros(8)}}
+  specs = optim.muon_dimensions(params)
+  assert specs["conv"]["kernel"].reduction_axis == (0, 1, 2)
+  assert specs["bn"]["bias"] is None
+  cfg = base_config().optim
+  cfg.optimizer, cfg.schedule, cfg.learning_rate = "muon", "constant", 0.02
+  cfg.weight_decay = 0.0
+  tx = optim.make_optimizer(cfg, 10)
+  grads = {"conv": {"kernel": jax.random.normal(jax.random.key(0),
+                                                (3, 3, 4, 8))},
+           "bn": {"bias": jnp.ones(8)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  u = np.asarray(updates["conv"]["kernel"]).reshape(36, 8)
+  # Newton-Schulz leaves the singular values near one (scaled by lr): far
+  # closer to each other than the gradient's.
+  sv = np.linalg.svd(u, compute_uv=False)
+  g_sv = np.linalg.svd(np.asarray(grads["conv"]["kernel"]).reshape(36, 8),
+                       compute_uv=False)
+  assert sv.max() / sv.min() < 2.0 < g_sv.max() / g_sv.min()
+  assert np.all(np.isfinite(np.asarray(updates["bn"]["bias"])))
+
+
+def test_lookahead_equals_its_formula():
+  # The optimizer moves the live weight by a fixed increment each step; the
+  # reference replays those increments through airbench's loop.
+  increments = np.random.default_rng(0).normal(size=40)
+  every, decay, start, spe, total = 5, 0.95 ** 5, 12, 16, 40
+  live = jnp.float32(1.0)
+  slow = jnp.float32(1.0)
+  ours = []
+  for t in range(1, total + 1):
+    live = live + increments[t - 1]
+    new_live, slow = optim.lookahead(t, {"w": live}, {"w": slow}, every=every,
+                                     decay=decay, start_step=start,
+                                     steps_per_epoch=spe, total_steps=total)
+    live, slow = new_live["w"], slow["w"]
+    ours.append(float(live))
+  # Reference, step by step.
+  ref, slow_r, w = [], None, 1.0
+  for t in range(1, total + 1):
+    w = w + increments[t - 1]
+    if t > start and t % every == 0:
+      if slow_r is None:
+        slow_r = w
+      else:
+        rho = decay * (t / total) ** 3
+        slow_r = rho * slow_r + (1 - rho) * w
+        w = slow_r
+    if slow_r is not None and (t % spe == 0 or t == total):
+      w = slow_r
+    ref.append(w)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5)
+  # Lookahead really changed the trajectory (not the identity).
+  assert not np.allclose(ours, 1.0 + np.cumsum(increments), rtol=1e-3)
+
+
+# --- End to end ------------------------------------------------------------------
+
+
+def speedrun_small(*overrides):
+  c = config_lib.load_experiment("speedrun")
+  return config_lib.apply_overrides(c, [
+      "model.width=0.125", "train.batch_size=128", "train.num_steps=0",
+      "train.num_epochs=6", "train.eval_batch_size=250",
+      "train.log_every_steps=8", "train.progress_bar=false",
+      "model.whiten_images=500", "optim.lookahead_start_epochs=2",
+      "optim.freeze_after_epochs=1", *overrides])
+
+
+def test_cpu_sized_speedrun_learns(tmp_path, real_data_dir):
+  config = speedrun_small(f"data.source=folder:{real_data_dir}",
+                          "data.train_limit=1024", "data.test_limit=500")
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  # 1,024 real images, 48 steps of a 1/8-width net: chance is 10%.
+  assert result["raw"]["accuracy"] > 0.25, result["raw"]
+  assert result["tta"]["mode"] == "mirror_translate"
+  assert result["tta"]["raw"]["accuracy"] > 0.25
+  assert result["train_seconds"] > 0 and result["compile_seconds"] >= 0
+  # Lookahead ran: the live weights are the slow copy after the last step.
+  state = final_state(tmp_path / "run")
+  for a, b in zip(jax.tree.leaves(state["params"]),
+                  jax.tree.leaves(state["lookahead"]["params"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_speedrun_resumes_bitwise(tmp_path):
+  # Lookahead, alternating flips and the frozen whitening layer are all
+  # functions of the step and the saved state: resuming from step 9 ends
+  # where the uninterrupted run ended.
+  config = speedrun_small(
+      "data.source=synthetic", "data.synthetic_train_size=512",
+      "data.synthetic_test_size=64", "train.batch_size=64",
+      "train.eval_every_epochs=0", "optim.lookahead_start_epochs=0",
+      "train.checkpoint_every_steps=9", "train.final_tta=none",
+      "train.num_epochs=0", "train.num_steps=20")
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, str(workdir))
+  assert checkpoint.saved_steps(workdir) == [9, 18, 20]
+  full = final_state(workdir)
+  for step in (18, 20):  # Back to step 9, as if killed after it.
+    shutil.rmtree(checkpoint.checkpoint_dir(workdir) / str(step))
+  trainer.train_and_evaluate(config, str(workdir))
+  resumed = final_state(workdir)
+  assert int(resumed["step"]) == 20
+  assert jax.tree.structure(full) == jax.tree.structure(resumed)
+  assert len(jax.tree.leaves(full["lookahead"])) > 0
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
