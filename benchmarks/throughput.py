@@ -188,7 +188,7 @@ class JaxBench:
     labels = np.resize(setup.data.train_labels, (n,))
     data = trainer.place_eval_data(images, labels, setup.devices, batch)
     fn = trainer.make_eval_fn(setup.model, setup.config, setup.devices)
-    variables = trainer.raw_variables(self.state)
+    variables = trainer.variables_of(self.state, "raw")
     return (lambda: fn(variables, data.images, data.labels, data.mask)), n
 
 

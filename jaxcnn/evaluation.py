@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxcnn import augment, checkpoint, optim, parallel, trainer
+from jaxcnn import augment, checkpoint, parallel, trainer
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
@@ -58,15 +58,6 @@ def weights_list(weights: str | Sequence[str]) -> tuple[str, ...]:
   if bad or not out:
     raise ValueError(f"weights must be among {WEIGHTS}, got {out}")
   return out
-
-
-def variables_of(state: trainer.TrainState, weights: str) -> dict:
-  """The model variables of one weight set of `state`."""
-  if weights == "raw":
-    return trainer.raw_variables(state)
-  if weights == "ema":
-    return trainer.ema_variables(state)
-  raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
 
 
 # --- Finding and restoring checkpoints ----------------------------------------
@@ -425,7 +416,7 @@ class Evaluator:
     confusion}} as plain Python data."""
     out = {}
     for name in weights_list(weights):
-      variables = variables_of(state, name)
+      variables = trainer.variables_of(state, name)
       if not self._checked:
         self._check_fits(variables)
       d = self._data
@@ -561,10 +552,10 @@ def compare_weights(state: trainer.TrainState,
   |w| < near_zero).
   """
   rows = []
-  for kind, raw_tree, ema_tree in (
-      ("param", state.params, optim.find_ema_params(state.opt_state)),
-      ("batch_stats", state.batch_stats, state.ema_batch_stats)):
-    raw, ema = _named_leaves(raw_tree), _named_leaves(ema_tree)
+  raw_vars = trainer.variables_of(state, "raw")
+  ema_vars = trainer.variables_of(state, "ema")
+  for kind, key in (("param", "params"), ("batch_stats", "batch_stats")):
+    raw, ema = _named_leaves(raw_vars[key]), _named_leaves(ema_vars[key])
     if set(raw) != set(ema):
       raise CheckpointError(
           f"raw and EMA {kind} have different tensors: "
@@ -617,7 +608,7 @@ def weight_histogram(state: trainer.TrainState, name: str,
                      bins: int = 80) -> dict:
   """Histograms of one parameter tensor, raw and EMA, on shared bins."""
   raw = _named_leaves(state.params)
-  ema = _named_leaves(optim.find_ema_params(state.opt_state))
+  ema = _named_leaves(trainer.variables_of(state, "ema")["params"])
   if name not in raw:
     raise KeyError(name)
   r = raw[name].astype(np.float64).ravel()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -427,7 +427,8 @@ def ema_decay_at(step, decay: float, ramp: bool) -> jax.Array:
 def ema_update(ema: Any, value: Any, decay_t: jax.Array) -> Any:
   """`decay_t * ema + (1 - decay_t) * value`, leafwise, in float32.
 
-  Public so the trainer can average BatchNorm statistics with the same rule.
+  The one EMA rule: `ema_of_params` averages the parameters with it, and the
+  train step (`trainer.make_train_fn`) the BatchNorm statistics.
   """
   return jax.tree_util.tree_map(
       lambda e, v: decay_t * e + (1.0 - decay_t) * v.astype(jnp.float32),
@@ -466,31 +467,20 @@ def ema_of_params(decay: float, ramp: bool) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _find_ema_states(state: Any) -> list[EmaParamsState]:
-  if isinstance(state, EmaParamsState):
-    return [state]
-  if isinstance(state, Mapping):
-    children = state.values()
-  elif isinstance(state, (tuple, list)):  # NamedTuple states are tuples too.
-    children = state
-  else:
-    return []
-  found = []
-  for child in children:
-    found.extend(_find_ema_states(child))
-  return found
-
-
-def find_ema_params(opt_state: Any) -> Any:
-  """The EMA params held by the (possibly nested) optimizer state."""
-  found = _find_ema_states(opt_state)
-  if not found:
-    raise ValueError("no EmaParamsState in this optimizer state: was it built "
-                     "by jaxcnn.optim.make_optimizer (or with ema_of_params)?")
-  if len(found) > 1:
-    raise ValueError(f"{len(found)} EmaParamsStates in this optimizer state; "
-                     "expected exactly one")
-  return found[0].ema
+def ema_params(opt_state: Any) -> Any:
+  """The EMA of the parameters kept by the state of a chain whose last link
+  is `ema_of_params` (as `make_optimizer` builds it); a nested chain is
+  followed through its last link. The one accessor of the EMA parameters."""
+  last = opt_state
+  while not isinstance(last, EmaParamsState):
+    # optax.chain's state is a tuple of its links' states; other NamedTuple
+    # states are tuples too, but their last field is never an EMA state.
+    if not isinstance(last, tuple) or not last:
+      raise ValueError("no EmaParamsState as the last link of this optimizer "
+                       "state: was it built by jaxcnn.optim.make_optimizer "
+                       "(or with ema_of_params last)?")
+    last = last[-1]
+  return last.ema
 
 
 # --- The optimizer ------------------------------------------------------------

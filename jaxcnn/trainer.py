@@ -245,13 +245,16 @@ def create_train_state(setup: Setup) -> TrainState:
       lookahead=slow)
 
 
-def ema_variables(state: TrainState) -> dict:
-  return {"params": optim.find_ema_params(state.opt_state),
-          "batch_stats": state.ema_batch_stats}
-
-
-def raw_variables(state: TrainState) -> dict:
-  return {"params": state.params, "batch_stats": state.batch_stats}
+def variables_of(state: TrainState, weights: str) -> dict:
+  """The model variables of one weight set of `state`: 'raw' (the trained
+  parameters and their BatchNorm running statistics) or 'ema' (the EMA of
+  the parameters, `optim.ema_params`, and that of the statistics)."""
+  if weights == "raw":
+    return {"params": state.params, "batch_stats": state.batch_stats}
+  if weights == "ema":
+    return {"params": optim.ema_params(state.opt_state),
+            "batch_stats": state.ema_batch_stats}
+  raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
 
 
 # --- Train step ---------------------------------------------------------------
@@ -320,9 +323,11 @@ def make_train_fn(setup: Setup, num_steps: int):
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    d = optim.ema_decay_at(state.step + 1, decay, ramp)
-    ema_batch_stats = jax.tree.map(lambda e, n: d * e + (1 - d) * n,
-                                   state.ema_batch_stats, new_batch_stats)
+    # The statistics' EMA, by the rule and decay of the parameters' EMA (the
+    # last link of `tx`).
+    ema_batch_stats = optim.ema_update(
+        state.ema_batch_stats, new_batch_stats,
+        optim.ema_decay_at(state.step + 1, decay, ramp))
 
     grad_norm = optax.global_norm(grads)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -519,10 +524,9 @@ def evaluate_state(setup: Setup, eval_fn, state_r: TrainState,
                    eval_data: EvalData) -> dict:
   """{'raw': {...}, 'ema': {...}} for a replicated state."""
   out = {}
-  for name, variables in (("raw", raw_variables(state_r)),
-                          ("ema", ema_variables(state_r))):
-    totals = eval_fn(variables, eval_data.images, eval_data.labels,
-                     eval_data.mask)
+  for name in ("raw", "ema"):
+    totals = eval_fn(variables_of(state_r, name), eval_data.images,
+                     eval_data.labels, eval_data.mask)
     out[name] = summarize_eval(totals)
   return out
 

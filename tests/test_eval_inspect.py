@@ -112,7 +112,7 @@ def test_eval_equals_direct_apply(trained):
   x = augment.normalize(data.test_images, config.data.normalization, mean, std)
   y = data.test_labels
   for w in ("raw", "ema"):
-    logits = np.asarray(model.apply(evaluation.variables_of(state, w), x,
+    logits = np.asarray(model.apply(trainer.variables_of(state, w), x,
                                     train=False), np.float64)
     pred = logits.argmax(-1)
     top5 = np.argsort(-logits, axis=-1)[:, :5]

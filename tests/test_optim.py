@@ -230,7 +230,7 @@ def test_ema_through_chain_matches_numpy(ramp):
   final, opt_state, _ = run_chain(tx, params, grads_list)
   history = numpy_sgd_l2_trajectory(params, grads_list)
   tree_allclose(final, history[-1])
-  ema = optim.find_ema_params(opt_state)
+  ema = optim.ema_params(opt_state)
   tree_allclose(ema, numpy_ema(history, 0.7, ramp))
   other = numpy_ema(history, 0.7, not ramp)
   assert not np.allclose(ema["fc384"]["kernel"], other["fc384"]["kernel"],
@@ -260,7 +260,7 @@ def test_ema_matches_tensorflow_moving_average():
     step.assign_add(1)  # apply_gradients increments global_step first.
     tf_ema.apply(list(variables.values()))
 
-  ema = optim.find_ema_params(opt_state)
+  ema = optim.ema_params(opt_state)
   for (layer, name), var in variables.items():
     np.testing.assert_allclose(np.asarray(ema[layer][name]),
                                tf_ema.average(var).numpy(), rtol=1e-5,
@@ -281,14 +281,18 @@ def test_ema_of_params_needs_params_and_keeps_float32():
   assert int(state.count) == 1
 
 
-def test_find_ema_params():
+def test_ema_params_is_the_last_link_of_the_chain():
   params = make_params()
   with pytest.raises(ValueError, match="no EmaParamsState"):
-    optim.find_ema_params(optax.sgd(0.1).init(params))
+    optim.ema_params(optax.sgd(0.1).init(params))
   nested = optax.chain(optax.sgd(0.1),
                        optax.chain(optax.identity(),
                                    optim.ema_of_params(0.9, False)))
-  tree_allclose(optim.find_ema_params(nested.init(params)), params)
+  tree_allclose(optim.ema_params(nested.init(params)), params)
+  # The EMA must be the last link: earlier, its updates would not be final.
+  ema_first = optax.chain(optim.ema_of_params(0.9, False), optax.sgd(0.1))
+  with pytest.raises(ValueError, match="last link"):
+    optim.ema_params(ema_first.init(params))
 
 
 # --- Regularisation -----------------------------------------------------------
@@ -413,7 +417,7 @@ def test_every_optimizer_runs(name, mode):
                            jax.tree_util.tree_leaves(final)):
     assert np.all(np.isfinite(after))
     assert not np.allclose(before, after)
-  assert optim.find_ema_params(opt_state)["conv1"]["kernel"].shape == (3, 3)
+  assert optim.ema_params(opt_state)["conv1"]["kernel"].shape == (3, 3)
 
 
 # --- Config errors ------------------------------------------------------------

@@ -123,11 +123,11 @@ def test_eval_equals_direct_apply(tmp_path):
   fn = trainer.make_eval_fn(setup.model, setup.config, devices)
   from jaxcnn import augment, parallel
   got = trainer.summarize_eval(fn(parallel.replicate(
-      trainer.raw_variables(state), devices), eval_data.images,
+      trainer.variables_of(state, "raw"), devices), eval_data.images,
       eval_data.labels, eval_data.mask))
   mean, std = setup.mean_std
   x = augment.normalize(data.test_images, "channel", mean, std)
-  logits = np.asarray(setup.model.apply(trainer.raw_variables(state), x,
+  logits = np.asarray(setup.model.apply(trainer.variables_of(state, "raw"), x,
                                         train=False))
   pred = logits.argmax(-1)
   assert got["count"] == len(data.test_labels)
