@@ -3,9 +3,12 @@
 Each step directory holds two items: `state` (the UNREPLICATED train state, so
 a checkpoint written by N devices restores onto any device count) and `config`
 (the resolved config as JSON, so evaluation needs nothing but the workdir).
+`restore_latest_good` is how the trainer resumes and how eval, inspect and
+the tests read a workdir.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,12 +16,13 @@ import re
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxcnn.config import Config
+from jaxcnn.defaults import with_defaults
 
 
 class CheckpointError(RuntimeError):
@@ -41,6 +45,12 @@ def make_manager(workdir, *, keep: int = 3, create: bool = True,
       max_to_keep=keep, create=create,
       enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options)
+
+
+def open_for_reading(workdir) -> ocp.CheckpointManager:
+  """A manager that reads WORKDIR/checkpoints and never changes it: it does
+  not create the directory, and keep=None leaves every step alone."""
+  return make_manager(workdir, keep=None, create=False, async_save=False)
 
 
 def saved_steps(workdir) -> list[int]:
@@ -102,6 +112,8 @@ def _abstract(tree: Any) -> Any:
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
+  """The config saved with `step`; a field added to jaxcnn since takes its
+  default."""
   step_dir, workdir = _step_dir(manager, step)
   check_step_files(step_dir, workdir, step)
   try:
@@ -111,7 +123,7 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
     raise CheckpointError(
         f"cannot read the config of checkpoint step {step} in "
         f"{manager.directory}: {type(e).__name__}: {_first_line(e)}") from e
-  return Config.from_dict(restored.config)
+  return with_defaults(Config.from_dict(restored.config))
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int):
@@ -135,6 +147,68 @@ def restore_state(manager: ocp.CheckpointManager, step: int,
         f"checkpoint step {step} in {workdir} is truncated or corrupted: "
         f"{damage_report(e, step_dir, workdir)}") from e
   return restored.state
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  config: Config  # As saved, with the defaults of fields added since.
+  state: dict  # Unreplicated, in the structure of the restore target.
+
+
+def restore_latest_good(
+    workdir, target: dict | Callable[[Config], dict], *,
+    step: int | None = None, skip_unreadable: bool = False,
+    manager: ocp.CheckpointManager | None = None,
+    say: Callable[[str], None] = lambda text: None) -> Restored | None:
+  """Restores the newest checkpoint of WORKDIR that can be read (or `step`).
+
+  `target` is the state's structure, shapes and dtypes, or a function of the
+  saved config that builds it; anything it raises but CheckpointError (a
+  refused config, say) propagates. `manager`: an open one to read through
+  (else a read-only one is opened and closed here).
+
+  Resume order: (1) the newest complete step in WORKDIR/checkpoints (orbax
+  skips unfinished saves) whose config and state both restore. With
+  `skip_unreadable` (training), newer steps that do not are then moved aside,
+  renamed unreadable_<step>_<time>, never deleted, so that new checkpoints
+  can take their step numbers, each with a warning through `say`; if no step
+  restores, nothing is moved and that is an error. Without it (eval, inspect,
+  tests: reading changes nothing), an unreadable newest step is the error.
+  (2) None: no checkpoint at all; the caller starts from config.seed.
+  """
+  steps = saved_steps(workdir) if step is None else [step]
+  if not steps:
+    return None
+  own_manager = manager is None
+  if own_manager:
+    manager = open_for_reading(workdir)
+  unreadable, restored = [], None
+  try:
+    for candidate in reversed(steps):
+      try:
+        config = restore_config(manager, candidate)
+        like = target(config) if callable(target) else target
+        restored = Restored(candidate, config,
+                            restore_state(manager, candidate, like))
+        break
+      except CheckpointError as e:
+        if not skip_unreadable:
+          raise
+        unreadable.append((candidate, str(e)))
+  finally:
+    if own_manager:
+      manager.close()
+  if restored is None:
+    raise CheckpointError(
+        f"no checkpoint in {checkpoint_dir(workdir)} can be read (steps "
+        f"{', '.join(str(s) for s, _ in unreadable)}; newest: "
+        f"{unreadable[0][1]}); nothing was changed: use another --workdir to "
+        "start afresh")
+  if jax.process_index() == 0:  # Processes of one run share the workdir.
+    for bad_step, why in unreadable:
+      say(f"warning: {why}; moved it to {move_aside(workdir, bad_step)}")
+  return restored
 
 
 # --- Naming the damage in an unreadable checkpoint ---------------------------

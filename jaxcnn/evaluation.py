@@ -29,7 +29,6 @@ from jaxcnn import augment, checkpoint, parallel, trainer
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
-from jaxcnn.defaults import with_defaults
 from jaxcnn.models import create_model
 # format_table is imported from here by eval.py; both live in jaxcnn.tables.
 from jaxcnn.tables import format_table, percent  # noqa: F401
@@ -255,9 +254,7 @@ class CheckpointReader:
 
   def _open(self):
     if self._manager is None:
-      # keep=None: never let this manager's retention policy touch a step.
-      self._manager = checkpoint.make_manager(
-          self.workdir, keep=None, create=False, async_save=False)
+      self._manager = checkpoint.open_for_reading(self.workdir)
     return self._manager
 
   def step_dir(self, step: int) -> pathlib.Path:
@@ -265,12 +262,9 @@ class CheckpointReader:
 
   def config(self, step: int | None = None) -> tuple[Config, int]:
     step = _pick_step(self.workdir, self.steps, step)
-    saved = checkpoint.restore_config(self._open(), step)
-    return with_defaults(saved), step
+    return checkpoint.restore_config(self._open(), step), step
 
-  def restore(self, step: int | None = None
-              ) -> tuple[Config, trainer.TrainState, int]:
-    config, step = self.config(step)
+  def _target_for(self, config: Config, step: int) -> dict:
     step_dir = self.step_dir(step)
     stored = _stored_specs(step_dir, self.workdir, step)
     # What the target depends on; train.* may change between the steps of a
@@ -283,14 +277,23 @@ class CheckpointReader:
       self._target_key = key
       if loaded is not None:
         self._data = loaded
-    restored = checkpoint.restore_state(self._open(), step, self._target)
-    state = trainer.TrainState.from_dict(restored)
+    return self._target
+
+  def restore(self, step: int | None = None
+              ) -> tuple[Config, trainer.TrainState, int]:
+    step = _pick_step(self.workdir, self.steps, step)
+    # Read-only: an unreadable step is an error, never moved aside.
+    restored = checkpoint.restore_latest_good(
+        self.workdir, lambda config: self._target_for(config, step), step=step,
+        manager=self._open())
+    state = trainer.TrainState.from_dict(restored.state)
     restored_step = int(state.step)
     if restored_step != step:
+      step_dir = self.step_dir(step)
       raise CheckpointError(
           f"checkpoint directory {checkpoint.relative_to_workdir(step_dir, self.workdir)} holds "
           f"the state of step {restored_step}, not {step}")
-    return config, state, step
+    return restored.config, state, step
 
   def close(self) -> None:
     if self._manager is not None:

@@ -31,7 +31,6 @@ import optax
 from jaxcnn import augment, checkpoint, optim, parallel, reporting
 from jaxcnn.config import Config, ConfigError, diff
 from jaxcnn.data import Dataset, channel_stats, load_from_config
-from jaxcnn.defaults import with_defaults
 from jaxcnn.models import create_model
 from jaxcnn.workdir_lock import WorkdirLock
 
@@ -552,45 +551,24 @@ def train_and_evaluate(config: Config, workdir: str, *,
       lock.release()
 
 
-def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
+def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
                          say) -> TrainState | None:
-  """Resume order: (1) the newest checkpoint in WORKDIR/checkpoints that
-  restores, whose config must agree with this one (RESUMABLE_CHANGES aside);
-  newer unreadable ones are moved aside (renamed, never deleted) so that new
-  checkpoints can take their step numbers; (2) None: start from config.seed.
-  """
-  steps = checkpoint.saved_steps(workdir)
-  if not steps:
+  """The state to resume from, in checkpoint.restore_latest_good's resume
+  order (None: start afresh); a saved config must agree with this one,
+  RESUMABLE_CHANGES aside."""
+  def target(saved_config: Config) -> dict:
+    changes = incompatible_changes(saved_config, setup.config)
+    if changes:
+      raise TrainingError(
+          f"{workdir} holds a run with a different config ("
+          + "; ".join(changes) + "): use another --workdir to start afresh")
+    return fresh.to_dict()
+
+  restored = checkpoint.restore_latest_good(workdir, target,
+                                            skip_unreadable=True, say=say)
+  if restored is None:
     return None
-  manager = checkpoint.make_manager(workdir, create=False)
-  bad, state = [], None
-  try:
-    for step in reversed(steps):
-      try:
-        # A field added since the run was saved takes its default.
-        saved_config = with_defaults(
-            checkpoint.restore_config(manager, step))
-        changes = incompatible_changes(saved_config, setup.config)
-        if changes:
-          raise TrainingError(
-              f"{workdir} holds a run with a different config ("
-              + "; ".join(changes) + "): use another --workdir to start afresh")
-        state = TrainState.from_dict(
-            checkpoint.restore_state(manager, step, fresh.to_dict()))
-        break
-      except checkpoint.CheckpointError as e:
-        bad.append((step, str(e)))
-  finally:
-    manager.close()
-  if state is None:
-    raise checkpoint.CheckpointError(
-        f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} can be read "
-        f"(steps {', '.join(str(s) for s, _ in bad)}; newest: {bad[0][1]}); "
-        "nothing was changed: use another --workdir to start afresh")
-  for step, why in bad:
-    if jax.process_index() == 0:
-      aside = checkpoint.move_aside(workdir, step)
-      say(f"warning: {why}; moved it to {aside}")
+  state = TrainState.from_dict(restored.state)
   say(f"resuming from checkpoint step {int(state.step)} in {workdir}")
   return state
 
@@ -598,7 +576,7 @@ def _restore_latest_good(setup: Setup, workdir: str, fresh: TrainState,
 def _train_locked(setup: Setup, workdir: str, say, is_main: bool) -> dict:
   config = setup.config
   fresh = create_train_state(setup)
-  restored = _restore_latest_good(setup, workdir, fresh, say)
+  restored = _resume_state(setup, workdir, fresh, say)
   state = fresh if restored is None else restored
   del fresh, restored
   manager = checkpoint.make_manager(workdir,

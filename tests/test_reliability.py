@@ -50,13 +50,11 @@ def wait_for_checkpoint(workdir, proc, timeout=120, after=-1):
 
 
 def state_leaves(workdir):
-  steps = checkpoint.saved_steps(workdir)
-  mngr = checkpoint.make_manager(workdir, create=False)
-  setup = trainer.build(checkpoint.restore_config(mngr, steps[-1]))
-  state = checkpoint.restore_state(
-      mngr, steps[-1], trainer.create_train_state(setup).to_dict())
-  mngr.close()
-  return steps[-1], [np.asarray(x) for x in jax.tree.leaves(state)]
+  """(step, leaves) of the latest checkpoint, read without moving anything."""
+  restored = checkpoint.restore_latest_good(
+      workdir,
+      lambda c: trainer.create_train_state(trainer.build(c)).to_dict())
+  return restored.step, [np.asarray(x) for x in jax.tree.leaves(restored.state)]
 
 
 def test_sigkill_at_random_points_then_resume_is_exact(tmp_path):

@@ -22,14 +22,10 @@ def tiny_config(*overrides):
 
 def final_state(workdir) -> dict:
   """The latest checkpoint's state as numpy, restored through the real path."""
-  steps = checkpoint.saved_steps(workdir)
-  mngr = checkpoint.make_manager(workdir, create=False)
-  cfg = checkpoint.restore_config(mngr, steps[-1])
-  setup = trainer.build(cfg)
-  like = trainer.create_train_state(setup).to_dict()
-  state = checkpoint.restore_state(mngr, steps[-1], like)
-  mngr.close()
-  return jax.tree.map(np.asarray, state)
+  restored = checkpoint.restore_latest_good(
+      workdir,
+      lambda c: trainer.create_train_state(trainer.build(c)).to_dict())
+  return jax.tree.map(np.asarray, restored.state)
 
 
 def assert_trees_close(a, b, **tol):
