@@ -1,8 +1,9 @@
 """Times one SAME conv (forward and backward, batch 128) on small maps: XLA's
-convolution (with jaxcnn's CPU gradient path, `layers.cpu_conv`) against the
-shifted-matmul form (`layers.shifted_conv`). The numbers behind the rule that
-`conv_impl='auto'` takes the shifted form where the kernel is larger than
-the map (jaxcnn/models/layers.py, docs/performance.md).
+convolution (with jaxcnn's CPU gradient path, `cpu_kernels.cpu_conv`)
+against the shifted-matmul form (`cpu_kernels.shifted_conv`). The numbers
+behind the rule that `conv_impl='auto'` takes the shifted form where the
+kernel is larger than the map (`layers.resolve_conv_impl`,
+docs/performance.md).
 
     .venv/bin/python -m benchmarks.conv_small_maps [--batch 128] [--repeats 5]
 """
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.models import layers
+from jaxcnn.models import cpu_kernels, layers
 
 # (map side, channels, kernel size)
 CASES = [(4, 64, 3), (2, 512, 3), (8, 64, 5), (4, 128, 5), (2, 128, 5),
@@ -37,6 +38,7 @@ def main(argv=None) -> None:
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args(argv)
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   rng = np.random.default_rng(0)
   xla = layers.conv_fn("xla", 8, 8)  # cpu_conv on CPU, xla_conv elsewhere.
   print(f"fwd+bwd of one SAME conv, batch {args.batch}, on "
@@ -50,7 +52,7 @@ def main(argv=None) -> None:
     k = jnp.asarray(rng.normal(size=(size, size, channels, channels)) * 0.05,
                     jnp.float32)
     times = []
-    for conv in (xla, layers.shifted_conv):
+    for conv in (xla, cpu_kernels.shifted_conv):
       step = jax.jit(lambda x, k, g, conv=conv: jax.vjp(conv, x, k)[1](g))
       times.append(time_ms(step, x, k, g, repeats=args.repeats))
     print(f"{side:>3}x{side:<1} {channels:>4} {size:>4}x{size:<1} "

@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxcnn import augment, config as config_lib, parallel, trainer
 from jaxcnn.data import make_synthetic
-from jaxcnn.models import forward_flops, layers
+from jaxcnn.models import cpu_kernels, forward_flops
 
 # name -> (experiment, config overrides). The experiments' own recipes, so
 # the optimizer chain is the one their training runs use.
@@ -311,7 +311,7 @@ def benchmark(args) -> dict:
   say(f"{args.model} batch {batch} {args.dtype}, {steps} steps x "
       f"{args.repeats} repeats on {device.device_kind} ({device.platform})")
   if not args.cpu_paths:
-    layers.CPU_PATHS = False  # Read when the step is traced, just below.
+    cpu_kernels.CPU_PATHS = False  # Read when the step is traced, below.
   bench = JaxBench.create(config)
   say(f"jax: first call (compile + one dispatch) {bench.first_call_s:.1f}s")
   torch_bench = None
@@ -358,8 +358,9 @@ def benchmark(args) -> dict:
       "jax_version": jax.__version__,
       "cpu_threads": args.threads if device.platform == "cpu" else None,
       "cpu_paths": args.cpu_paths,
-      # Which XLA CPU kernels ran the convolutions (layers.py docstring).
-      "cpu_convs": (("ynnpack" if layers.cpu_convs_use_ynnpack() else "eigen")
+      # Which XLA CPU kernels ran the convolutions (cpu_kernels docstring).
+      "cpu_convs": (("ynnpack" if cpu_kernels.cpu_convs_use_ynnpack()
+                     else "eigen")
                     if device.platform == "cpu" else None),
       "conv_impl": config.model.conv_impl,
       # Other processes on the machine slow both sides, PyTorch's OpenMP
@@ -490,7 +491,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="timed eval calls (0: skip eval, saving its compile)")
   p.add_argument("--cpu_paths", type=int, choices=[0, 1], default=1,
                  help="0: plain select-and-scatter pool gradients and conv "
-                 "kernel gradients (layers.CPU_PATHS); with --set "
+                 "kernel gradients (cpu_kernels.CPU_PATHS); with --set "
                  "model.conv_impl=xla and XLA_FLAGS=--xla_cpu_experimental_"
                  "ynn_fusion_type=+individual_convolution (YNNPACK convs), "
                  "close to the unoptimised model")
@@ -515,6 +516,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   result = benchmark(args)
   if args.json:
     print(json.dumps(result, indent=1))

@@ -133,6 +133,8 @@ def write_outputs(report: dict, out_dir: pathlib.Path) -> list[str]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from jaxcnn.models import cpu_kernels
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   from jaxcnn.evaluation import eval_workdir
   report = eval_workdir(
       args.workdir, step=args.step, all_steps=args.all_steps,

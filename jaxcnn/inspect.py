@@ -105,6 +105,8 @@ def write_plots(report: dict, out_dir: pathlib.Path) -> list[str]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from jaxcnn.models import cpu_kernels
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   from jaxcnn.evaluation import inspect_workdir
   report = inspect_workdir(
       args.workdir, step=args.step, near_zero=args.near_zero,

@@ -75,6 +75,8 @@ def _training_command(argv) -> str:
 
 
 def main(argv=None) -> int:
+  from jaxcnn.models import cpu_kernels
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   from jaxcnn import studies, study_report, study_runner
   from jaxcnn.config import ConfigError
   args = parse_args(argv)

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from jaxcnn.models import cpu_kernels
+  cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
   import pathlib
   from jaxcnn import config as config_lib
 

@@ -1,4 +1,5 @@
-"""Test setup: 4 fake CPU devices, set before jax is imported anywhere."""
+"""Test setup: 4 fake CPU devices and XLA's Eigen convolutions (as every
+entry point asks for them), set before XLA starts."""
 import os
 import pathlib
 
@@ -8,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
+
+from jaxcnn.models import cpu_kernels  # noqa: E402
+
+cpu_kernels.prefer_eigen_convolutions()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg"

@@ -24,7 +24,7 @@ from jax import lax
 
 from jaxcnn import config as config_lib, parallel, trainer
 from jaxcnn.defaults import base_config
-from jaxcnn.models import create_model, forward_flops, layers
+from jaxcnn.models import cpu_kernels, create_model, forward_flops, layers
 
 
 def random_normal(seed, shape):
@@ -40,14 +40,14 @@ def model_config(**overrides):
 
 @contextlib.contextmanager
 def cpu_paths(enabled: bool):
-  """Sets layers.CPU_PATHS; it is read when a function is traced, so trace
-  inside the block."""
-  saved = layers.CPU_PATHS
-  layers.CPU_PATHS = enabled
+  """Sets cpu_kernels.CPU_PATHS; it is read when a function is traced, so
+  trace inside the block."""
+  saved = cpu_kernels.CPU_PATHS
+  cpu_kernels.CPU_PATHS = enabled
   try:
     yield
   finally:
-    layers.CPU_PATHS = saved
+    cpu_kernels.CPU_PATHS = saved
 
 
 # --- No recompiles ------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_train_step_traces_and_compiles_once(tiny_setup, steps_per_call):
   if steps_per_call > 1 and jax.default_backend() == "cpu":
     # Inside the scan XLA CPU does not transpose a convolution into the
     # layout of its fast kernels: one left in another layout runs as a naive
-    # loop nest (AlexNet: 18 s a step instead of 0.3 s). layers.cpu_conv
+    # loop nest (AlexNet: 18 s a step instead of 0.3 s). cpu_kernels.cpu_conv
     # writes the gradients in the canonical layout.
     hlo = lowered.compile().as_text()
     convs = [line for line in hlo.splitlines() if " convolution(" in line]
@@ -161,7 +161,8 @@ def test_strided_max_pool_equals_flax_max_pool_bit_for_bit(window, stride,
                                                            padding):
   flax_pool = lambda x: nn.max_pool(x, (window, window), (stride, stride),
                                     padding)
-  fast_pool = lambda x: layers.strided_max_pool(x, window, stride, padding)
+  fast_pool = lambda x: cpu_kernels.strided_max_pool(x, window, stride,
+                                                     padding)
 
   @jax.jit
   def values_and_grads(x, cotangent):
@@ -189,7 +190,7 @@ def test_strided_max_pool_sums_overlaps_in_select_and_scatter_order():
   x = np.maximum(random_normal(0, (8, 32, 32, 16)), 0)
   cotangent = random_normal(1, (8, 16, 16, 16))
   grads = [jax.jit(lambda x, c, f=f: jax.vjp(f, x)[1](c)[0])(x, cotangent)
-           for f in (lambda x: layers.strided_max_pool(x, 3, 2, "SAME"),
+           for f in (lambda x: cpu_kernels.strided_max_pool(x, 3, 2, "SAME"),
                      lambda x: nn.max_pool(x, (3, 3), (2, 2), "SAME"))]
   np.testing.assert_array_equal(grads[0], grads[1])
 
@@ -211,9 +212,11 @@ def test_max_pool_takes_the_strided_form_only_on_cpu_with_cpu_paths():
 # --- Which XLA CPU kernels run the convolutions ----------------------------------
 
 CONV_KERNELS_PROBE = (
-    "import os, jaxcnn.models.layers as layers; "
+    "import os, jaxcnn.models, jaxcnn.models.cpu_kernels as cpu_kernels; "
     "print(os.environ.get('XLA_FLAGS', '')); "
-    "print(layers.cpu_convs_use_ynnpack())")
+    "cpu_kernels.prefer_eigen_convolutions(); "
+    "print(os.environ.get('XLA_FLAGS', '')); "
+    "print(cpu_kernels.cpu_convs_use_ynnpack())")
 
 
 @pytest.mark.parametrize("user_flags,eigen", [
@@ -222,21 +225,23 @@ CONV_KERNELS_PROBE = (
 ])
 def test_convolutions_go_to_eigen_unless_the_user_says_otherwise(user_flags,
                                                                   eigen):
-  # Importing the models adds the Eigen flag to XLA_FLAGS before XLA starts
-  # (on the jaxlib it was checked on); a YNNPACK flag of the user's own wins.
-  # What the backend really does is read from the compiled HLO.
+  # Importing the models leaves XLA_FLAGS alone; prefer_eigen_convolutions,
+  # called as the entry points call it, before XLA starts, adds the Eigen
+  # flag (on the jaxlib it was checked on); a YNNPACK flag of the user's own
+  # wins. What the backend really does is read from the compiled HLO.
   import jaxlib.version
   if eigen and not jaxlib.version.__version__.startswith(
-      layers.EIGEN_CONV_JAXLIB_VERSIONS):
+      cpu_kernels.EIGEN_CONV_JAXLIB_VERSIONS):
     pytest.skip("the Eigen flag is only set on jaxlib "
-                f"{layers.EIGEN_CONV_JAXLIB_VERSIONS}")
+                f"{cpu_kernels.EIGEN_CONV_JAXLIB_VERSIONS}")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(XLA_FLAGS=user_flags, JAX_PLATFORMS="cpu",
              PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
   out = subprocess.run([sys.executable, "-c", CONV_KERNELS_PROBE], env=env,
                        capture_output=True, text=True, timeout=120, check=True)
-  flags, uses_ynnpack = out.stdout.strip().splitlines()[-2:]
-  assert (layers.EIGEN_CONV_FLAG in flags) == eigen
+  after_import, flags, uses_ynnpack = out.stdout.splitlines()[-3:]
+  assert after_import == user_flags
+  assert (cpu_kernels.EIGEN_CONV_FLAG in flags) == eigen
   assert uses_ynnpack == str(not eigen)
 
 
@@ -272,9 +277,9 @@ def test_cpu_conv_equals_xla_conv(monkeypatch, ynnpack, batch, height, width,
   # piece), whichever kernels this process really runs: the arithmetic is
   # the same. Few output positions per chunk, so every case really sums
   # several chunks (VGG's own sizes give 1-16 chunks at batch 128).
-  monkeypatch.setattr(layers, "cpu_convs_use_ynnpack", lambda: ynnpack)
-  monkeypatch.setattr(layers, "KERNEL_GRAD_POSITIONS", 32)
-  chunks = layers.kernel_grad_chunks(batch, height, width)
+  monkeypatch.setattr(cpu_kernels, "cpu_convs_use_ynnpack", lambda: ynnpack)
+  monkeypatch.setattr(cpu_kernels, "KERNEL_GRAD_POSITIONS", 32)
+  chunks = cpu_kernels.kernel_grad_chunks(batch, height, width)
   assert chunks > 1 or batch * height * width <= 32
   x = random_normal(1, (batch, height, width, cin))
   kernel = random_normal(2, (size, size, cin, cout))
@@ -283,7 +288,7 @@ def test_cpu_conv_equals_xla_conv(monkeypatch, ynnpack, batch, height, width,
   @jax.jit
   def values_and_grads(x, kernel, cotangent):
     out = []
-    for conv in (layers.cpu_conv, layers.xla_conv):
+    for conv in (cpu_kernels.cpu_conv, cpu_kernels.xla_conv):
       y, vjp = jax.vjp(conv, x, kernel)
       out.append((y,) + vjp(cotangent))
     return out
@@ -303,13 +308,13 @@ def test_cpu_conv_equals_xla_conv(monkeypatch, ynnpack, batch, height, width,
 
 
 def test_cpu_conv_in_bfloat16_accumulates_in_float32(monkeypatch):
-  monkeypatch.setattr(layers, "cpu_convs_use_ynnpack", lambda: True)
-  monkeypatch.setattr(layers, "KERNEL_GRAD_POSITIONS", 16)
+  monkeypatch.setattr(cpu_kernels, "cpu_convs_use_ynnpack", lambda: True)
+  monkeypatch.setattr(cpu_kernels, "KERNEL_GRAD_POSITIONS", 16)
   x = jnp.asarray(random_normal(1, (8, 8, 8, 4))).astype(jnp.bfloat16)
   kernel = jnp.asarray(random_normal(2, (3, 3, 4, 6))).astype(jnp.bfloat16)
   cotangent = jnp.asarray(random_normal(3, (8, 8, 8, 6))).astype(jnp.bfloat16)
   grads = [jax.vjp(conv, x, kernel)[1](cotangent)
-           for conv in (layers.cpu_conv, layers.xla_conv)]
+           for conv in (cpu_kernels.cpu_conv, cpu_kernels.xla_conv)]
   assert grads[0][1].dtype == jnp.bfloat16
   np.testing.assert_array_equal(grads[0][0], grads[1][0])
   np.testing.assert_allclose(np.asarray(grads[0][1], np.float32),
@@ -320,12 +325,12 @@ def test_cpu_conv_in_bfloat16_accumulates_in_float32(monkeypatch):
 def test_kernel_grad_chunks_divide_the_batch():
   for batch in (1, 2, 6, 32, 100, 128, 512):
     for size in (1, 2, 4, 8, 16, 32):
-      chunks = layers.kernel_grad_chunks(batch, size, size)
-      assert 1 <= chunks <= layers.KERNEL_GRAD_MAX_CHUNKS
+      chunks = cpu_kernels.kernel_grad_chunks(batch, size, size)
+      assert 1 <= chunks <= cpu_kernels.KERNEL_GRAD_MAX_CHUNKS
       assert batch % chunks == 0
   # VGG-16 at batch 128: at most ~1024 positions per chunk from 16x16 down.
-  assert [layers.kernel_grad_chunks(128, s, s) for s in (32, 16, 8, 4)] == [
-      16, 16, 8, 2]
+  assert [cpu_kernels.kernel_grad_chunks(128, s, s)
+          for s in (32, 16, 8, 4)] == [16, 16, 8, 2]
 
 
 @pytest.mark.parametrize("size", [3, 5])

@@ -12,27 +12,19 @@ whole model are larger than the tutorial's: 1,756,426 parameters here against
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn.models import layers
 
 
-class AlexNetLike(nn.Module):
+class AlexNetLike(layers.ModelBase):
   """`norm`: 'lrn' (the tutorial), 'none' (no normalisation) or 'batchnorm'
   (BatchNorm where each LRN was). `dropout` > 0 adds dropout before fc192 and
   before the logits; the tutorial has none. `width` scales 64/384/192."""
-  num_classes: int = 10
-  width: float = 1.0
   activation: str = "relu"
   norm: str = "lrn"
   dropout: float = 0.0
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-  bn_momentum: float = 0.9
-  bn_scale: bool = True
 
   def _normalize(self, x, train: bool, index: int):
     if self.norm == "lrn":
@@ -40,10 +32,7 @@ class AlexNetLike(nn.Module):
           depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
           name=f"norm{index}")(x)
     if self.norm == "batchnorm":
-      return layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                             name=f"bn{index}", dtype=self.dtype,
-                             momentum=self.bn_momentum,
-                             use_scale=self.bn_scale)
+      return self.bn(x, train, f"bn{index}")
     return x
 
   @nn.compact

@@ -140,23 +140,17 @@ class ConvGroup(nn.Module):
     return act(bn(conv(x, "conv2"), "bn2"))
 
 
-class SpeedNet(nn.Module):
+class SpeedNet(layers.ModelBase):
   """See the module docstring. `widths`: the three groups' channels before
   the `width` multiplier. `whiten=False` makes the first layer an ordinary
   trainable conv of the same shape (the ablation of the whitening). `norm`
   must be 'batchnorm'; `activation` and `dropout` are not used (GELU, no
   dropout, as the recipe)."""
-  num_classes: int = 10
-  width: float = 1.0
   widths: Sequence[int] = (64, 256, 256)
   logit_scale: float = 1.0 / 9.0
   whiten_images: int = 5000
   whiten: bool = True
-  dtype: Any = jnp.float32
   conv_impl: str = "auto"
-  bn_axis_name: str | None = None
-  bn_momentum: float = 0.9
-  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):

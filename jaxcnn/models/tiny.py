@@ -6,26 +6,18 @@ on CPU while still exercising BatchNorm, dropout and every trainer path.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn.models import layers
 
 
-class TinyCNN(nn.Module):
+class TinyCNN(layers.ModelBase):
   """`norm`: 'batchnorm' | 'none'. `width` scales the 8 and 16 channels."""
-  num_classes: int = 10
-  width: float = 1.0
   activation: str = "relu"
   norm: str = "batchnorm"
   dropout: float = 0.0
-  dtype: Any = jnp.float32
   conv_impl: str = "auto"
-  bn_axis_name: str | None = None
-  bn_momentum: float = 0.9
-  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -38,10 +30,7 @@ class TinyCNN(nn.Module):
                          impl=self.conv_impl, dtype=self.dtype,
                          name=f"conv{index}")(x)
       if use_bn:
-        x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                              name=f"bn{index}", dtype=self.dtype,
-                              momentum=self.bn_momentum,
-                              use_scale=self.bn_scale)
+        x = self.bn(x, train, f"bn{index}")
       x = act(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -17,8 +17,6 @@ becomes five 5x5 convs. (The VGG paper's section 2.3 comparison.)
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -64,22 +62,16 @@ def conv_plan(depth: int, block: str = "3x3") -> list:
   return plan
 
 
-class VGG(nn.Module):
+class VGG(layers.ModelBase):
   """`norm`: 'batchnorm' | 'none'. `width` scales every conv and fc width.
   `conv_impl` picks the conv implementation (see layers.conv_fn);
   `block` is '3x3' (VGG) or '5x5' (see `conv_plan`)."""
   depth: int = 16
   block: str = "3x3"
-  num_classes: int = 10
-  width: float = 1.0
   activation: str = "relu"
   norm: str = "batchnorm"
   dropout: float = 0.5
-  dtype: Any = jnp.float32
   conv_impl: str = "auto"
-  bn_axis_name: str | None = None
-  bn_momentum: float = 0.9
-  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -104,10 +96,7 @@ class VGG(nn.Module):
                       dtype=self.dtype, kernel_init=conv_init,
                       name=f"conv{block}_{index}")(x)
       if use_bn:
-        x = layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
-                              name=f"bn{block}_{index}", dtype=self.dtype,
-                              momentum=self.bn_momentum,
-                              use_scale=self.bn_scale)
+        x = self.bn(x, train, f"bn{block}_{index}")
       x = act(x)
       index += 1
 
