@@ -43,14 +43,11 @@ def run_two_processes(workdir, *overrides):
 
 
 def state_at(workdir, step=None):
-  steps = checkpoint.saved_steps(workdir)
-  step = steps[-1] if step is None else step
-  mngr = checkpoint.make_manager(workdir, create=False)
-  setup = trainer.build(checkpoint.restore_config(mngr, step))
-  state = checkpoint.restore_state(
-      mngr, step, trainer.create_train_state(setup).to_dict())
-  mngr.close()
-  return jax.tree.map(np.asarray, state)
+  restored = checkpoint.restore_latest_good(
+      workdir,
+      lambda c: trainer.create_train_state(trainer.build(c)).to_dict(),
+      step=step)
+  return jax.tree.map(np.asarray, restored.state)
 
 
 def assert_close(a, b):
