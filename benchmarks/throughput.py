@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import augment, config as config_lib, parallel, trainer
+from jaxcnn import augment, config as config_lib, optim, parallel, trainer
 from jaxcnn.data import make_synthetic
 from jaxcnn.models import cpu_kernels, forward_flops
 
@@ -46,6 +46,7 @@ MODELS = {
     "vgg16": ("vgg", ["model.depth=16"]),
     "vgg19": ("vgg", ["model.depth=19"]),
     "alexnet": ("alexnet", []),
+    "speednet": ("speedrun", []),  # The speed recipe (batch 1024 there).
     "tiny": ("test", []),  # For smoke tests: milliseconds per step.
 }
 
@@ -222,7 +223,10 @@ class TorchBench:
       torch.backends.cudnn.benchmark = True
     m = config.model
     module = torch_models.create(m.name, depth=m.depth,
-                                 num_classes=m.num_classes, dropout=m.dropout)
+                                 num_classes=m.num_classes, dropout=m.dropout,
+                                 widths=tuple(round(w * m.width) for w in
+                                              m.speednet_widths),
+                                 bn_momentum=m.bn_momentum)
     # NHWC suits oneDNN and cuDNN tensor cores both; measured faster on this
     # 2-core CPU for both models (docs/performance.md).
     self.channels_last = True if channels_last is None else channels_last
@@ -230,14 +234,17 @@ class TorchBench:
            else torch.contiguous_format)
     self.module = module.to(self.device).to(memory_format=fmt)
     o = config.optim
-    momentum = o.momentum if o.optimizer in ("momentum", "nesterov") else 0.0
-    if o.optimizer not in ("sgd", "momentum"):
-      raise ValueError(f"no PyTorch mirror for optimizer {o.optimizer!r}")
-    self.opt = torch_models.Optimizer(
-        self.module, lr=o.learning_rate, momentum=momentum,
-        weight_decay=o.weight_decay, decay_filter=o.weight_decay_filter,
-        ema_decay=o.ema_decay)
     b = config.train.batch_size
+    momentum = o.momentum if o.optimizer in ("momentum", "nesterov") else 0.0
+    if o.optimizer not in ("sgd", "momentum", "nesterov"):
+      raise ValueError(f"no PyTorch mirror for optimizer {o.optimizer!r}")
+    lr, weight_decay = optim.step_hparams(o, b)
+    self.opt = torch_models.Optimizer(
+        self.module, lr=lr, momentum=momentum,
+        nesterov=o.optimizer == "nesterov",
+        weight_decay=weight_decay, decay_filter=o.weight_decay_filter,
+        ema_decay=o.ema_decay)
+    self.label_smoothing = float(config.train.label_smoothing)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, 3, 32, 32, generator=gen)
     self.x = x.to(self.device).contiguous(memory_format=fmt)
@@ -259,7 +266,8 @@ class TorchBench:
     self.opt.zero_grad()
     with self._autocast():
       logits = self.module(self.x)
-    loss = self.torch.nn.functional.cross_entropy(logits.float(), self.y)
+    loss = self.torch.nn.functional.cross_entropy(
+        logits.float(), self.y, label_smoothing=self.label_smoothing)
     loss.backward()
     self.opt.step()
     return loss
@@ -317,7 +325,7 @@ def benchmark(args) -> dict:
   torch_bench = None
   torch_error = None
   if not args.no_torch and args.model in ("vgg11", "vgg13", "vgg16", "vgg19",
-                                          "alexnet"):
+                                          "alexnet", "speednet"):
     try:
       torch_bench = TorchBench(bench.setup.config, device.platform,
                                args.threads, args.channels_last)

@@ -10,6 +10,9 @@ default, which does not matter for timing.
            dropout -> fc512 -> ReLU -> dropout -> fc512 -> ReLU -> fc10.
   AlexNet: conv5x5 -> ReLU -> maxpool 3/2 SAME -> LRN -> conv5x5 -> ReLU ->
            LRN -> maxpool 3/2 SAME -> fc384 -> fc192 -> fc10.
+  SpeedNet: frozen 2x2 conv 3->24 (+ trainable bias) -> GELU, three groups of
+           conv3x3 -> maxpool 2 -> BN (bias only) -> GELU -> conv3x3 -> BN ->
+           GELU, maxpool 3, linear (no bias) x 1/9.
 
 The optimizer mirrors jaxcnn.optim.make_optimizer for the two recipes: L2
 weight decay added to the gradient of the parameters the config's filter
@@ -88,12 +91,43 @@ class AlexNetLike(nn.Module):
     return self.logits(x)
 
 
+class SpeedNet(nn.Module):
+  """jaxcnn/models/speednet.py in PyTorch (the airbench94 network)."""
+
+  def __init__(self, widths=(64, 256, 256), num_classes: int = 10,
+               bn_momentum: float = 0.4):
+    super().__init__()
+    self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+    self.whiten.weight.requires_grad = False  # Frozen, as in jaxcnn.
+
+    def bn(c):
+      # torch's momentum is the weight of the NEW statistic.
+      norm = nn.BatchNorm2d(c, eps=1e-5, momentum=1 - bn_momentum)
+      norm.weight.requires_grad = False  # No learned scale.
+      return norm
+
+    groups, cin = [], 24
+    for c in widths:
+      groups += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                 bn(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                 bn(c), nn.GELU()]
+      cin = c
+    self.body = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
+    self.head = nn.Linear(cin, num_classes, bias=False)
+
+  def forward(self, x):
+    return self.head(torch.flatten(self.body(self.whiten(x)), 1)) / 9.0
+
+
 def create(name: str, depth: int = 16, num_classes: int = 10,
-           dropout: float = 0.5) -> nn.Module:
+           dropout: float = 0.5, widths=(64, 256, 256),
+           bn_momentum: float = 0.9) -> nn.Module:
   if name == "vgg":
     return VGG(depth, num_classes, dropout)
   if name == "alexnet":
     return AlexNetLike(num_classes)
+  if name == "speednet":
+    return SpeedNet(widths, num_classes, bn_momentum)
   raise ValueError(f"no PyTorch version of model {name!r}")
 
 
@@ -116,17 +150,20 @@ class Optimizer:
   """
 
   def __init__(self, module: nn.Module, *, lr: float, momentum: float,
-               weight_decay: float, decay_filter: str, ema_decay: float):
+               weight_decay: float, decay_filter: str, ema_decay: float,
+               nesterov: bool = False):
     regex = re.compile(decay_filter)
     decayed, plain = [], []
     for name, p in module.named_parameters():
+      if not p.requires_grad:
+        continue
       (decayed if regex.search(jax_style_path(module, name)) else plain).append(p)
     groups = [{"params": decayed, "weight_decay": weight_decay},
               {"params": plain, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     self.sgd = torch.optim.SGD(groups, lr=lr, momentum=momentum,
-                               foreach=True)
-    self.params = [p for p in module.parameters()]
+                               nesterov=nesterov, foreach=True)
+    self.params = [p for p in module.parameters() if p.requires_grad]
     self.ema = [p.detach().clone() for p in self.params]
     self.ema_decay = ema_decay
     self.t = 0

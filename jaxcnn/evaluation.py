@@ -501,6 +501,9 @@ def _model_text(config: Config) -> str:
   m = config.model
   extra = f"-{m.depth}" if m.name == "vgg" else ""
   width = f" x{m.width:g}" if float(m.width) != 1.0 else ""
+  if m.name == "speednet":  # Its activation is GELU whatever the config says.
+    widths = "/".join(str(w) for w in m.get("speednet_widths", ()))
+    return f"speednet {widths}{width} (batchnorm, gelu)"
   return f"{m.name}{extra}{width} ({m.norm}, {m.activation})"
 
 

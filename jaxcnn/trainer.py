@@ -225,10 +225,12 @@ def create_train_state(setup: Setup) -> TrainState:
     pick = np.sort(np.random.default_rng([cfg.seed, 1]).choice(
         len(images), count, replace=False))
     mean, std = setup.mean_std
-    params = setup.model.init_from_data(
-        params, np.asarray(augment.normalize(jnp.asarray(images[pick]),
-                                             cfg.data.normalization,
-                                             mean, std)))
+    # Concrete values even when this runs under a trace (jax.eval_shape in
+    # evaluation, jit in the benchmark): the init computes with numpy.
+    with jax.ensure_compile_time_eval():
+      sample = np.asarray(augment.normalize(jnp.asarray(images[pick]),
+                                            cfg.data.normalization, mean, std))
+    params = setup.model.init_from_data(params, sample)
   batch_stats = variables.get("batch_stats", {})
   slow = {}
   if setup.config.optim.lookahead_every_steps:

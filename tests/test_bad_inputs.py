@@ -81,6 +81,19 @@ CASES = [
     ("unknown schedule", TINY + ["--set", "optim.schedule=linear"], 2, "linear"),
     ("unknown normalization", TINY + ["--set", "data.normalization=zca"], 2,
      "data.normalization='zca'"),
+    ("unknown flip mode", TINY + ["--set", "data.flip_mode=sometimes"], 2,
+     "data.flip_mode='sometimes'"),
+    ("unknown test-time augmentation",
+     TINY + ["--set", "train.final_tta=rotate"], 2, "train.final_tta='rotate'"),
+    ("label smoothing out of range",
+     TINY + ["--set", "train.label_smoothing=1.5"], 2,
+     "train.label_smoothing must be in [0, 1)"),
+    ("per-1024 units with Adam",
+     TINY + ["--set", "optim.optimizer=adam", "--set",
+             "optim.hparam_units=per_1024"], 2,
+     "defined for momentum and nesterov, not 'adam'"),
+    ("bad freeze regex", TINY + ["--set", "optim.freeze_filter=whiten(("], 2,
+     "optim.freeze_filter 'whiten((' is not a valid regex"),
 ]
 
 

@@ -229,6 +229,7 @@ SMALL_CONFIGS = {
     "alexnet": dict(name="alexnet", width=0.25, norm="lrn", dropout=0.5),
     "vgg": dict(name="vgg", depth=16, width=0.125),
     "tiny": dict(name="tiny", dropout=0.5),
+    "speednet": dict(name="speednet", width=0.125, bn_scale=False),
 }
 SMALL_INPUT = jnp.asarray(random_normal(0, (3, 32, 32, 3)))
 

@@ -101,6 +101,13 @@ def reference_lr(t, name, warmup_steps=0, staircase=False, total_steps=None,
     length = total_steps - warmup_steps
     return PEAK * (final + (1 - final) * 0.5 *
                    (1 + math.cos(math.pi * min(t, length) / length)))
+  if name == "triangular":  # Defaults 0.2 -> 1 at 23% of the run -> 0.07.
+    length = total_steps - warmup_steps
+    top = int(0.23 * length)
+    t = min(t, length)
+    if t < top:
+      return PEAK * (0.2 + 0.8 * t / top)
+    return PEAK * (1 + (0.07 - 1) * (t - top) / (length - top))
   raise AssertionError(name)
 
 
