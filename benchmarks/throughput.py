@@ -3,7 +3,7 @@
     python -m benchmarks.throughput --model vgg16 --batch 128
     python -m benchmarks.throughput --model alexnet --repeats 5 --json
 
-Times the step that `python -m jaxcnn.train` runs (trainer.make_train_fn: the
+Times the step that `python -m jaxcnn.train` runs (steps.make_train_fn: the
 pmap'd step with the on-device gather from the resident dataset, random crop
 and flip, normalisation, loss, pmean, the whole optax chain with the EMA of
 the parameters and of the BatchNorm statistics), after compilation, on
@@ -31,10 +31,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import augment, config as config_lib, optim, parallel, trainer
+from jaxcnn import config as config_lib, eval_step, optim, parallel, pipeline, steps
+from jaxcnn import state as state_lib
 from jaxcnn.data import make_synthetic
 from jaxcnn.models import cpu_kernels, forward_flops
 
@@ -98,46 +98,35 @@ def peak_flops(device, dtype: str) -> dict[str, float] | None:
 @dataclasses.dataclass
 class JaxBench:
   """The real train step, its eval step and its input part, ready to time."""
-  setup: trainer.Setup
+  setup: state_lib.Setup
   steps_per_call: int
   train_fn: Callable
   state: Any
   acc: Any
-  train_x: Any
-  train_y: Any
-  perm2: Any
+  feed: steps.TrainFeed
   compile_s: float  # First call less one steady dispatch.
   first_call_s: float
 
   @classmethod
   def create(cls, config: config_lib.Config) -> "JaxBench":
-    n_train = config.data.synthetic_train_size
-    data = make_synthetic(n_train, config.data.synthetic_test_size,
-                          seed=config.seed)
-    setup = trainer.build(config, data=data)
-    devices = setup.devices
+    data = make_synthetic(config.data.synthetic_train_size,
+                          config.data.synthetic_test_size, seed=config.seed)
+    setup = state_lib.build(config, data=data)
     k = setup.config.train.steps_per_dispatch
-    perm = np.concatenate([
-        trainer.epoch_permutation(setup.config.seed, e, n_train,
-                                  setup.steps_per_epoch,
-                                  setup.config.train.batch_size)
-        for e in (0, 1)])
     # Jitted: op by op, a VGG init takes longer than its compile.
     state = parallel.replicate(
-        jax.jit(lambda: trainer.create_train_state(setup))(), devices)
-    acc = parallel.replicate(trainer._new_accumulator(), devices)
-    train_x = parallel.replicate(data.train_images, devices)
-    train_y = parallel.replicate(data.train_labels.astype(np.int32), devices)
-    perm2 = parallel.replicate(perm, devices)
-    train_fn = trainer.make_train_fn(setup, k)
+        jax.jit(lambda: state_lib.create_train_state(setup))(), setup.devices)
+    feed = steps.TrainFeed.place(setup)
+    acc = feed.accumulator()
+    train_fn = steps.make_train_fn(setup, k)
     # The first call traces, compiles and runs one dispatch; the compile time
     # reported is that minus a steady dispatch (set once the timing is done).
     t0 = time.perf_counter()
-    state, acc = train_fn(state, acc, train_x, train_y, perm2)
+    state, acc = train_fn(state, acc, *feed.inputs())
     jax.block_until_ready(acc)
     first_call_s = time.perf_counter() - t0
-    return cls(setup, k, train_fn, state, acc, train_x, train_y, perm2,
-               first_call_s, first_call_s)
+    return cls(setup, k, train_fn, state, acc, feed, first_call_s,
+               first_call_s)
 
   def run(self, calls: int) -> float:
     """Seconds for `calls` dispatches (of steps_per_call steps each),
@@ -145,40 +134,30 @@ class JaxBench:
     t0 = time.perf_counter()
     for _ in range(calls):
       # The step donates state and accumulator: rebind them every call.
-      self.state, self.acc = self.train_fn(self.state, self.acc, self.train_x,
-                                           self.train_y, self.perm2)
+      self.state, self.acc = self.train_fn(self.state, self.acc,
+                                           *self.feed.inputs())
     jax.block_until_ready((self.state, self.acc))
     return time.perf_counter() - t0
 
   def check_finite(self) -> None:
-    acc = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)[0]),
-                       self.acc)
-    if int(acc["bad_step"]) != trainer.NO_BAD_STEP:
+    acc = jax.tree.map(np.asarray, parallel.unreplicate(self.acc))
+    if int(acc["bad_step"]) != steps.NO_BAD_STEP:
       raise RuntimeError(f"non-finite loss at step {int(acc['bad_step'])}")
 
   def input_fn(self) -> Callable[[], Any]:
-    """The data part of the step alone: the same gather, crop/flip and
-    normalisation calls as trainer.make_train_fn, for one batch. Timed on its
-    own it must write its output, which inside the step may fuse into the
-    first conv, so its share is an upper bound."""
-    cfg = self.setup.config
-    batch = cfg.train.batch_size
-    mean, std = self.setup.mean_std
+    """The data part of the step alone: pipeline.train_batch, as the step
+    calls it, for one step's batch. Timed on its own it must write its
+    output, which inside the step may fuse into the first conv, so its share
+    is an upper bound."""
+    setup = self.setup
 
-    def data_part(train_x, perm2, step):
-      idx = jax.lax.dynamic_slice_in_dim(perm2, step * batch, batch)
-      images = jnp.take(train_x, idx, axis=0)
-      key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
-      images = augment.random_crop_flip(
-          images, jax.random.fold_in(key, 0), global_batch=batch, offset=0,
-          crop=cfg.data.random_crop, padding=cfg.data.crop_padding,
-          flip=cfg.data.random_flip)
-      return augment.normalize(images, cfg.data.normalization, mean, std)
+    def data_part(train_x, train_y, perm2, step):
+      return pipeline.train_batch(setup, train_x, train_y, perm2, step, 0,
+                                  jax.lax.axis_index(parallel.AXIS))
 
-    fn = jax.pmap(data_part, axis_name=parallel.AXIS,
-                  devices=self.setup.devices)
-    step = parallel.replicate(np.int32(3), self.setup.devices)
-    return lambda: fn(self.train_x, self.perm2, step)
+    fn = jax.pmap(data_part, axis_name=parallel.AXIS, devices=setup.devices)
+    step = parallel.replicate(np.int32(3), setup.devices)
+    return lambda: fn(*self.feed.inputs(), step)
 
   def eval_fn(self, batches: int) -> tuple[Callable[[], Any], int]:
     """The trainer's eval step over `batches` train-sized batches."""
@@ -187,9 +166,9 @@ class JaxBench:
     n = batch * batches
     images = np.resize(setup.data.train_images, (n,) + setup.data.image_shape)
     labels = np.resize(setup.data.train_labels, (n,))
-    data = trainer.place_eval_data(images, labels, setup.devices, batch)
-    fn = trainer.make_eval_fn(setup.model, setup.config, setup.devices)
-    variables = trainer.variables_of(self.state, "raw")
+    data = eval_step.place_eval_data(images, labels, setup.devices, batch)
+    fn = eval_step.make_eval_fn(setup.model, setup.config, setup.devices)
+    variables = state_lib.variables_of(self.state, "raw")
     return (lambda: fn(variables, data.images, data.labels, data.mask)), n
 
 

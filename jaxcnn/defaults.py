@@ -28,6 +28,13 @@ def base_config() -> Config:
       # the training set (the saved config holds the computed values).
       channel_mean=(),
       channel_std=(),
+      # Filled in from the data when training starts, like the channel
+      # statistics: the number of training images (after train_limit) and
+      # their shape (H, W, C). The saved config holds them, so eval and
+      # inspect rebuild the state and its schedule without any data. Given
+      # by hand, they must match the data.
+      train_size=0,
+      image_shape=(),
       random_crop=True,  # Random 32x32 crop of the image padded by crop_padding.
       crop_padding=4,
       # How the crop pads: 'zeros' | 'reflect' (mirror the border pixels, as

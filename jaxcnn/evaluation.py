@@ -3,8 +3,10 @@ EMA weights: the library behind `python -m jaxcnn.eval` and
 `python -m jaxcnn.inspect`.
 
 Everything is rebuilt from the checkpoint alone: its `config` item (the
-resolved config, channel statistics included) names the model, optimizer and
-normalization, so an edited or deleted experiment file does not matter. The
+resolved config, with the data's channel statistics, training-set size and
+image shape) names the model, optimizer, schedule and normalization, so no
+data is read to restore a state, and an edited or deleted experiment file
+does not matter. The
 state was saved unreplicated, so it restores onto any number of devices.
 
 Reading never writes: the checkpoint manager is opened with `create=False`
@@ -25,7 +27,9 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxcnn import augment, checkpoint, parallel, trainer
+from jaxcnn import augment, checkpoint, parallel
+from jaxcnn import state as state_lib
+from jaxcnn.eval_step import make_eval_fn, place_eval_data, summarize_eval
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
@@ -35,13 +39,10 @@ from jaxcnn.tables import format_table, percent  # noqa: F401
 
 WEIGHTS = ("raw", "ema")
 WEIGHT_CHOICES = ("raw", "ema", "both")
-# CIFAR-sized images: the shape of the stand-in data that the restore target
-# is built from when the run's own data is not at hand. A checkpoint whose
-# shapes say otherwise makes us load the real data (see _restore_target).
-DEFAULT_IMAGE_SHAPE = (32, 32, 3)
-# Training-set size assumed by the stand-in when the config does not pin it
-# (only the learning-rate schedule's checks see it, never the state's shapes).
-DEFAULT_TRAIN_SIZE = 50_000
+# What a config saved before data.image_shape and data.train_size existed
+# is taken to have had (see _legacy_data_fields).
+LEGACY_IMAGE_SHAPE = (32, 32, 3)
+LEGACY_TRAIN_SIZE = 50_000
 NEAR_ZERO = 1e-3
 
 
@@ -149,35 +150,35 @@ def _mismatch(stored: dict, built: dict) -> list[str]:
   return out
 
 
-def _stand_in(config: Config, image_shape: Sequence[int]) -> Dataset:
-  """Zero images (no memory: a broadcast view) with the run's class count,
-  for building the restore target without loading the data."""
-  data_cfg = config.data
-  if data_cfg.get("train_limit", 0) > 0:
-    n = int(data_cfg.train_limit)
-  elif data_cfg.get("source") == "synthetic":
-    n = int(data_cfg.get("synthetic_train_size", DEFAULT_TRAIN_SIZE))
-  else:
-    n = DEFAULT_TRAIN_SIZE
-  n = max(n, int(config.train.batch_size) * int(config.train.steps_per_dispatch))
-  shape = tuple(int(d) for d in image_shape)
-  images = np.broadcast_to(np.zeros((1,) + shape, np.uint8), (n,) + shape)
-  labels = np.zeros((n,), np.int32)
-  return Dataset(train_images=images, train_labels=labels,
-                 test_images=images[:1], test_labels=labels[:1],
-                 class_names=tuple(str(i) for i in
-                                   range(int(config.model.num_classes))),
-                 source="stand-in")
+def _legacy_data_fields(config: Config) -> Config:
+  """A config saved before data.train_size and data.image_shape were: those
+  fields as the run most likely had them (CIFAR-sized images; the training
+  set of its limit or synthetic size, else 50,000). Only the schedule's
+  step counts depend on the size, never a shape of the state."""
+  config = config.copy()
+  if not config.data.get("image_shape"):
+    config.data.image_shape = LEGACY_IMAGE_SHAPE
+  if not config.data.get("train_size"):
+    if config.data.get("train_limit", 0) > 0:
+      n = int(config.data.train_limit)
+    elif config.data.get("source") == "synthetic":
+      n = int(config.data.get("synthetic_train_size", LEGACY_TRAIN_SIZE))
+    else:
+      n = LEGACY_TRAIN_SIZE
+    config.data.train_size = max(n, int(config.train.batch_size)
+                                 * int(config.train.steps_per_dispatch))
+  return config
 
 
-def _build_target(config: Config, data: Dataset) -> dict:
-  """The abstract unreplicated state that training created for `config`."""
-  single = config.copy()
+def _build_target(config: Config) -> dict:
+  """The abstract unreplicated state that training created for `config`,
+  from the config alone (state.build_from_config)."""
+  single = _legacy_data_fields(config)
   # The target is unreplicated, so the device count the run trained on (which
   # this machine may not have) plays no part.
   single.train.num_devices = 1
-  setup = trainer.build(single, data)
-  return jax.eval_shape(lambda: trainer.create_train_state(setup).to_dict())
+  setup = state_lib.build_from_config(single)
+  return jax.eval_shape(lambda: state_lib.create_train_state(setup).to_dict())
 
 
 def _incompatible(workdir, step: int, config: Config, why: str) -> CheckpointError:
@@ -188,44 +189,17 @@ def _incompatible(workdir, step: int, config: Config, why: str) -> CheckpointErr
       f"model or config (model.name={name!r}): {why}")
 
 
-def _restore_target(workdir, step: int, config: Config, stored: dict,
-                    data: Dataset | None) -> tuple[dict, Dataset | None]:
-  """Builds the restore target and checks it against the stored arrays.
-
-  Order: (1) `data` if the caller has the run's own data; (2) otherwise a
-  stand-in of DEFAULT_IMAGE_SHAPE, which fits every CIFAR-sized run without
-  touching the data; (3) if the stand-in does not reproduce the stored shapes
-  or cannot be built, the run's data itself (its image size may differ).
-  Returns the target and the dataset it loaded in step 3, if any.
-  """
-  def attempt(dataset: Dataset) -> tuple[dict | None, str]:
-    try:
-      target = _build_target(config, dataset)
-    except Exception as e:  # Any failure to build is a config this code rejects.
-      return None, f"it does not build: {type(e).__name__}: {e}"
-    problems = _mismatch(stored, _leaf_specs(target))
-    return (None, "; ".join(problems)) if problems else (target, "")
-
-  if data is not None:
-    target, why = attempt(data)
-    if target is None:
-      raise _incompatible(workdir, step, config, why)
-    return target, None
-  target, why = attempt(_stand_in(config, DEFAULT_IMAGE_SHAPE))
-  if target is not None:
-    return target, None
+def _restore_target(workdir, step: int, config: Config, stored: dict) -> dict:
+  """The restore target, checked against the stored arrays."""
   try:
-    loaded = load_from_config(config.data, config.seed)
-  except Exception as e:  # The data may be absent on this machine.
-    raise _incompatible(
-        workdir, step, config,
-        f"{why} (with {DEFAULT_IMAGE_SHAPE} images; the run's data "
-        f"{config.data.get('source')!r} could not be loaded to check its "
-        f"image size: {e})") from e
-  target, why = attempt(loaded)
-  if target is None:
-    raise _incompatible(workdir, step, config, why)
-  return target, loaded
+    target = _build_target(config)
+  except Exception as e:  # Any failure to build is a config this code rejects.
+    raise _incompatible(workdir, step, config,
+                        f"it does not build: {type(e).__name__}: {e}") from e
+  problems = _mismatch(stored, _leaf_specs(target))
+  if problems:
+    raise _incompatible(workdir, step, config, "; ".join(problems))
+  return target
 
 
 class CheckpointReader:
@@ -235,22 +209,12 @@ class CheckpointReader:
   agrees (all steps of a run do: resuming refuses incompatible changes).
   """
 
-  def __init__(self, workdir, *, data: Dataset | None = None):
+  def __init__(self, workdir):
     self.workdir = str(workdir)
     self.steps = available_steps(workdir)
-    self._data = data
     self._target: dict | None = None
     self._target_key: str | None = None
     self._manager = None
-
-  @property
-  def data(self) -> Dataset | None:
-    """The run's own dataset when one was given or had to be loaded."""
-    return self._data
-
-  def use_data(self, data: Dataset) -> None:
-    """Builds later restore targets from the run's own `data` (no stand-in)."""
-    self._data = data
 
   def _open(self):
     if self._manager is None:
@@ -272,21 +236,18 @@ class CheckpointReader:
     key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
                       sorted(stored.items())], sort_keys=True)
     if self._target is None or key != self._target_key:
-      self._target, loaded = _restore_target(self.workdir, step, config, stored,
-                                             self._data)
+      self._target = _restore_target(self.workdir, step, config, stored)
       self._target_key = key
-      if loaded is not None:
-        self._data = loaded
     return self._target
 
   def restore(self, step: int | None = None
-              ) -> tuple[Config, trainer.TrainState, int]:
+              ) -> tuple[Config, state_lib.TrainState, int]:
     step = _pick_step(self.workdir, self.steps, step)
     # Read-only: an unreadable step is an error, never moved aside.
     restored = checkpoint.restore_latest_good(
         self.workdir, lambda config: self._target_for(config, step), step=step,
         manager=self._open())
-    state = trainer.TrainState.from_dict(restored.state)
+    state = state_lib.TrainState.from_dict(restored.state)
     restored_step = int(state.step)
     if restored_step != step:
       step_dir = self.step_dir(step)
@@ -307,15 +268,11 @@ class CheckpointReader:
     self.close()
 
 
-def load_checkpoint(workdir, step: int | None = None, *,
-                    data: Dataset | None = None
-                    ) -> tuple[Config, trainer.TrainState, int]:
-  """(config, unreplicated TrainState, step) of `step` (None: the latest).
-
-  `data`: the run's own dataset, if already loaded; without it the state is
-  restored without touching the data (unless its images are not 32x32).
-  """
-  with CheckpointReader(workdir, data=data) as reader:
+def load_checkpoint(workdir, step: int | None = None
+                    ) -> tuple[Config, state_lib.TrainState, int]:
+  """(config, unreplicated TrainState, step) of `step` (None: the latest),
+  rebuilt from the checkpoint's config alone: no data is read."""
+  with CheckpointReader(workdir) as reader:
     return reader.restore(step)
 
 
@@ -391,12 +348,12 @@ class Evaluator:
     self.batch_size = int(batch_size or config.train.eval_batch_size)
     if self.batch_size <= 0:
       raise DataError(f"batch size must be positive, got {self.batch_size}")
-    self.model = create_model(config.model, bn_axis_name=trainer.AXIS)
+    self.model = create_model(config.model, bn_axis_name=parallel.AXIS)
     self.image_shape = tuple(int(d) for d in images.shape[1:])
     self.count = int(len(labels))
-    self._data = trainer.place_eval_data(images, labels.astype(np.int32),
+    self._data = place_eval_data(images, labels.astype(np.int32),
                                          self.devices, self.batch_size)
-    self._fn = trainer.make_eval_fn(self.model, config, self.devices, tta)
+    self._fn = make_eval_fn(self.model, config, self.devices, tta)
     self._checked = False
 
   def _check_fits(self, variables: dict) -> None:
@@ -413,23 +370,23 @@ class Evaluator:
           f"model: {type(e).__name__}: {why}") from e
     self._checked = True
 
-  def __call__(self, state: trainer.TrainState,
+  def __call__(self, state: state_lib.TrainState,
                weights: str | Sequence[str] = "both") -> dict[str, dict]:
     """{weights: {loss, accuracy, top5_accuracy, count, per_class_accuracy,
     confusion}} as plain Python data."""
     out = {}
     for name in weights_list(weights):
-      variables = trainer.variables_of(state, name)
+      variables = state_lib.variables_of(state, name)
       if not self._checked:
         self._check_fits(variables)
       d = self._data
       totals = self._fn(parallel.replicate(variables, self.devices),
                         d.images, d.labels, d.mask)
-      out[name] = _plain(trainer.summarize_eval(totals))
+      out[name] = _plain(summarize_eval(totals))
     return out
 
 
-def evaluate(config: Config, state: trainer.TrainState, dataset: Dataset, *,
+def evaluate(config: Config, state: state_lib.TrainState, dataset: Dataset, *,
              split: str = "test", batch_size: int = 0,
              weights: str | Sequence[str] = "both",
              num_devices: int = 0, tta: str = "none") -> dict[str, dict]:
@@ -463,9 +420,7 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
     steps = list(reader.steps) if all_steps else [
         _pick_step(workdir, reader.steps, step)]
     config, _ = reader.config(steps[-1])
-    dataset, own = load_eval_data(config, source, data_dir)
-    if own:
-      reader.use_data(dataset)
+    dataset, _ = load_eval_data(config, source, data_dir)
     images, labels = split_arrays(dataset, split)
     evaluator = None
     records = []
@@ -546,7 +501,7 @@ def _compare(name: str, kind: str, raw: np.ndarray, ema: np.ndarray,
   }
 
 
-def compare_weights(state: trainer.TrainState,
+def compare_weights(state: state_lib.TrainState,
                     near_zero: float = NEAR_ZERO) -> list[dict]:
   """One row per tensor, raw against EMA: parameters ('param'), then
   BatchNorm statistics ('batch_stats', raw running statistics against their
@@ -558,8 +513,8 @@ def compare_weights(state: trainer.TrainState,
   |w| < near_zero).
   """
   rows = []
-  raw_vars = trainer.variables_of(state, "raw")
-  ema_vars = trainer.variables_of(state, "ema")
+  raw_vars = state_lib.variables_of(state, "raw")
+  ema_vars = state_lib.variables_of(state, "ema")
   for kind, key in (("param", "params"), ("batch_stats", "batch_stats")):
     raw, ema = _named_leaves(raw_vars[key]), _named_leaves(ema_vars[key])
     if set(raw) != set(ema):
@@ -610,11 +565,11 @@ def summarize_comparison(rows: Sequence[dict], top: int = 3) -> dict:
           "most_different_batch_stats": most_stats, "line": "; ".join(parts)}
 
 
-def weight_histogram(state: trainer.TrainState, name: str,
+def weight_histogram(state: state_lib.TrainState, name: str,
                      bins: int = 80) -> dict:
   """Histograms of one parameter tensor, raw and EMA, on shared bins."""
   raw = _named_leaves(state.params)
-  ema = _named_leaves(trainer.variables_of(state, "ema")["params"])
+  ema = _named_leaves(state_lib.variables_of(state, "ema")["params"])
   if name not in raw:
     raise KeyError(name)
   r = raw[name].astype(np.float64).ravel()
@@ -628,7 +583,7 @@ def weight_histogram(state: trainer.TrainState, name: str,
           "ema_counts": np.histogram(e, edges)[0].tolist()}
 
 
-def param_names(state: trainer.TrainState) -> list[str]:
+def param_names(state: state_lib.TrainState) -> list[str]:
   return sorted(_named_leaves(state.params))
 
 

@@ -428,7 +428,7 @@ def ema_update(ema: Any, value: Any, decay_t: jax.Array) -> Any:
   """`decay_t * ema + (1 - decay_t) * value`, leafwise, in float32.
 
   The one EMA rule: `ema_of_params` averages the parameters with it, and the
-  train step (`trainer.make_train_fn`) the BatchNorm statistics.
+  train step (`steps.train_step`) the BatchNorm statistics.
   """
   return jax.tree_util.tree_map(
       lambda e, v: decay_t * e + (1.0 - decay_t) * v.astype(jnp.float32),

@@ -198,5 +198,5 @@ class StatsCollector:
 
   def __call__(self, state_r) -> dict[str, float]:
     out = self._fn(state_r.params, state_r.batch_stats, self._x, self._y)
-    host = jax.device_get(jax.tree.map(lambda a: a.addressable_data(0)[0], out))
+    host = jax.device_get(parallel.unreplicate(out))
     return {k: float(v) for k, v in sorted(host.items())}

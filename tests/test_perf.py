@@ -22,7 +22,7 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from jaxcnn import config as config_lib, parallel, trainer
+from jaxcnn import config as config_lib, parallel, steps, trainer
 from jaxcnn.defaults import base_config
 from jaxcnn.models import cpu_kernels, create_model, forward_flops, layers
 
@@ -95,37 +95,32 @@ def tiny_setup():
 def test_train_step_traces_and_compiles_once(tiny_setup, steps_per_call):
   setup, host_state = tiny_setup
   setup = dataclasses.replace(setup, model=CountingModel(setup.model))
-  counting, cfg, devices = setup.model, setup.config, setup.devices
-  n = len(setup.data.train_labels)
-  spe, batch = setup.steps_per_epoch, cfg.train.batch_size
+  counting, devices = setup.model, setup.devices
   state = parallel.replicate(host_state, devices)
-  acc = parallel.replicate(trainer._new_accumulator(), devices)
-  train_x = parallel.replicate(setup.data.train_images, devices)
-  train_y = parallel.replicate(setup.data.train_labels, devices)
-  perm = np.concatenate([trainer.epoch_permutation(cfg.seed, e, n, spe, batch)
-                         for e in (0, 1)])
-  perm2 = parallel.replicate(perm, devices)
-  step_fn = trainer.make_train_fn(setup, steps_per_call)
+  feed = steps.TrainFeed.place(setup)
+  acc = feed.accumulator()
+  step_fn = steps.make_train_fn(setup, steps_per_call)
 
-  state, acc = step_fn(state, acc, train_x, train_y, perm2)
+  state, acc = step_fn(state, acc, *feed.inputs())
   assert counting.traces == 1
   with count_backend_compiles() as compiles:
     for call in range(4):
-      # As the loop does: a fresh accumulator after a log, a new epoch's
-      # permutation; the donated state is rebound every call.
+      # As the loop does: a fresh accumulator after a log, the next epoch's
+      # permutations; the donated state is rebound every call.
       if call == 2:
-        acc = parallel.replicate(trainer._new_accumulator(), devices)
-        perm2 = parallel.replicate(perm[::-1].copy(), devices)
-      state, acc = step_fn(state, acc, train_x, train_y, perm2)
+        acc = feed.accumulator()
+        feed.at_epoch(1)
+      state, acc = step_fn(state, acc, *feed.inputs())
     jax.block_until_ready(acc)
   assert counting.traces == 1
   assert compiles["compiles"] == 0
-  assert int(state.step.addressable_data(0)[0]) == 5 * steps_per_call
+  assert int(parallel.unreplicate(state.step)) == 5 * steps_per_call
 
   # The counter does see a retrace: a permutation of another length is a new
   # input shape.
-  longer = parallel.replicate(np.concatenate([perm, perm[:batch]]), devices)
-  lowered = step_fn.lower(state, acc, train_x, train_y, longer)
+  perm = parallel.unreplicate(feed.perm2)
+  longer = parallel.replicate(np.concatenate([perm, perm[:8]]), devices)
+  lowered = step_fn.lower(state, acc, feed.train_x, feed.train_y, longer)
   assert counting.traces == 2
 
   if steps_per_call > 1 and jax.default_backend() == "cpu":

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import augment, checkpoint, config as config_lib, optim, trainer
+from jaxcnn import augment, checkpoint, config as config_lib, optim, steps, trainer
 from jaxcnn.defaults import base_config
 from jaxcnn.models import count_params, create_model, speednet
 from test_train import final_state
@@ -215,10 +215,10 @@ def test_label_smoothing_matches_formula():
   expect = -((1 - a) * logp[np.arange(5), np.asarray(labels)]
              + a * logp.mean(axis=1))
   np.testing.assert_allclose(
-      trainer.smoothed_cross_entropy(logits, labels, a), expect, rtol=1e-5)
+      steps.smoothed_cross_entropy(logits, labels, a), expect, rtol=1e-5)
   np.testing.assert_array_equal(
-      trainer.smoothed_cross_entropy(logits, labels, 0.0),
-      trainer.cross_entropy(logits, labels))
+      steps.smoothed_cross_entropy(logits, labels, 0.0),
+      steps.cross_entropy(logits, labels))
 
 
 def test_triangular_schedule_matches_airbench_interpolation():

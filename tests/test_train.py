@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import checkpoint, config as config_lib, reporting, trainer
+from jaxcnn import checkpoint, config as config_lib, eval_step, reporting, trainer
 from jaxcnn.parallel import DeviceError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,11 +114,11 @@ def test_eval_equals_direct_apply(tmp_path):
   state = trainer.create_train_state(setup)
   devices = setup.devices
   data = setup.data
-  eval_data = trainer.place_eval_data(data.test_images, data.test_labels,
-                                      devices, 48)
-  fn = trainer.make_eval_fn(setup.model, setup.config, devices)
+  eval_data = eval_step.place_eval_data(data.test_images, data.test_labels,
+                                        devices, 48)
+  fn = eval_step.make_eval_fn(setup.model, setup.config, devices)
   from jaxcnn import augment, parallel
-  got = trainer.summarize_eval(fn(parallel.replicate(
+  got = eval_step.summarize_eval(fn(parallel.replicate(
       trainer.variables_of(state, "raw"), devices), eval_data.images,
       eval_data.labels, eval_data.mask))
   mean, std = setup.mean_std

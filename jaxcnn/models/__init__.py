@@ -104,7 +104,6 @@ def create_model(model_cfg: Mapping[str, Any], *,
           "integer")
     return SpeedNet(num_classes=cfg["num_classes"], width=float(cfg["width"]),
                     widths=widths, logit_scale=float(cfg["logit_scale"]),
-                    whiten_images=cfg["whiten_images"],
                     whiten=bool(cfg["whiten"]),
                     dtype=DTYPES[cfg["dtype"]], conv_impl=cfg["conv_impl"],
                     **bn)

@@ -51,7 +51,7 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
-def patches_2x2_moment(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
+def patch_moment(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
                        chunk: int = 500) -> np.ndarray:
   """Second moment (not centred) of all size x size patches, flattened in
   (row, column, channel) order, the order of a conv kernel's first three
@@ -78,7 +78,7 @@ def whitening_kernel(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
   eigenvector of the patch moment matrix (largest eigenvalue first) over
   sqrt(eigenvalue + eps); the next ones are their negatives."""
   c = images_NxHxWxC.shape[-1]
-  moment = patches_2x2_moment(images_NxHxWxC, size)
+  moment = patch_moment(images_NxHxWxC, size)
   eigenvalues, eigenvectors = np.linalg.eigh(moment)
   order = np.argsort(eigenvalues)[::-1]
   eigenvalues = np.clip(eigenvalues[order], 0.0, None)
@@ -148,7 +148,6 @@ class SpeedNet(layers.ModelBase):
   dropout, as the recipe)."""
   widths: Sequence[int] = (64, 256, 256)
   logit_scale: float = 1.0 / 9.0
-  whiten_images: int = 5000
   whiten: bool = True
   conv_impl: str = "auto"
 
@@ -169,12 +168,12 @@ class SpeedNet(layers.ModelBase):
     return logits * self.logit_scale
 
   def init_from_data(self, params: dict, images_NxHxWxC: np.ndarray) -> dict:
-    """`params` with the whitening kernel computed from the first
-    `whiten_images` of `images` (normalised float training images); as
-    they are with `whiten=False`."""
+    """`params` with the whitening kernel computed from `images`
+    (normalised float training images: the trainer passes a seeded sample of
+    model.whiten_images of them); as they are with `whiten=False`."""
     if not self.whiten:
       return params
-    kernel = whitening_kernel(np.asarray(images_NxHxWxC[:self.whiten_images]))
+    kernel = whitening_kernel(np.asarray(images_NxHxWxC))
     old = params["whiten"]["kernel"]
     if kernel.shape != old.shape:
       raise ValueError(f"whitening kernel {kernel.shape} != {old.shape}")

@@ -1,0 +1,121 @@
+"""The eval step: a pmap'd pass over a split placed on the devices, summing
+loss, top-1 and top-5 hits and the confusion matrix, with optional test-time
+augmentation; and evaluate_state, which runs it for the raw and the EMA
+weights of a (replicated) train state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import augment, parallel
+from jaxcnn.config import Config, ConfigError
+from jaxcnn.state import TrainState, variables_of
+from jaxcnn.steps import cross_entropy
+
+AXIS = parallel.AXIS
+
+
+@dataclasses.dataclass
+class EvalData:
+  images: Any  # [devices, batches, batch, H, W, C] uint8, sharded.
+  labels: Any  # [devices, batches, batch] int32
+  mask: Any  # [devices, batches, batch] float32: 0 for padding.
+  count: int  # Real examples.
+
+
+def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
+                    batch_size: int) -> EvalData:
+  """Pads the split to whole batches over the devices; each image counts once.
+
+  `devices` are all the devices of the pmap; this process places the rows of
+  its own devices (all of them with one process)."""
+  n = len(labels)
+  if n == 0:
+    raise ConfigError("the evaluation split is empty")
+  per_device = max(1, math.ceil(min(batch_size, n) / len(devices)))
+  batches = math.ceil(n / (per_device * len(devices)))
+  total = batches * per_device * len(devices)
+  pad = total - n
+  images = np.concatenate(
+      [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+  shape = (len(devices), batches, per_device)
+  rows = parallel.local_rows(devices)
+  local = parallel.local_part(devices)
+  return EvalData(
+      images=parallel.shard(
+          images.reshape(shape + images.shape[1:])[rows], local),
+      labels=parallel.shard(labels.reshape(shape)[rows], local),
+      mask=parallel.shard(mask.reshape(shape)[rows], local), count=n)
+
+
+def make_eval_fn(model, config: Config, devices: list, tta: str = "none"):
+  """pmap'd (variables, images, labels, mask) -> summed loss, top-1, top-5
+  correct, count and confusion matrix [true, predicted] over the split.
+  `tta`: test-time augmentation, one of augment.TTA_MODES."""
+  if tta not in augment.TTA_MODES:
+    raise ConfigError(f"unknown test-time augmentation {tta!r}; use one of "
+                      f"{', '.join(augment.TTA_MODES)}")
+  num_classes = config.model.num_classes
+  mean = np.asarray(config.data.channel_mean, np.float32)
+  std = np.asarray(config.data.channel_std, np.float32)
+  normalization = config.data.normalization
+
+  def run(variables, images, labels, mask):
+    def body(totals, batch):
+      x_u8, y, m = batch
+      x = augment.normalize(x_u8, normalization, mean, std)
+      logits = augment.tta_logits(
+          lambda x: model.apply(variables, x, train=False).astype(jnp.float32),
+          x, tta)
+      pred = jnp.argmax(logits, -1)
+      k = min(5, num_classes)
+      top_k = jax.lax.top_k(logits, k)[1]
+      in_top_k = jnp.any(top_k == y[:, None], axis=-1)
+      totals = {
+          "loss_sum": totals["loss_sum"] + jnp.sum(cross_entropy(logits, y) * m),
+          "correct": totals["correct"] + jnp.sum((pred == y) * m),
+          "correct_top5": totals["correct_top5"] + jnp.sum(in_top_k * m),
+          "count": totals["count"] + jnp.sum(m),
+          "confusion": totals["confusion"].at[y, pred].add(m),
+      }
+      return totals, None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = {"loss_sum": zero, "correct": zero, "correct_top5": zero,
+            "count": zero,
+            "confusion": jnp.zeros((num_classes, num_classes), jnp.float32)}
+    totals, _ = jax.lax.scan(body, init, (images, labels, mask))
+    return jax.lax.psum(totals, AXIS)
+
+  return jax.pmap(run, axis_name=AXIS, devices=devices)
+
+
+def summarize_eval(totals: dict) -> dict:
+  """Host-side numbers from the summed eval outputs of one device."""
+  totals = jax.tree.map(np.asarray, parallel.unreplicate(totals))
+  count = float(totals["count"])
+  return {
+      "loss": float(totals["loss_sum"]) / count,
+      "accuracy": float(totals["correct"]) / count,
+      "top5_accuracy": float(totals["correct_top5"]) / count,
+      "count": int(round(count)),
+      "confusion": totals["confusion"].round().astype(np.int64),
+  }
+
+
+def evaluate_state(eval_fn, state_r: TrainState, eval_data: EvalData) -> dict:
+  """{'raw': {...}, 'ema': {...}} for a replicated state."""
+  out = {}
+  for name in ("raw", "ema"):
+    totals = eval_fn(variables_of(state_r, name), eval_data.images,
+                     eval_data.labels, eval_data.mask)
+    out[name] = summarize_eval(totals)
+  return out

@@ -1,0 +1,244 @@
+"""The training state, and everything built from a config to make one: the
+model, the optimizer chain, the schedule and the step counts.
+
+`build(config, data)` checks a config against its data and fills in what the
+data decides (channel statistics, training-set size, image shape), so the
+saved config is complete: `build_from_config(config)` rebuilds the same
+model, optimizer and schedule from it alone, which is how eval and inspect
+restore a checkpoint without reading or faking any data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn import augment, optim, parallel
+from jaxcnn.config import Config, ConfigError
+from jaxcnn.data import Dataset, channel_stats, load_from_config
+from jaxcnn.models import create_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32: number of updates applied.
+  params: Any
+  batch_stats: Any  # BatchNorm running statistics ({} without BatchNorm).
+  # BatchNorm statistics to use with the EMA parameters: their own EMA, with
+  # the same decay as the parameters. Running statistics collected under the
+  # raw weights would not match the averaged weights' activations.
+  ema_batch_stats: Any
+  opt_state: Any  # The optax chain state; its last element holds the EMA.
+  rng: jax.Array  # Root key for dropout; folded with step and device.
+  # Lookahead's slow copy {'params', 'batch_stats'} (optim.lookahead); {}
+  # when optim.lookahead_every_steps is 0.
+  lookahead: Any = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainState":
+    return cls(**d)
+
+
+def variables_of(state: TrainState, weights: str) -> dict:
+  """The model variables of one weight set of `state`: 'raw' (the trained
+  parameters and their BatchNorm running statistics) or 'ema' (the EMA of
+  the parameters, `optim.ema_params`, and that of the statistics)."""
+  if weights == "raw":
+    return {"params": state.params, "batch_stats": state.batch_stats}
+  if weights == "ema":
+    return {"params": optim.ema_params(state.opt_state),
+            "batch_stats": state.ema_batch_stats}
+  raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from a resolved config (and its data, in training)."""
+  config: Config  # Resolved: the data's fields filled in.
+  data: Dataset | None  # None when built from the config alone.
+  model: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  devices: list  # All devices the pmap spans (of every process).
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  @property
+  def local_devices(self) -> list:
+    """This process's share of `devices`: where its inputs are placed."""
+    return parallel.local_part(self.devices)
+
+  @property
+  def mean_std(self):
+    return (np.asarray(self.config.data.channel_mean, np.float32),
+            np.asarray(self.config.data.channel_std, np.float32))
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(int(d) for d in self.config.data.image_shape)
+
+
+def check_config(config: Config) -> None:
+  """The checks that need no data: sizes, durations and choices."""
+  positive = ["train.batch_size", "train.eval_batch_size",
+              "train.log_every_steps", "train.checkpoint_every_steps",
+              "train.keep_checkpoints", "train.steps_per_dispatch"]
+  non_negative = ["train.num_epochs", "train.num_steps",
+                  "train.eval_every_epochs", "data.train_limit",
+                  "data.test_limit", "data.crop_padding"]
+  flat = dict(config.flat_items())
+  for key in positive:
+    if flat[key] <= 0:
+      raise ConfigError(f"{key} must be positive, got {flat[key]}")
+  for key in non_negative:
+    if flat[key] < 0:
+      raise ConfigError(f"{key} must be >= 0, got {flat[key]}")
+  if config.train.num_epochs == 0 and config.train.num_steps == 0:
+    raise ConfigError("set train.num_epochs or train.num_steps above 0")
+  if config.data.normalization not in augment.NORMALIZATIONS:
+    raise ConfigError(
+        f"data.normalization={config.data.normalization!r}; use one of "
+        f"{', '.join(augment.NORMALIZATIONS)}")
+  for key, choices in (("data.crop_pad_mode", tuple(augment.PAD_MODES)),
+                       ("data.flip_mode", augment.FLIP_MODES),
+                       ("train.final_tta", augment.TTA_MODES)):
+    if flat[key] not in choices:
+      raise ConfigError(f"{key}={flat[key]!r}; use one of {', '.join(choices)}")
+  if not 0 <= config.train.label_smoothing < 1:
+    raise ConfigError(f"train.label_smoothing must be in [0, 1), got "
+                      f"{config.train.label_smoothing}")
+  if config.optim.lookahead_every_steps < 0:
+    raise ConfigError(f"optim.lookahead_every_steps must be >= 0, got "
+                      f"{config.optim.lookahead_every_steps}")
+  if config.optim.lookahead_every_steps and not (
+      0 <= config.optim.lookahead_decay <= 1
+      and config.optim.lookahead_start_epochs >= 0):
+    raise ConfigError(
+        "optim.lookahead_decay must be in [0, 1] and "
+        "optim.lookahead_start_epochs >= 0, got "
+        f"{config.optim.lookahead_decay} and "
+        f"{config.optim.lookahead_start_epochs}")
+
+
+def resolve_with_data(config: Config, data: Dataset) -> Config:
+  """A copy of `config` with the data's fields filled in (channel
+  statistics, train_size, image_shape); refuses data the config disagrees
+  with (class count, a train_size or image_shape given for other data)."""
+  config = config.copy()
+  if data.num_classes != config.model.num_classes:
+    raise ConfigError(
+        f"the data has {data.num_classes} classes but model.num_classes="
+        f"{config.model.num_classes}")
+  n_train = len(data.train_labels)
+  if n_train < config.train.batch_size:
+    raise ConfigError(
+        f"train.batch_size={config.train.batch_size} is larger than the "
+        f"training set ({n_train} images)")
+  for key, value in (("train_size", n_train),
+                     ("image_shape", tuple(int(d) for d in data.image_shape))):
+    given = config.data[key]
+    if given and (tuple(given) if key == "image_shape" else given) != value:
+      raise ConfigError(f"data.{key}={given} but the data has {value}")
+    config.data[key] = value
+  if not config.data.channel_mean:
+    mean, std = channel_stats(data.train_images)
+    config.data.channel_mean = tuple(round(float(v), 6) for v in mean)
+    config.data.channel_std = tuple(round(float(v), 6) for v in std)
+  return config
+
+
+def build_from_config(config: Config, data: Dataset | None = None) -> Setup:
+  """Model, optimizer, schedule and step counts of a resolved config (one
+  whose data fields are filled in: see resolve_with_data). Touches no
+  files."""
+  check_config(config)
+  if not (config.data.train_size and config.data.image_shape
+          and config.data.channel_mean):
+    raise ConfigError("the config's data fields (data.train_size, "
+                      "data.image_shape, data.channel_mean) are not filled in")
+  devices = parallel.select_devices(config.train.num_devices)
+  parallel.per_device(config.train.batch_size, len(devices), "train.batch_size")
+  batch = config.train.batch_size
+  steps_per_epoch = config.data.train_size // batch  # Drop the remainder.
+  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  if config.train.steps_per_dispatch > steps_per_epoch:
+    raise ConfigError(
+        f"train.steps_per_dispatch={config.train.steps_per_dispatch} exceeds "
+        f"the {steps_per_epoch} steps of an epoch")
+  model = create_model(config.model, bn_axis_name=parallel.AXIS)
+  schedule = optim.make_schedule(config.optim, steps_per_epoch,
+                                 total_steps=total_steps, batch_size=batch)
+  tx = optim.make_optimizer(config.optim, steps_per_epoch,
+                            total_steps=total_steps, batch_size=batch)
+  return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
+               devices=devices, steps_per_epoch=steps_per_epoch,
+               total_steps=total_steps)
+
+
+def build(config: Config, data: Dataset | None = None) -> Setup:
+  """Validates the config, loads its data (unless given), fills in the
+  data's fields and builds model and optimizer.
+
+  Touches no files: every bad-input error surfaces here, before a workdir is
+  written.
+  """
+  check_config(config)
+  if data is None:
+    data = load_from_config(config.data, config.seed)
+  return build_from_config(resolve_with_data(config, data), data)
+
+
+def create_train_state(setup: Setup) -> TrainState:
+  """A fresh, unreplicated state on the default device. A model with a
+  data-dependent init (speednet's whitening layer) computes it from
+  `setup.data`; built from the config alone, it keeps its plain init (the
+  shapes are the same: enough for a restore target)."""
+  root = jax.random.PRNGKey(setup.config.seed)
+  init_key, dropout_key = jax.random.split(root)
+  sample = jnp.zeros((1,) + setup.image_shape, jnp.float32)
+  variables = setup.model.init({"params": init_key, "dropout": init_key},
+                               sample, train=False)
+  params = variables["params"]
+  if hasattr(setup.model, "init_from_data") and setup.data is not None:
+    params = setup.model.init_from_data(params, init_sample(setup))
+  batch_stats = variables.get("batch_stats", {})
+  slow = {}
+  if setup.config.optim.lookahead_every_steps:
+    slow = jax.tree.map(jnp.copy, {"params": params,
+                                   "batch_stats": batch_stats})
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+      opt_state=setup.tx.init(params),
+      rng=dropout_key,
+      lookahead=slow)
+
+
+def init_sample(setup: Setup) -> np.ndarray:
+  """A seeded random sample of model.whiten_images normalized training images,
+  for a data-dependent init (a folder's images come sorted by class: its
+  first ones are one class). Concrete values even when called under a trace
+  (jax.eval_shape, or jit in the benchmark): computed eagerly."""
+  cfg = setup.config
+  images = setup.data.train_images
+  count = min(len(images), int(cfg.model.whiten_images))
+  pick = np.sort(np.random.default_rng([cfg.seed, 1]).choice(
+      len(images), count, replace=False))
+  mean, std = setup.mean_std
+  with jax.ensure_compile_time_eval():
+    return np.asarray(augment.normalize(jnp.asarray(images[pick]),
+                                        cfg.data.normalization, mean, std))
