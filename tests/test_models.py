@@ -420,7 +420,17 @@ def test_bad_config_raises_model_config_error(overrides, mentions):
 
 
 def test_alexnet_ignores_vgg_depth():
-  create_model(model_config(name="alexnet", depth=17))
+  # A depth vgg would refuse (and a vgg block kind) leaves alexnet as it is:
+  # built, with exactly the default alexnet's variables.
+  with pytest.raises(ModelConfigError, match="model.depth=17"):
+    create_model(model_config(name="vgg", depth=17))
+  odd = create_model(model_config(name="alexnet", depth=17, vgg_block="5x5"))
+  plain = create_model(model_config(name="alexnet"))
+  assert type(odd) is type(plain)
+  odd_shapes, plain_shapes = init_shapes(odd), init_shapes(plain)
+  assert jax.tree.structure(odd_shapes) == jax.tree.structure(plain_shapes)
+  assert ([(a.shape, a.dtype) for a in jax.tree.leaves(odd_shapes)]
+          == [(a.shape, a.dtype) for a in jax.tree.leaves(plain_shapes)])
 
 
 # --- Synchronised BatchNorm ---------------------------------------------------
