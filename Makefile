@@ -9,10 +9,13 @@ ARGS ?=
 
 .PHONY: train test
 
-$(VENV)/.installed: requirements.txt
+# Both entry points install requirements.lock, the exact versions the suite
+# was checked with (requirements.txt holds the ranges it was cut from); either
+# file changing reinstalls.
+$(VENV)/.installed: requirements.lock requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.lock
 	touch $@
 
 train: $(VENV)/.installed
