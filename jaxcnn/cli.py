@@ -54,3 +54,16 @@ def run_main(main: Callable[[], int | None], *, hard_exit: bool = False
     print("interrupted", file=sys.stderr)
     _exit(130, hard_exit)
   sys.exit(code or 0)
+
+
+def print_report(report: dict, files: list[str], as_json: bool,
+                 format_report: Callable[[dict], str]) -> None:
+  """Prints a command's report: one JSON object (with the files written) or
+  its text form followed by the files written."""
+  if as_json:
+    import json
+    print(json.dumps({**report, "files": files}))
+    return
+  print(format_report(report))
+  if files:
+    print("\nwrote " + ", ".join(files))

@@ -64,7 +64,7 @@ def _short(name: str, width: int = 6) -> str:
 
 
 def format_report(report: dict) -> str:
-  from jaxcnn.evaluation import percent, format_table
+  from jaxcnn.tables import format_table, percent
   lines = [
       f"workdir {report['workdir']}, step {report['step']}: {report['model']}",
       f"evaluated on {report['data']}, {report['split']} split: "
@@ -146,12 +146,7 @@ def main(argv=None) -> int:
   if not args.no_plots:
     out_dir = pathlib.Path(args.out_dir or pathlib.Path(args.workdir) / "eval")
     files = write_outputs(report, out_dir)
-  if args.json:
-    print(json.dumps({**report, "files": files}))
-  else:
-    print(format_report(report))
-    if files:
-      print("\nwrote " + ", ".join(files))
+  cli.print_report(report, files, args.json, format_report)
   return 0
 
 

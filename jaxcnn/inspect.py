@@ -9,13 +9,12 @@ one-line summary. --plot writes WORKDIR/inspect/relative_difference_step<N>.png
 and a raw-vs-EMA histogram of one tensor (--layer, default: the weight matrix
 that differs most); --eval adds the test accuracy of each weight set.
 
-The numbers come from jaxcnn.evaluation (compare_weights,
+The numbers come from jaxcnn.inspection (compare_weights,
 summarize_comparison, inspect_workdir), importable for notebooks.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 from jaxcnn import cli
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from jaxcnn.models import cpu_kernels
   cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
-  from jaxcnn.evaluation import inspect_workdir
+  from jaxcnn.inspection import inspect_workdir
   report = inspect_workdir(
       args.workdir, step=args.step, near_zero=args.near_zero,
       with_eval=args.eval, histogram=args.plot, histogram_layer=args.layer,
@@ -117,12 +116,7 @@ def main(argv=None) -> int:
   if args.plot:
     out_dir = pathlib.Path(args.out_dir or pathlib.Path(args.workdir) / "inspect")
     files = write_plots(report, out_dir)
-  if args.json:
-    print(json.dumps({**report, "files": files}))
-  else:
-    print(format_report(report))
-    if files:
-      print("\nwrote " + ", ".join(files))
+  cli.print_report(report, files, args.json, format_report)
   return 0
 
 

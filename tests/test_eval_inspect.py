@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from jaxcnn import augment, checkpoint, cli, config as config_lib, evaluation
+from jaxcnn import inspection, restore
 from jaxcnn import eval as eval_cli
 from jaxcnn import inspect as inspect_cli
 from jaxcnn import optim, trainer
@@ -101,7 +102,7 @@ def test_one_device_reproduces_training_on_four(trained):
 
 def test_eval_equals_direct_apply(trained):
   workdir, _ = trained
-  config, state, step = evaluation.load_checkpoint(workdir)
+  config, state, step = restore.load_checkpoint(workdir)
   assert step == 48 and int(state.step) == 48
   data = load_from_config(config.data, config.seed)
   # 48 does not divide the 200 test images: the last batch is padded.
@@ -153,7 +154,7 @@ def test_all_steps_evaluates_every_kept_step(trained, tmp_path, capsys):
   assert last["raw"]["accuracy"] == result["raw"]["accuracy"]
   assert last["ema"]["accuracy"] == result["ema"]["accuracy"]
   # An earlier step evaluates as it would on its own.
-  config, state, _ = evaluation.load_checkpoint(workdir, 16)
+  config, state, _ = restore.load_checkpoint(workdir, 16)
   alone = evaluation.evaluate(config, state,
                               load_from_config(config.data, config.seed))
   assert report["steps"][0]["ema"]["accuracy"] == alone["ema"]["accuracy"]
@@ -194,16 +195,16 @@ def test_cli_on_a_one_device_machine(trained):
 
 
 def test_identical_ema_gives_zero_distance_and_cosine_one(trained):
-  _, state, _ = evaluation.load_checkpoint(trained[0])
+  _, state, _ = restore.load_checkpoint(trained[0])
   same = with_ema(state, jax.tree.map(np.array, state.params)).replace(
       ema_batch_stats=jax.tree.map(np.array, state.batch_stats))
-  rows = evaluation.compare_weights(same)
+  rows = inspection.compare_weights(same)
   assert {r["kind"] for r in rows} == {"param", "batch_stats"}
   for r in rows:
     assert r["distance"] == 0.0 and r["relative_difference"] == 0.0, r["name"]
     assert r["cosine"] == pytest.approx(1.0, abs=1e-12), r["name"]
     assert r["raw_norm"] == r["ema_norm"] > 0
-  summary = evaluation.summarize_comparison(rows)
+  summary = inspection.summarize_comparison(rows)
   assert summary["relative_difference"] == 0.0
   assert summary["most_different"] == []
   assert summary["param_count"] == sum(
@@ -211,7 +212,7 @@ def test_identical_ema_gives_zero_distance_and_cosine_one(trained):
 
 
 def test_perturbed_ema_gives_the_known_distance(trained):
-  _, state, _ = evaluation.load_checkpoint(trained[0])
+  _, state, _ = restore.load_checkpoint(trained[0])
   params = jax.tree.map(np.array, state.params)
   # Half the entries of conv2/kernel exactly zero: near-zero fraction 1/2.
   kernel = params["conv2"]["kernel"]
@@ -223,7 +224,7 @@ def test_perturbed_ema_gives_the_known_distance(trained):
   ema["conv1"]["kernel"] = ema["conv1"]["kernel"] + delta
   perturbed = with_ema(state.replace(params=params), ema).replace(
       ema_batch_stats=jax.tree.map(np.array, state.batch_stats))
-  rows = {r["name"]: r for r in evaluation.compare_weights(perturbed)
+  rows = {r["name"]: r for r in inspection.compare_weights(perturbed)
           if r["kind"] == "param"}
   raw = np.asarray(params["conv1"]["kernel"], np.float64).ravel()
   moved = np.asarray(ema["conv1"]["kernel"], np.float64).ravel()
@@ -240,7 +241,7 @@ def test_perturbed_ema_gives_the_known_distance(trained):
   for name, row in rows.items():
     if name != "conv1/kernel":
       assert row["distance"] == 0.0, name
-  summary = evaluation.summarize_comparison(list(rows.values()))
+  summary = inspection.summarize_comparison(list(rows.values()))
   assert summary["most_different"] == [
       {"name": "conv1/kernel", "relative_difference": r["relative_difference"]}]
 
@@ -253,9 +254,9 @@ def test_inspect_cli_tables_plots_and_eval(trained, tmp_path, capsys):
                     "--out_dir", str(out_dir)], capsys)
   assert code == 0
   report = json.loads(out)
-  _, state, _ = evaluation.load_checkpoint(workdir)
+  _, state, _ = restore.load_checkpoint(workdir)
   assert report["rows"] == json.loads(json.dumps(
-      evaluation.compare_weights(state)))
+      inspection.compare_weights(state)))
   assert report["eval"]["raw"]["accuracy"] == result["raw"]["accuracy"]
   assert report["eval"]["ema"]["accuracy"] == result["ema"]["accuracy"]
   hist = report["histogram"]
@@ -398,5 +399,49 @@ def test_saved_config_missing_a_newer_field_still_restores(copy_of):
   saved = json.loads(open(path).read())
   del saved["model"]["conv_impl"]
   open(path, "w").write(json.dumps(saved))
-  config, state, step = evaluation.load_checkpoint(copy_of)
+  config, state, step = restore.load_checkpoint(copy_of)
   assert step == 48 and config.model.conv_impl == "auto"
+
+
+def test_restoring_reads_no_data(trained, monkeypatch):
+  # The saved config holds the data's fields (train_size, image_shape): the
+  # state and schedule are rebuilt from it alone, so a run whose data is
+  # gone still restores (evaluating it needs data; inspecting does not).
+  from jaxcnn import data, state as state_lib
+
+  def no_data(*args, **kwargs):
+    raise AssertionError("restoring a checkpoint must not load data")
+
+  monkeypatch.setattr(data, "load_from_config", no_data)
+  monkeypatch.setattr(state_lib, "load_from_config", no_data)
+  monkeypatch.setattr(evaluation, "load_from_config", no_data)
+  monkeypatch.setattr(evaluation, "load_dataset", no_data)
+  config, state, _ = restore.load_checkpoint(trained[0])
+  assert config.data.train_size == 512
+  assert tuple(config.data.image_shape) == (32, 32, 3)
+  setup = state_lib.build_from_config(config)
+  assert (setup.steps_per_epoch, setup.total_steps) == (16, 48)
+  report = inspection.inspect_workdir(trained[0])
+  assert report["step"] == 48 and report["rows"]
+
+
+def test_workdir_saved_before_the_data_fields_still_evaluates(trained,
+                                                              copy_of):
+  # A run saved before data.train_size and data.image_shape existed: they
+  # are taken as CIFAR-sized images and the run's training-set size, and the
+  # evaluation is the one training reported.
+  path = os.path.join(copy_of, "checkpoints", "48", "config", "metadata")
+  saved = json.loads(open(path).read())
+  del saved["data"]["train_size"], saved["data"]["image_shape"]
+  open(path, "w").write(json.dumps(saved))
+  report = evaluation.eval_workdir(copy_of, num_devices=4)
+  for w in ("raw", "ema"):
+    assert report["results"][w]["accuracy"] == trained[1][w]["accuracy"]
+
+
+def test_resolved_data_fields_must_match_the_data():
+  config = config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                      ["data.train_size=100"])
+  with pytest.raises(config_lib.ConfigError,
+                     match="data.train_size=100 but the data has 512"):
+    trainer.build(config)

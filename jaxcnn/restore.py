@@ -1,0 +1,243 @@
+"""Finding and restoring a workdir's checkpoints, read-only: what eval and
+inspect restore through.
+
+The state is rebuilt from the checkpoint alone: its `config` item (the
+resolved config, with the data's channel statistics, training-set size and
+image shape) names the model, optimizer and schedule, so no data is read to
+restore a state, and an edited or deleted experiment file does not matter.
+The state was saved unreplicated, so it restores onto any number of devices.
+Reading never writes: the checkpoint manager is opened with `create=False`
+and keeps every step. Problems raise CheckpointError with one readable line.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from jaxcnn import checkpoint
+from jaxcnn import state as state_lib
+from jaxcnn.checkpoint import CheckpointError
+from jaxcnn.config import Config
+
+# What a config saved before data.image_shape and data.train_size existed
+# is taken to have had (see _legacy_data_fields).
+LEGACY_IMAGE_SHAPE = (32, 32, 3)
+LEGACY_TRAIN_SIZE = 50_000
+
+
+def _steps_text(steps: Sequence[int]) -> str:
+  return ", ".join(str(s) for s in steps)
+
+
+def available_steps(workdir) -> list[int]:
+  """The complete checkpoint steps of `workdir`; raises CheckpointError when
+  there are none (with what was found instead)."""
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise CheckpointError(f"workdir {workdir} does not exist")
+  steps = checkpoint.saved_steps(workdir)
+  if steps:
+    return steps
+  directory = checkpoint.checkpoint_dir(workdir)
+  if not directory.is_dir():
+    raise CheckpointError(
+        f"no checkpoints in {workdir} ({directory} does not exist); train "
+        f"first: python -m jaxcnn.train --exp NAME --workdir {workdir}")
+  unfinished = sorted(p.name for p in directory.iterdir())
+  extra = (f"; unfinished or foreign entries there: {', '.join(unfinished)}"
+           if unfinished else "")
+  raise CheckpointError(f"no complete checkpoints in {directory}{extra}")
+
+
+def pick_step(workdir, steps: Sequence[int], step: int | None) -> int:
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointError(
+        f"no checkpoint for step {step} in {workdir}; saved steps: "
+        f"{_steps_text(steps)}")
+  return step
+
+
+def key_name(key: Any) -> str:
+  """A tree path entry as a plain name (dict key, index or field)."""
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """'/'-joined path -> (shape, dtype) for every array leaf. Dict keys,
+  sequence indices and NamedTuple fields all become plain names, so the
+  typed target and orbax's stored tree (dicts and lists) compare."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = "/".join(key_name(k) for k in path)
+    out[name] = (tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)))
+  return out
+
+
+def _stored_specs(step_dir: pathlib.Path, workdir, step: int) -> dict:
+  import orbax.checkpoint as ocp
+  try:
+    metadata = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+    return _leaf_specs(metadata)
+  except Exception as e:  # orbax raises many kinds; report one line.
+    raise CheckpointError(
+        f"checkpoint step {step} in {workdir} is truncated or corrupted: "
+        f"{checkpoint.damage_report(e, step_dir, workdir)}") from e
+
+
+def _mismatch(stored: dict, built: dict) -> list[str]:
+  """What differs between the checkpoint's arrays and the model's."""
+  def listed(names: list[str]) -> str:
+    more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+    return ", ".join(names[:4]) + more
+
+  def order(names) -> list[str]:  # The model's own parameters first.
+    return sorted(names, key=lambda k: (not k.startswith("params/"), k))
+
+  out = []
+  missing = order(set(built) - set(stored))
+  extra = order(set(stored) - set(built))
+  differ = order(k for k in set(built) & set(stored) if built[k] != stored[k])
+  if missing:
+    out.append(f"not in the checkpoint: {listed(missing)}")
+  if extra:
+    out.append(f"not in the model: {listed(extra)}")
+  if differ:
+    out.append("different shapes: " + listed(
+        [f"{k} {stored[k][0]} {stored[k][1]} saved vs {built[k][0]} "
+         f"{built[k][1]} built" for k in differ]))
+  return out
+
+
+def _legacy_data_fields(config: Config) -> Config:
+  """A config saved before data.train_size and data.image_shape were: those
+  fields as the run most likely had them (CIFAR-sized images; the training
+  set of its limit or synthetic size, else 50,000). Only the schedule's
+  step counts depend on the size, never a shape of the state."""
+  config = config.copy()
+  if not config.data.get("image_shape"):
+    config.data.image_shape = LEGACY_IMAGE_SHAPE
+  if not config.data.get("train_size"):
+    if config.data.get("train_limit", 0) > 0:
+      n = int(config.data.train_limit)
+    elif config.data.get("source") == "synthetic":
+      n = int(config.data.get("synthetic_train_size", LEGACY_TRAIN_SIZE))
+    else:
+      n = LEGACY_TRAIN_SIZE
+    config.data.train_size = max(n, int(config.train.batch_size)
+                                 * int(config.train.steps_per_dispatch))
+  return config
+
+
+def _build_target(config: Config) -> dict:
+  """The abstract unreplicated state that training created for `config`,
+  from the config alone (state.build_from_config)."""
+  single = _legacy_data_fields(config)
+  # The target is unreplicated, so the device count the run trained on (which
+  # this machine may not have) plays no part.
+  single.train.num_devices = 1
+  setup = state_lib.build_from_config(single)
+  return jax.eval_shape(lambda: state_lib.create_train_state(setup).to_dict())
+
+
+def _incompatible(workdir, step: int, config: Config, why: str) -> CheckpointError:
+  model = config.get("model", {})
+  name = model.get("name", "?") if hasattr(model, "get") else "?"
+  return CheckpointError(
+      f"checkpoint step {step} in {workdir} was written by an incompatible "
+      f"model or config (model.name={name!r}): {why}")
+
+
+def _restore_target(workdir, step: int, config: Config, stored: dict) -> dict:
+  """The restore target, checked against the stored arrays."""
+  try:
+    target = _build_target(config)
+  except Exception as e:  # Any failure to build is a config this code rejects.
+    raise _incompatible(workdir, step, config,
+                        f"it does not build: {type(e).__name__}: {e}") from e
+  problems = _mismatch(stored, _leaf_specs(target))
+  if problems:
+    raise _incompatible(workdir, step, config, "; ".join(problems))
+  return target
+
+
+class CheckpointReader:
+  """Restores the checkpoints of one workdir, read-only.
+
+  Builds the restore target once and reuses it for every step whose config
+  agrees (all steps of a run do: resuming refuses incompatible changes).
+  """
+
+  def __init__(self, workdir):
+    self.workdir = str(workdir)
+    self.steps = available_steps(workdir)
+    self._target: dict | None = None
+    self._target_key: str | None = None
+    self._manager = None
+
+  def _open(self):
+    if self._manager is None:
+      self._manager = checkpoint.open_for_reading(self.workdir)
+    return self._manager
+
+  def step_dir(self, step: int) -> pathlib.Path:
+    return checkpoint.checkpoint_dir(self.workdir) / str(step)
+
+  def config(self, step: int | None = None) -> tuple[Config, int]:
+    step = pick_step(self.workdir, self.steps, step)
+    return checkpoint.restore_config(self._open(), step), step
+
+  def _target_for(self, config: Config, step: int) -> dict:
+    step_dir = self.step_dir(step)
+    stored = _stored_specs(step_dir, self.workdir, step)
+    # What the target depends on; train.* may change between the steps of a
+    # resumed run without changing any shape.
+    key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
+                      sorted(stored.items())], sort_keys=True)
+    if self._target is None or key != self._target_key:
+      self._target = _restore_target(self.workdir, step, config, stored)
+      self._target_key = key
+    return self._target
+
+  def restore(self, step: int | None = None
+              ) -> tuple[Config, state_lib.TrainState, int]:
+    step = pick_step(self.workdir, self.steps, step)
+    # Read-only: an unreadable step is an error, never moved aside.
+    restored = checkpoint.restore_latest_good(
+        self.workdir, lambda config: self._target_for(config, step), step=step,
+        manager=self._open())
+    state = state_lib.TrainState.from_dict(restored.state)
+    restored_step = int(state.step)
+    if restored_step != step:
+      step_dir = self.step_dir(step)
+      raise CheckpointError(
+          f"checkpoint directory {checkpoint.relative_to_workdir(step_dir, self.workdir)} holds "
+          f"the state of step {restored_step}, not {step}")
+    return restored.config, state, step
+
+  def close(self) -> None:
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+
+  def __enter__(self) -> "CheckpointReader":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def load_checkpoint(workdir, step: int | None = None
+                    ) -> tuple[Config, state_lib.TrainState, int]:
+  """(config, unreplicated TrainState, step) of `step` (None: the latest),
+  rebuilt from the checkpoint's config alone: no data is read."""
+  with CheckpointReader(workdir) as reader:
+    return reader.restore(step)
