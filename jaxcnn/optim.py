@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -177,6 +177,28 @@ def freeze(always: Callable[[Any], Any], after: Callable[[Any], Any],
     return updates, FreezeState(count=state.count + 1)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def frozen_from(optim_cfg: Any, paths: Sequence[str],
+                steps_per_epoch: int) -> Optional[int]:
+  """The first update from which `freeze` zeroes the updates of every
+  parameter in `paths` ('/'-joined names): 0 when freeze_filter matches
+  them all, the freeze_after_epochs step when each is matched by one of the
+  two filters; None when some stays trainable (or `paths` is empty)."""
+  always = config_field(optim_cfg, "freeze_filter")
+  later = config_field(optim_cfg, "freeze_after_filter")
+
+  def matches(pattern, path):
+    return bool(pattern) and re.search(pattern, path) is not None
+
+  if not paths:
+    return None
+  if all(matches(always, p) for p in paths):
+    return 0
+  if all(matches(always, p) or matches(later, p) for p in paths):
+    return epochs_to_steps(config_field(optim_cfg, "freeze_after_epochs"),
+                           steps_per_epoch)
+  return None
 
 
 # --- The optimizer ------------------------------------------------------------

@@ -70,6 +70,10 @@ class Setup:
   devices: list  # All devices the pmap spans (of every process).
   steps_per_epoch: int
   total_steps: int
+  # The step from which the optimizer has frozen every parameter of the
+  # model's stem (its STEM_PARAMS), so the train step stops the gradient at
+  # the stem's output; None: never (or the model has no stem to freeze).
+  stem_frozen_from: int | None = None
 
   @property
   def num_devices(self) -> int:
@@ -182,9 +186,11 @@ def build_from_config(config: Config, data: Dataset | None = None) -> Setup:
                                  total_steps=total_steps, batch_size=batch)
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
                             total_steps=total_steps, batch_size=batch)
+  stem_frozen_from = optim.frozen_from(
+      config.optim, getattr(model, "STEM_PARAMS", ()), steps_per_epoch)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps_per_epoch=steps_per_epoch,
-               total_steps=total_steps)
+               total_steps=total_steps, stem_frozen_from=stem_frozen_from)
 
 
 def build(config: Config, data: Dataset | None = None) -> Setup:

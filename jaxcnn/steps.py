@@ -43,22 +43,26 @@ def smoothed_cross_entropy(logits, labels, smoothing: float):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch: dict, *, setup: Setup
-               ) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, setup: Setup,
+               stem_frozen: bool = False) -> tuple[TrainState, dict]:
   """One update from this device's shard `batch` ({'images': normalized
   float, 'labels': int}). Returns the new state and the step's metrics,
   summed over devices: loss_sum, correct, count; and grad_norm (of the
-  averaged gradient) and finite (loss and gradient norm are finite)."""
+  averaged gradient) and finite (loss and gradient norm are finite).
+  `stem_frozen` (from setup.stem_frozen_from on): the model stops the
+  gradient at its frozen stem, whose gradient is then zero."""
   cfg = setup.config
   device = jax.lax.axis_index(AXIS)
   dropout_key = jax.random.fold_in(
       jax.random.fold_in(state.rng, state.step), device)
   images, labels = batch["images"], batch["labels"]
+  stem = {"stem_frozen": True} if stem_frozen else {}
 
   def loss_fn(params):
     logits, new_vars = setup.model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images,
-        train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+        **stem)
     loss = jnp.mean(smoothed_cross_entropy(logits, labels,
                                            float(cfg.train.label_smoothing)))
     return loss, (logits, new_vars.get("batch_stats", {}))
@@ -129,12 +133,12 @@ def accumulate(acc: dict, metrics: dict, step) -> dict:
 # --- The dispatch: input pipeline, k train steps, accumulation ----------------
 
 
-def make_train_fn(setup: Setup, num_steps: int):
+def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False):
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
   accumulator donated. perm2 is pipeline.two_epochs of the first step's
-  epoch."""
-  step_fn = functools.partial(train_step, setup=setup)
+  epoch. `stem_frozen`: see train_step (the caller picks it by step)."""
+  step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
 
   def one_step(state, acc, train_x, train_y, perm2, base):
     images, labels = pipeline.train_batch(

@@ -57,7 +57,16 @@ RESUMABLE_CHANGES = (
     "train.progress_bar", "train.collect_stats", "data.data_dir")
 
 
+# Fields filled in from the data (state.resolve_with_data) that configs saved
+# before them lack: such a config takes the current values.
+ADDED_DATA_FIELDS = ("train_size", "image_shape")
+
+
 def incompatible_changes(saved: Config, current: Config) -> list[str]:
+  saved = saved.copy()
+  for key in ADDED_DATA_FIELDS:
+    if not saved.data.get(key):
+      saved.data[key] = current.data[key]
   return [line for line in diff(saved, current)
           if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
 
@@ -145,8 +154,6 @@ def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
   return state
 
 
-
-
 class _Loop:
   """One training run's loop state: the replicated train state, its feed and
   accumulator, the eval data, the writers and the clock."""
@@ -164,7 +171,8 @@ class _Loop:
     self.state_r = parallel.replicate(state, local)
     self.feed = TrainFeed.place(setup, self.step // setup.steps_per_epoch)
     self.acc = self.feed.accumulator()
-    self.train_fns: dict[int, Any] = {}
+    # (steps per call, stem frozen) -> compiled train_fn.
+    self.train_fns: dict[tuple[int, bool], Any] = {}
     self.eval_data = place_eval_data(
         setup.data.test_images, setup.data.test_labels, setup.devices,
         config.train.eval_batch_size)
@@ -200,17 +208,21 @@ class _Loop:
   def dispatch(self) -> None:
     """Runs the next train_fn call: steps_per_dispatch steps (one at a time
     near the end, so the run stops exactly at total_steps)."""
-    n = self.setup.config.train.steps_per_dispatch
-    if self.step + n > self.setup.total_steps:
-      n = 1
-    self.feed.at_epoch(self.step // self.setup.steps_per_epoch)
-    if n not in self.train_fns:
-      self.train_fns[n] = make_train_fn(self.setup, n)
+    setup, step = self.setup, self.step
+    n = setup.config.train.steps_per_dispatch
+    frozen_from = setup.stem_frozen_from
+    if step + n > setup.total_steps or (
+        frozen_from is not None and step < frozen_from < step + n):
+      n = 1  # Stop exactly at the end, and at the step the stem freezes.
+    key = (n, frozen_from is not None and step >= frozen_from)
+    self.feed.at_epoch(step // setup.steps_per_epoch)
+    if key not in self.train_fns:
+      self.train_fns[key] = make_train_fn(setup, *key)
     t0 = time.time()
     if self.one_call_in_flight:
       jax.block_until_ready(self.state_r.step)
-    self.state_r, self.acc = self.train_fns[n](self.state_r, self.acc,
-                                               *self.feed.inputs())
+    self.state_r, self.acc = self.train_fns[key](self.state_r, self.acc,
+                                                 *self.feed.inputs())
     self.step += n
     if self.clock.first_call is None:  # It compiled: time it apart.
       jax.block_until_ready(self.acc)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import augment, checkpoint, config as config_lib, optim, steps, trainer
+from jaxcnn import (augment, checkpoint, config as config_lib, optim, parallel,
+                    steps, trainer)
 from jaxcnn.defaults import base_config
 from jaxcnn.models import count_params, create_model, speednet
 from test_train import final_state
@@ -70,27 +71,27 @@ def test_speednet_init_from_data_sets_the_frozen_whitening_layer():
   model = create_model({"name": "speednet", "width": 0.125,
                         "bn_scale": False})
   images = correlated_images(n=16, size=32)
-  params = model.init({"params": jax.random.key(0)}, images[:2],
-                      train=False)["params"]
-  params = model.init_from_data(params, images)
+  # Jitted: op by op, init and gradient take tens of seconds on the CPU.
+  init = jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x,
+                                      train=False))
+  variables = init(images[:2])
+  params = model.init_from_data(variables["params"], images)
   np.testing.assert_array_equal(params["whiten"]["kernel"],
                                 speednet.whitening_kernel(images))
   # The kernel gets no gradient; its bias does.
-  variables = model.init({"params": jax.random.key(0)}, images[:2],
-                         train=False)
 
   def loss(p):
     out, _ = model.apply({"params": p, "batch_stats": variables["batch_stats"]},
                          images, train=True, mutable=["batch_stats"])
     return jnp.sum(out ** 2)
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   assert np.all(np.asarray(grads["whiten"]["kernel"]) == 0)
   assert np.any(np.asarray(grads["whiten"]["bias"]) != 0)
   # whiten=False: an ordinary trainable first layer, untouched by the data.
   plain = create_model({"name": "speednet", "width": 0.125, "whiten": False})
-  p2 = plain.init({"params": jax.random.key(0)}, images[:2],
-                  train=False)["params"]
+  p2 = jax.eval_shape(lambda x: plain.init({"params": jax.random.key(0)}, x,
+                                           train=False), images[:2])["params"]
   assert plain.init_from_data(p2, images) is p2
 
 
@@ -379,3 +380,51 @@ def test_speedrun_resumes_bitwise(tmp_path):
   assert len(jax.tree.leaves(full["lookahead"])) > 0
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_frozen_stem_step_equals_the_full_step():
+  # Once the optimizer has frozen the whitening layer, the step stops the
+  # gradient at its output (no input gradient for the first conv). What it
+  # trains is unchanged: parameters, statistics, EMA and loss equal the full
+  # step's; only the (unused) momentum of the frozen bias differs.
+  config = speedrun_small(
+      "data.source=synthetic", "data.synthetic_train_size=256",
+      "data.synthetic_test_size=64", "train.batch_size=64",
+      "model.whiten_images=64", "optim.freeze_after_epochs=0")
+  setup = trainer.build(config)
+  assert setup.stem_frozen_from == 0
+  later = trainer.build(config_lib.apply_overrides(
+      config, ["optim.freeze_after_epochs=2"]))
+  assert later.stem_frozen_from == 2 * later.steps_per_epoch == 8
+  assert trainer.build(config_lib.apply_overrides(
+      config, ["model.whiten=false", "optim.freeze_filter=",
+               "optim.freeze_after_filter="])).stem_frozen_from is None
+  state = jax.tree.map(np.asarray,
+                       jax.jit(lambda: trainer.create_train_state(setup))())
+  feed = steps.TrainFeed.place(setup)
+  out = {}
+  for frozen in (False, True):
+    fn = steps.make_train_fn(setup, 2, stem_frozen=frozen)
+    s, acc = fn(parallel.replicate(state, setup.local_devices),
+                feed.accumulator(), *feed.inputs())
+    out[frozen] = (jax.tree.map(np.asarray, parallel.unreplicate(s)),
+                   jax.tree.map(np.asarray, parallel.unreplicate(acc)))
+  (full, acc_full), (skip, acc_skip) = out[False], out[True]
+  for part in ("params", "batch_stats", "ema_batch_stats", "lookahead"):
+    for a, b in zip(jax.tree.leaves(getattr(full, part)),
+                    jax.tree.leaves(getattr(skip, part))):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      optim.ema_params(full.opt_state)["group1"]["conv1"]["kernel"],
+      optim.ema_params(skip.opt_state)["group1"]["conv1"]["kernel"],
+      rtol=1e-6, atol=1e-7)
+  assert acc_full["loss_sum"] == pytest.approx(acc_skip["loss_sum"], rel=1e-6)
+  # The frozen bias got a gradient in the full step only: its momentum.
+  def whiten_bias_states(state):
+    return [np.asarray(leaf) for path, leaf
+            in jax.tree_util.tree_leaves_with_path(state.opt_state)
+            if "whiten" in jax.tree_util.keystr(path)
+            and "bias" in jax.tree_util.keystr(path)]
+
+  assert any(np.any(x != 0) for x in whiten_bias_states(full))
+  assert all(np.all(x == 0) for x in whiten_bias_states(skip))

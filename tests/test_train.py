@@ -70,6 +70,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   part = str(tmp_path / "part")
   trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=10"), part)
   assert checkpoint.saved_steps(part) == [10]
+  # As if saved before the config held the data's size and image shape: a
+  # run of an older jaxcnn resumes (those fields take the current values).
+  path = os.path.join(part, "checkpoints", "10", "config", "metadata")
+  saved = json.loads(open(path).read())
+  del saved["data"]["train_size"], saved["data"]["image_shape"]
+  open(path, "w").write(json.dumps(saved))
   trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=24"), part)
   assert checkpoint.saved_steps(part)[-1] == 24
   full, resumed = final_state(tmp_path / "full"), final_state(part)

@@ -150,12 +150,20 @@ class SpeedNet(layers.ModelBase):
   logit_scale: float = 1.0 / 9.0
   whiten: bool = True
   conv_impl: str = "auto"
+  # The parameters before the first conv group. Once the optimizer freezes
+  # all of them (state.Setup.stem_frozen_from), the train step calls the
+  # model with stem_frozen=True: no gradient flows into the stem, so the
+  # first conv's input gradient is not computed (PyTorch's autograd skips it
+  # by itself once they stop requiring gradients).
+  STEM_PARAMS = ("whiten/kernel", "whiten/bias")
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, stem_frozen: bool = False):
     x = WhitenConv(2 * WHITEN_SIZE * WHITEN_SIZE * x.shape[-1],
                    dtype=self.dtype, frozen=self.whiten, name="whiten")(x)
     x = layers.ACTIVATIONS["gelu"](x)
+    if stem_frozen:
+      x = jax.lax.stop_gradient(x)
     for g, features in enumerate(self.widths, start=1):
       x = ConvGroup(layers.scaled(features, self.width), dtype=self.dtype,
                     conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name,
