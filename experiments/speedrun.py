@@ -19,9 +19,11 @@ seconds (compile, evaluation and checkpoints excluded).
 Reached (CIFAR-10 test, JPEG copy, 5k; seed 0; 2-core AMD EPYC CPU without
 AVX-512, fp32, jax 0.10.2): 89.78% raw (lookahead) weights, 90.50% with TTA,
 in 4,279 s of training (476 steps of 9 s; compile 9.8 s apart). The public
-airbench94 recipe itself on the same images: 89.98% / 90.94% with TTA
-(../shared/tools/airbench_cpu.py, one seed); its step runs at the same speed
-as this one on this CPU (benchmarks/throughput.py --model speednet: 1.01x).
+airbench94 recipe itself on the same images and machine: 89.72% / 90.56%
+with TTA in 4,284 s (../shared/tools/airbench_cpu.py, seed 0): level. That
+run predates the frozen-stem step (no input gradient for the first conv
+once the whitening layer is frozen, 6% off those steps), not yet measured
+in a full run.
 On a GPU: not run yet (use --set model.dtype=bfloat16 and
 --set train.steps_per_dispatch=8 or so).
 """
