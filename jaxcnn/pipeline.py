@@ -37,8 +37,9 @@ def two_epochs(seed: int, epoch: int, n: int, steps_per_epoch: int,
 def flip_coins_key(seed: int) -> jax.Array:
   """The key of each image's own flip coin under flip_mode 'alternate' (a
   key no step key can equal: those are fold_ins of the seed key, this is a
-  split)."""
-  return jax.random.split(jax.random.PRNGKey(seed))[1]
+  split). A constant of the compiled step: computed once, at trace time."""
+  with jax.ensure_compile_time_eval():
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
 def train_batch(setup, train_x, train_y, perm2, step, base, device):
