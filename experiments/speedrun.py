@@ -18,12 +18,12 @@ seconds (compile, evaluation and checkpoints excluded).
 
 Reached (CIFAR-10 test, JPEG copy, 5k; seed 0; 2-core AMD EPYC CPU without
 AVX-512, fp32, jax 0.10.2): 89.78% raw (lookahead) weights, 90.50% with TTA,
-in 4,279 s of training (476 steps of 9 s; compile 9.8 s apart). The public
-airbench94 recipe itself on the same images and machine: 89.72% / 90.56%
-with TTA in 4,284 s (../shared/tools/airbench_cpu.py, seed 0): level. That
-run predates the frozen-stem step (no input gradient for the first conv
-once the whitening layer is frozen, 6% off those steps), not yet measured
-in a full run.
+in 4,198 s of training (476 steps of 8.5-9.2 s; compile 10.7 s apart). The
+public airbench94 recipe itself on the same images and machine: 89.72% /
+90.56% with TTA in 4,284 s (../shared/tools/airbench_cpu.py, seed 0): 2.0%
+more time, the same accuracy within 3 images. The time saved is the
+frozen-stem step (no input gradient for the first conv once the whitening
+layer is frozen, from epoch 3).
 On a GPU: not run yet (use --set model.dtype=bfloat16 and
 --set train.steps_per_dispatch=8 or so).
 """
