@@ -72,6 +72,7 @@ def fwd_bwd_fn(bench: JaxBench):
 
 
 def main(argv=None) -> int:
+  rows = ["full"] + list(VARIANTS)[1:] + ["stem frozen", "fwd+bwd only"]
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--model", default="speednet", choices=sorted(MODELS))
   p.add_argument("--batch", type=int, default=1024)
@@ -80,10 +81,8 @@ def main(argv=None) -> int:
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--only", nargs="+", metavar="VARIANT",
                  help="time only these rows (besides 'full'): "
-                 + ", ".join(list(VARIANTS)[1:] + ["stem frozen",
-                                                   "fwd+bwd only"]))
+                 + ", ".join(rows[1:]))
   args = p.parse_args(argv)
-  rows = ["full"] + list(VARIANTS)[1:] + ["stem frozen", "fwd+bwd only"]
   wanted = set(rows if not args.only else ["full"] + args.only)
   unknown = wanted - set(rows)
   if unknown:

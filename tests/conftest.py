@@ -1,12 +1,27 @@
 """Test setup: 4 fake CPU devices and XLA's Eigen convolutions (as every
-entry point asks for them), set before XLA starts."""
+entry point asks for them), set before XLA starts.
+
+Compiled programs go to a persistent XLA cache for the session (a fresh
+temporary folder, removed at the end; set JAX_COMPILATION_CACHE_DIR to keep
+one between runs). Many tests compile the same tiny model's step, and the
+subprocess tests (SIGKILL/resume, two processes) start the same run several
+times: each compiles once. The cache hands back the executable XLA built for
+the same program, so no result changes."""
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_SESSION_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _SESSION_CACHE = tempfile.mkdtemp(prefix="jaxcnn-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+# Every program, however quick to compile (subprocesses inherit these).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -33,3 +48,8 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _SESSION_CACHE is not None:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

@@ -67,17 +67,26 @@ class CountingModel:
 
 @contextlib.contextmanager
 def count_backend_compiles():
+  """Counts programs handed to XLA: compiled, or read back from the tests'
+  persistent compilation cache (conftest.py), which a recompile of a
+  program seen before would hit instead of compiling."""
   counter = {"compiles": 0}
 
-  def listener(event, duration, **kwargs):
+  def on_duration(event, duration, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
       counter["compiles"] += 1
 
-  jax.monitoring.register_event_duration_secs_listener(listener)
+  def on_event(event, **kwargs):
+    if event == "/jax/compilation_cache/cache_hits":
+      counter["compiles"] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  jax.monitoring.register_event_listener(on_event)
   try:
     yield counter
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.monitoring.unregister_event_duration_listener(on_duration)
+    jax.monitoring.unregister_event_listener(on_event)
 
 
 @pytest.fixture(scope="module")
