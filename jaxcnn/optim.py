@@ -179,25 +179,43 @@ def freeze(always: Callable[[Any], Any], after: Callable[[Any], Any],
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def freeze_rule(optim_cfg: Any, steps_per_epoch: int
+                ) -> tuple[Callable[[Any], Any], Callable[[Any], Any], int]:
+  """`freeze`'s arguments from the config: the masks of freeze_filter and
+  freeze_after_filter (an empty filter matches nothing) and the step
+  freeze_after_epochs ends on."""
+  always = config_field(optim_cfg, "freeze_filter")
+  later = config_field(optim_cfg, "freeze_after_filter")
+  return (make_param_mask(always or None, "optim.freeze_filter", empty=False),
+          make_param_mask(later or None, "optim.freeze_after_filter",
+                          empty=False),
+          epochs_to_steps(float(config_field(optim_cfg, "freeze_after_epochs")),
+                          steps_per_epoch))
+
+
 def frozen_from(optim_cfg: Any, paths: Sequence[str],
                 steps_per_epoch: int) -> Optional[int]:
   """The first update from which `freeze` zeroes the updates of every
   parameter in `paths` ('/'-joined names): 0 when freeze_filter matches
   them all, the freeze_after_epochs step when each is matched by one of the
-  two filters; None when some stays trainable (or `paths` is empty)."""
-  always = config_field(optim_cfg, "freeze_filter")
-  later = config_field(optim_cfg, "freeze_after_filter")
-
-  def matches(pattern, path):
-    return bool(pattern) and re.search(pattern, path) is not None
-
+  two filters; None when some stays trainable (or `paths` is empty). Asks
+  the optimizer's own masks (freeze_rule), on a tree of those names."""
   if not paths:
     return None
-  if all(matches(always, p) for p in paths):
+  tree: dict = {}
+  for path in paths:
+    *parents, leaf = path.split("/")
+    node = tree
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = 0
+  always, after, after_steps = freeze_rule(optim_cfg, steps_per_epoch)
+  always = jax.tree.leaves(always(tree))
+  after = jax.tree.leaves(after(tree))
+  if all(always):
     return 0
-  if all(matches(always, p) or matches(later, p) for p in paths):
-    return epochs_to_steps(config_field(optim_cfg, "freeze_after_epochs"),
-                           steps_per_epoch)
+  if all(a or b for a, b in zip(always, after)):
+    return after_steps
   return None
 
 
@@ -320,14 +338,9 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   if weight_decay > 0 and decoupled and name != "adamw":
     links.append(optax.masked(
         _scheduled_decoupled_decay(weight_decay, schedule), mask))
-  frozen = config_field(optim_cfg, "freeze_filter")
-  frozen_later = config_field(optim_cfg, "freeze_after_filter")
-  if frozen or frozen_later:
-    links.append(freeze(
-        make_param_mask(frozen or None, "optim.freeze_filter", empty=False),
-        make_param_mask(frozen_later or None, "optim.freeze_after_filter",
-                        empty=False),
-        epochs_to_steps(freeze_epochs, steps_per_epoch)))
+  if (config_field(optim_cfg, "freeze_filter")
+      or config_field(optim_cfg, "freeze_after_filter")):
+    links.append(freeze(*freeze_rule(optim_cfg, steps_per_epoch)))
   links.append(ema_of_params(float(config_field(optim_cfg, "ema_decay")),
                              bool(config_field(optim_cfg, "ema_ramp"))))
   return optax.chain(*links)
