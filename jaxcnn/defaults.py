@@ -73,6 +73,9 @@ def base_config() -> Config:
       # trainable conv) and how many training images that is computed from.
       speednet_widths=(64, 256, 256),
       logit_scale=1.0 / 9.0,
+      # speednet: standard deviation of the head's initial kernel (PyTorch's
+      # default init rescaled to exactly this); 0 keeps PyTorch's default.
+      head_init_std=0.0,
       whiten=True,
       whiten_images=5000,
   )
@@ -80,9 +83,10 @@ def base_config() -> Config:
   # --- Optimizer --------------------------------------------------------------
   c.optim = Config(
       # sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad|muon. 'muon'
-      # (optax.contrib.muon) orthogonalizes the momentum of conv and dense
-      # kernels and trains every other parameter with Adam (b1, b2, eps) at
-      # learning_rate * muon_adam_lr_scale.
+      # (optax.contrib's Newton-Schulz step) orthogonalizes the Nesterov
+      # momentum (beta = momentum) of the conv and dense kernels matching
+      # muon_filter and trains every other parameter with muon_rest at
+      # learning_rate * muon_rest_lr_scale.
       optimizer="momentum",
       learning_rate=0.05,  # Peak learning rate.
       momentum=0.9,  # momentum / nesterov; also rmsprop's momentum.
@@ -90,7 +94,16 @@ def base_config() -> Config:
       b2=0.999,
       eps=1e-8,
       rmsprop_decay=0.9,
-      muon_adam_lr_scale=0.1,
+      # muon: what trains the other parameters: 'adam' (b1, b2, eps) or
+      # 'nesterov' (momentum muon_rest_momentum; airbench94_muon's SGD).
+      muon_rest="adam",
+      muon_rest_lr_scale=0.1,
+      muon_rest_momentum=0.9,
+      muon_filter=r"kernel$",  # Regex of the parameters (2-D and 4-D) Muon trains.
+      muon_ns_steps=5,  # Newton-Schulz iterations (airbench94_muon: 3).
+      # muon: before each step, rescale every Muon-trained kernel to Frobenius
+      # norm sqrt(output channels), as airbench94_muon (its weight decay).
+      muon_normalize=False,
       # 'step': learning_rate and weight_decay as they are used per step.
       # 'per_1024' (momentum/nesterov only): both are per 1024 examples and
       # decoupled from the batch size and the momentum, airbench's form: the

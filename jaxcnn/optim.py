@@ -13,6 +13,8 @@ The chain built by `make_optimizer` is, in order:
   3. the optimizer, with the schedule as its learning rate; in mode
      'decoupled' (any optimizer but adamw) `lr_t * wd * w` is then subtracted
      from the weights, so decoupled decay follows the schedule as in AdamW;
+  3b. with optimizer 'muon' and muon_normalize: each Muon-trained kernel
+     rescaled to norm sqrt(output channels) (airbench94_muon);
   4. `freeze`: zero updates for parameters matching `freeze_filter`, and for
      those matching `freeze_after_filter` once `freeze_after_epochs` are done;
   5. last, `ema_of_params`: updates pass through unchanged and the state keeps
@@ -32,6 +34,7 @@ itself; the schedule is a few jnp ops, cheap inside a jitted step.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -50,6 +53,7 @@ from jaxcnn.schedules import (HPARAM_UNITS, SCHEDULES,  # noqa: F401
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop",
               "adagrad", "muon")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
+MUON_RESTS = ("adam", "nesterov")
 
 
 # --- Weight decay filter ------------------------------------------------------
@@ -260,34 +264,117 @@ def _base_optimizer(optim_cfg: Any, schedule: optax.Schedule,
     # Accumulator starts at 0.1 as in TF's AdagradOptimizer.
     return optax.adagrad(schedule, initial_accumulator_value=0.1, eps=eps)
   if name == "muon":
-    b1 = check_fraction(optim_cfg, "b1")
-    b2 = check_fraction(optim_cfg, "b2")
     momentum = check_fraction(optim_cfg, "momentum")
     eps = float(config_field(optim_cfg, "eps"))
-    adam_scale = float(config_field(optim_cfg, "muon_adam_lr_scale"))
-    check(adam_scale > 0,
-           f"optim.muon_adam_lr_scale must be > 0, got {adam_scale}")
-    return optax.contrib.muon(
-        schedule, beta=momentum, nesterov=True, adam_b1=b1, adam_b2=b2,
-        eps=eps, adam_learning_rate=lambda t: schedule(t) * adam_scale,
-        muon_weight_dimension_numbers=muon_dimensions)
+    check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
+    rest = config_field(optim_cfg, "muon_rest")
+    check(rest in MUON_RESTS, f"unknown optim.muon_rest {rest!r}; known: "
+           f"{', '.join(MUON_RESTS)}")
+    rest_scale = float(config_field(optim_cfg, "muon_rest_lr_scale"))
+    check(math.isfinite(rest_scale) and rest_scale > 0,
+           f"optim.muon_rest_lr_scale must be > 0, got {rest_scale}")
+    ns_steps = config_field(optim_cfg, "muon_ns_steps")
+    check(isinstance(ns_steps, int) and ns_steps >= 1,
+           f"optim.muon_ns_steps must be an integer >= 1, got {ns_steps!r}")
+    pattern = config_field(optim_cfg, "muon_filter")
+    make_param_mask(pattern, "optim.muon_filter")  # A bad regex fails here.
+    rest_schedule = lambda t: schedule(t) * rest_scale
+    if rest == "adam":
+      b1 = check_fraction(optim_cfg, "b1")
+      b2 = check_fraction(optim_cfg, "b2")
+      return optax.contrib.muon(
+          schedule, ns_steps=ns_steps, beta=momentum, nesterov=True,
+          adam_b1=b1, adam_b2=b2, eps=eps, adam_learning_rate=rest_schedule,
+          muon_weight_dimension_numbers=functools.partial(
+              muon_dimensions, pattern=pattern))
+    # airbench94_muon's split: Muon (PyTorch-style Nesterov momentum, then
+    # Newton-Schulz; no width factor) for the kernels, Nesterov SGD for
+    # everything else.
+    return optax.partition(
+        {"muon": optax.chain(optax.trace(decay=momentum, nesterov=True),
+                             orthogonalize(ns_steps, eps),
+                             optax.scale_by_learning_rate(schedule)),
+         "rest": optax.sgd(rest_schedule, momentum=check_fraction(
+             optim_cfg, "muon_rest_momentum"), nesterov=True)},
+        lambda params: jax.tree.map(lambda m: "muon" if m else "rest",
+                                    muon_mask(params, pattern)))
   raise OptimConfigError(
       f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
-def muon_dimensions(params: Any) -> Any:
-  """Which parameters Muon orthogonalizes, and as what matrix: a conv kernel
-  [K, K, Cin, Cout] as a (K*K*Cin) x Cout matrix, a dense kernel as itself;
-  None (Adam) for everything else (biases, BatchNorm, 1-D)."""
-  def spec(x):
-    if x.ndim == 4:
-      return optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2),
-                                                output_axis=3)
-    if x.ndim == 2:
-      return optax.contrib.MuonDimensionNumbers(reduction_axis=0,
-                                                output_axis=1)
-    return None
-  return jax.tree_util.tree_map(spec, params)
+def _muon_spec(x: Any) -> Any:
+  """A conv kernel [K, K, Cin, Cout] as a (K*K*Cin) x Cout matrix, a dense
+  kernel as itself; None for any other rank."""
+  if x.ndim == 4:
+    return optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2),
+                                              output_axis=3)
+  if x.ndim == 2:
+    return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+  return None
+
+
+# Newton-Schulz quintic coefficients of Muon (Jordan et al. 2024): they push
+# every singular value to roughly [0.7, 1.2] in few steps.
+NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(matrix: jax.Array, steps: int, eps: float = 1e-7
+                  ) -> jax.Array:
+  """About U V^T of `matrix` = U S V^T: `steps` quintic iterations on the
+  matrix over its Frobenius norm, computed on the wide orientation."""
+  a, b, c = NEWTON_SCHULZ_COEFFS
+  x = matrix / (jnp.linalg.norm(matrix) + eps)
+  tall = x.shape[0] > x.shape[1]
+  if tall:
+    x = x.T
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+def orthogonalize(steps: int, eps: float = 1e-7
+                  ) -> optax.GradientTransformation:
+  """Replaces each update by `newton_schulz` of it as a matrix (`_muon_spec`:
+  a conv kernel as (K*K*Cin) x Cout). Every leaf must be 2-D or 4-D."""
+  def one(u):
+    flat = u.reshape(-1, u.shape[-1])
+    return newton_schulz(flat.astype(jnp.float32), steps, eps
+                         ).reshape(u.shape).astype(u.dtype)
+  return optax.stateless(
+      lambda updates, params=None: jax.tree_util.tree_map(one, updates))
+
+
+def muon_mask(params: Any, pattern: str = r"kernel$") -> Any:
+  """True for the parameters Muon trains: 2-D and 4-D kernels whose path
+  matches `pattern` (optim.muon_filter)."""
+  chosen = make_param_mask(pattern, "optim.muon_filter")(params)
+  return jax.tree_util.tree_map(
+      lambda x, c: bool(c) and _muon_spec(x) is not None, params, chosen)
+
+
+def muon_dimensions(params: Any, pattern: str = r"kernel$") -> Any:
+  """Which parameters Muon orthogonalizes, and as what matrix (`_muon_spec`):
+  those of `muon_mask`; None (muon_rest) for everything else."""
+  return jax.tree_util.tree_map(
+      lambda x, m: _muon_spec(x) if m else None, params,
+      muon_mask(params, pattern))
+
+
+def _normalize_kernels() -> optax.GradientTransformation:
+  """airbench94_muon's weight normalization: the update also rescales each
+  kernel to Frobenius norm sqrt(output channels) (its last axis) before the
+  step, w_new = w * sqrt(Cout) / |w| + u. Used under optax.masked."""
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("muon_normalize needs params: call "
+                       "optimizer.update(grads, opt_state, params)")
+    def one(u, w):
+      factor = jnp.sqrt(jnp.float32(w.shape[-1])) / jnp.linalg.norm(w)
+      return u + (w * (factor - 1.0)).astype(u.dtype)
+    return jax.tree_util.tree_map(one, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update_fn)
 
 
 def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
@@ -338,6 +425,10 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   if weight_decay > 0 and decoupled and name != "adamw":
     links.append(optax.masked(
         _scheduled_decoupled_decay(weight_decay, schedule), mask))
+  if name == "muon" and bool(config_field(optim_cfg, "muon_normalize")):
+    pattern = config_field(optim_cfg, "muon_filter")
+    links.append(optax.masked(_normalize_kernels(),
+                              lambda tree: muon_mask(tree, pattern)))
   if (config_field(optim_cfg, "freeze_filter")
       or config_field(optim_cfg, "freeze_after_filter")):
     links.append(freeze(*freeze_rule(optim_cfg, steps_per_epoch)))

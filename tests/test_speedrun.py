@@ -1,11 +1,13 @@
 """The speed recipe's parts against formulas written out here, and a
 CPU-sized speedrun that learns. Runs on 4 fake CPU devices (conftest.py)."""
 import math
+import re
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcnn import (augment, checkpoint, config as config_lib, optim, parallel,
@@ -292,6 +294,119 @@ def test_muon_orthogonalizes_conv_kernels():
                        compute_uv=False)
   assert sv.max() / sv.min() < 2.0 < g_sv.max() / g_sv.min()
   assert np.all(np.isfinite(np.asarray(updates["bn"]["bias"])))
+
+
+def _numpy_newton_schulz(m, steps):
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = m / (np.linalg.norm(m) + 1e-7)
+  tall = x.shape[0] > x.shape[1]
+  x = x.T if tall else x
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+def test_muon_nesterov_equals_airbench94_muon_loop():
+  # airbench94_muon's optimizers replayed in numpy on PyTorch's layouts: for
+  # a conv kernel [Cout, Cin, K, K], buf = m buf + g, g' = g + m buf, the
+  # weight rescaled to norm sqrt(Cout), then w -= lr NS(g' as Cout x rest);
+  # every other parameter PyTorch's Nesterov SGD with L2.
+  cfg = base_config().optim
+  cfg.optimizer, cfg.muon_rest, cfg.schedule = "muon", "nesterov", "constant"
+  cfg.learning_rate, cfg.momentum, cfg.muon_ns_steps = 0.24, 0.6, 3
+  cfg.muon_rest_lr_scale, cfg.muon_rest_momentum = 5.0, 0.85
+  cfg.muon_normalize, cfg.muon_filter = True, r"conv\d/kernel$"
+  cfg.weight_decay, cfg.weight_decay_filter = 0.01, r"bias$|^head/"
+  cfg.bias_lr_scale, cfg.bias_lr_filter = 0.1, r"bias$"
+  tx = optim.make_optimizer(cfg, 10)
+  rng = np.random.default_rng(0)
+  shapes = {"g1": {"conv1": {"kernel": (3, 3, 4, 8)}, "bn1": {"bias": (8,)}},
+            "head": {"kernel": (8, 10)}}
+  is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int)
+                                                    for i in x)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32),
+                        shapes, is_leaf=is_shape)
+  state = tx.init(params)
+  ref = {k: np.asarray(v, np.float64) for k, v in
+         [("k", params["g1"]["conv1"]["kernel"]),
+          ("b", params["g1"]["bn1"]["bias"]), ("h", params["head"]["kernel"])]}
+  buf = {k: np.zeros_like(v) for k, v in ref.items()}
+  buf["k"] = buf["k"].transpose(3, 2, 0, 1)
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape),
+                                               jnp.float32), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    g = np.asarray(grads["g1"]["conv1"]["kernel"], np.float64)
+    g = g.transpose(3, 2, 0, 1)  # HWIO -> PyTorch's OIHW.
+    buf["k"] = 0.6 * buf["k"] + g
+    step = _numpy_newton_schulz((g + 0.6 * buf["k"]).reshape(8, -1), 3)
+    w = ref["k"].transpose(3, 2, 0, 1)
+    w = w * np.sqrt(8) / np.linalg.norm(w) - 0.24 * step.reshape(w.shape)
+    ref["k"] = w.transpose(2, 3, 1, 0)
+    for key, grad, factor in (("b", grads["g1"]["bn1"]["bias"], 0.1),
+                              ("h", grads["head"]["kernel"], 1.0)):
+      d = factor * np.asarray(grad, np.float64) + 0.01 * ref[key]
+      buf[key] = 0.85 * buf[key] + d
+      ref[key] = ref[key] - 0.24 * 5.0 * (d + 0.85 * buf[key])
+    np.testing.assert_allclose(params["g1"]["conv1"]["kernel"], ref["k"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(params["g1"]["bn1"]["bias"], ref["b"],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["head"]["kernel"], ref["h"],
+                               rtol=1e-5, atol=1e-6)
+  assert np.linalg.norm(params["g1"]["conv1"]["kernel"]) != pytest.approx(
+      np.sqrt(8), rel=1e-3)  # The step moved it off the normalized sphere.
+
+
+def test_muon_options_reject_bad_values():
+  for field, value, message in (
+      ("muon_rest", "lion", "unknown optim.muon_rest 'lion'"),
+      ("muon_ns_steps", 0, "optim.muon_ns_steps must be an integer >= 1"),
+      ("muon_rest_lr_scale", 0.0, "optim.muon_rest_lr_scale must be > 0"),
+      ("muon_filter", "(", "optim.muon_filter '(' is not a valid regex")):
+    cfg = base_config().optim
+    cfg.optimizer = "muon"
+    setattr(cfg, field, value)
+    with pytest.raises(optim.OptimConfigError, match=re.escape(message)):
+      optim.make_optimizer(cfg, 10)
+
+
+def test_speedrun_muon_rates_are_airbench94_muons():
+  # airbench94_muon sums its loss over 2000 images: SGD rates 0.67 (head)
+  # and 0.053 (biases) per summed example, decay 2e-6 * 2000 of the weight
+  # per step; jaxcnn's loss is the batch mean.
+  o = config_lib.load_experiment("speedrun_muon").optim
+  rest = o.learning_rate * o.muon_rest_lr_scale
+  assert rest == pytest.approx(0.67 * 2000)
+  assert rest * o.bias_lr_scale == pytest.approx(0.053 * 2000)
+  assert rest * o.weight_decay == pytest.approx(2e-6 * 2000)
+  schedule = optim.make_schedule(o, 25, total_steps=225)
+  np.testing.assert_allclose([schedule(t) for t in (0, 90, 225)],
+                             [0.24, 0.24 * 0.6, 0.0], rtol=1e-6, atol=1e-9)
+  params = {"whiten": {"kernel": jnp.zeros((2, 2, 3, 24))},
+            "group1": {"conv1": {"kernel": jnp.zeros((3, 3, 24, 64))}},
+            "head": {"kernel": jnp.zeros((256, 10))}}
+  assert optim.muon_mask(params, o.muon_filter) == {
+      "whiten": {"kernel": False}, "group1": {"conv1": {"kernel": True}},
+      "head": {"kernel": False}}
+
+
+def test_speednet_head_init_std():
+  x = jnp.zeros((1, 32, 32, 3))
+  for std in (1.0, 0.3):
+    model = create_model({"name": "speednet", "width": 0.125,
+                          "head_init_std": std})
+    head = model.init({"params": jax.random.key(1)}, x,
+                      train=False)["params"]["head"]["kernel"]
+    assert float(jnp.std(head)) == pytest.approx(std, rel=1e-5)
+  default = create_model({"name": "speednet", "width": 0.125}).init(
+      {"params": jax.random.key(1)}, x, train=False)["params"]["head"]["kernel"]
+  # PyTorch's default: uniform(+-1/sqrt(32)), std 1/sqrt(3 * 32).
+  assert float(jnp.std(default)) == pytest.approx(1 / math.sqrt(96), rel=0.1)
+  with pytest.raises(ValueError, match="model.head_init_std"):
+    create_model({"name": "speednet", "head_init_std": -1.0})
 
 
 def test_lookahead_equals_its_formula():

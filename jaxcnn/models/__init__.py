@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +104,14 @@ def create_model(model_cfg: Mapping[str, Any], *,
       raise ModelConfigError(
           f"model.whiten_images={cfg['whiten_images']!r} must be a positive "
           "integer")
+    head_std = float(cfg["head_init_std"])
+    if not (math.isfinite(head_std) and head_std >= 0):
+      raise ModelConfigError(
+          f"model.head_init_std={cfg['head_init_std']!r} must be >= 0 (0: "
+          "PyTorch's default init)")
     return SpeedNet(num_classes=cfg["num_classes"], width=float(cfg["width"]),
                     widths=widths, logit_scale=float(cfg["logit_scale"]),
+                    head_init_std=head_std,
                     whiten=bool(cfg["whiten"]),
                     dtype=DTYPES[cfg["dtype"]], conv_impl=cfg["conv_impl"],
                     **bn)

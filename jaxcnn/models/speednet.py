@@ -51,6 +51,16 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
+def unit_std_head_init(std: float):
+  """PyTorch's default linear init rescaled so the kernel's standard
+  deviation (over all its entries, as drawn) is exactly `std`: airbench94_muon
+  divides its head by its std and its logits by the width instead of 9."""
+  def init(key, shape, dtype=jnp.float32):
+    kernel = torch_default_init(key, shape, dtype)
+    return kernel * (std / jnp.std(kernel))
+  return init
+
+
 def patch_moment(images_NxHxWxC: np.ndarray, size: int = WHITEN_SIZE,
                        chunk: int = 500) -> np.ndarray:
   """Second moment (not centred) of all size x size patches, flattened in
@@ -148,6 +158,7 @@ class SpeedNet(layers.ModelBase):
   dropout, as the recipe)."""
   widths: Sequence[int] = (64, 256, 256)
   logit_scale: float = 1.0 / 9.0
+  head_init_std: float = 0.0  # 0: PyTorch's default init; else see unit_std_head_init.
   whiten: bool = True
   conv_impl: str = "auto"
   # The parameters before the first conv group. Once the optimizer freezes
@@ -171,8 +182,10 @@ class SpeedNet(layers.ModelBase):
                     name=f"group{g}")(x, train)
     x = layers.max_pool(x, 3, 3, "VALID")
     x = x.reshape(x.shape[0], -1)
+    head_init = (unit_std_head_init(self.head_init_std)
+                 if self.head_init_std > 0 else torch_default_init)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=jnp.float32,
-                      kernel_init=torch_default_init, name="head")(x)
+                      kernel_init=head_init, name="head")(x)
     return logits * self.logit_scale
 
   def init_from_data(self, params: dict, images_NxHxWxC: np.ndarray) -> dict:
