@@ -46,7 +46,7 @@ MODELS = {
     "vgg16": ("vgg", ["model.depth=16"]),
     "vgg19": ("vgg", ["model.depth=19"]),
     "alexnet": ("alexnet", []),
-    "speednet": ("speedrun", []),  # The speed recipe (batch 1024 there).
+    "speednet": ("speedrun_airbench94", []),  # airbench94's recipe (batch 1024).
     "tiny": ("test", []),  # For smoke tests: milliseconds per step.
 }
 

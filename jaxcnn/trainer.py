@@ -47,6 +47,10 @@ class Interrupted(RuntimeError):
     self.signum = signum
 
 
+# Train calls the loop queues on the devices before it waits for them to
+# finish (see _Loop.dispatch).
+MAX_CALLS_IN_FLIGHT = 3
+
 # Config fields that may change when a run resumes; any other difference
 # between the checkpoint's config and the command's is refused.
 RESUMABLE_CHANGES = (
@@ -192,6 +196,12 @@ class _Loop:
     # done; GPUs keep the asynchronous queue.
     self.one_call_in_flight = (setup.devices[0].platform == "cpu"
                                and setup.num_devices > 1)
+    # Otherwise at most MAX_CALLS_IN_FLIGHT calls are queued: with JAX's
+    # asynchronous dispatch the loop would run ahead to the next log, and a
+    # SIGTERM would wait for all those steps (minutes on a CPU) before its
+    # checkpoint. (The state and accumulator are donated, so the loop waits
+    # on the newest call's output.)
+    self.calls_queued = 0
     self.clock = _Clock()
     self.mark_log()
     self.result = None
@@ -219,10 +229,12 @@ class _Loop:
     if key not in self.train_fns:
       self.train_fns[key] = make_train_fn(setup, *key)
     t0 = time.time()
-    if self.one_call_in_flight:
+    if self.one_call_in_flight or self.calls_queued >= MAX_CALLS_IN_FLIGHT:
       jax.block_until_ready(self.state_r.step)
+      self.calls_queued = 0
     self.state_r, self.acc = self.train_fns[key](self.state_r, self.acc,
                                                  *self.feed.inputs())
+    self.calls_queued += 1
     self.step += n
     if self.clock.first_call is None:  # It compiled: time it apart.
       jax.block_until_ready(self.acc)

@@ -31,7 +31,7 @@ RUNS = {
     # The speed recipe at toy size: whitening init from data, Nesterov in
     # per-1024 units, bias lr, freezing, lookahead, label smoothing,
     # alternating flips, reflect crops, the final TTA evaluation.
-    "speednet": ("speedrun", [
+    "speednet": ("speedrun_airbench94", [
         "model.width=0.125", "data.source=synthetic",
         "data.synthetic_train_size=512", "data.synthetic_test_size=64",
         "train.batch_size=64", "train.num_epochs=0", "train.num_steps=12",

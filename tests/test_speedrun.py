@@ -235,7 +235,7 @@ def test_triangular_schedule_matches_airbench_interpolation():
 
 
 def test_per_1024_units():
-  cfg = config_lib.load_experiment("speedrun").optim
+  cfg = config_lib.load_experiment("speedrun_airbench94").optim
   lr, l2 = optim.step_hparams(cfg, 1024)
   # airbench: lr 11.5 / (1024 * (1 + 1 / 0.15)) per example of a summed loss,
   # times 1024 for our mean loss; L2 coefficient wd / lr.
@@ -377,7 +377,7 @@ def test_speedrun_muon_rates_are_airbench94_muons():
   # airbench94_muon sums its loss over 2000 images: SGD rates 0.67 (head)
   # and 0.053 (biases) per summed example, decay 2e-6 * 2000 of the weight
   # per step; jaxcnn's loss is the batch mean.
-  o = config_lib.load_experiment("speedrun_muon").optim
+  o = config_lib.load_experiment("speedrun").optim
   rest = o.learning_rate * o.muon_rest_lr_scale
   assert rest == pytest.approx(0.67 * 2000)
   assert rest * o.bias_lr_scale == pytest.approx(0.053 * 2000)
@@ -394,17 +394,20 @@ def test_speedrun_muon_rates_are_airbench94_muons():
 
 
 def test_speednet_head_init_std():
-  x = jnp.zeros((1, 32, 32, 3))
-  for std in (1.0, 0.3):
-    model = create_model({"name": "speednet", "width": 0.125,
-                          "head_init_std": std})
-    head = model.init({"params": jax.random.key(1)}, x,
-                      train=False)["params"]["head"]["kernel"]
-    assert float(jnp.std(head)) == pytest.approx(std, rel=1e-5)
-  default = create_model({"name": "speednet", "width": 0.125}).init(
-      {"params": jax.random.key(1)}, x, train=False)["params"]["head"]["kernel"]
-  # PyTorch's default: uniform(+-1/sqrt(32)), std 1/sqrt(3 * 32).
-  assert float(jnp.std(default)) == pytest.approx(1 / math.sqrt(96), rel=0.1)
+  model = create_model({"name": "speednet", "width": 0.125,
+                        "head_init_std": 1.0})
+  head = jax.jit(lambda: model.init({"params": jax.random.key(1)},
+                                    jnp.zeros((1, 32, 32, 3)), train=False)
+                 )()["params"]["head"]["kernel"]
+  assert float(jnp.std(head)) == pytest.approx(1.0, rel=1e-5)
+  key = jax.random.key(2)
+  scaled = speednet.unit_std_head_init(0.3)(key, (256, 10))
+  default = speednet.torch_default_init(key, (256, 10))
+  assert float(jnp.std(scaled)) == pytest.approx(0.3, rel=1e-5)
+  # The same draw, rescaled; PyTorch's default: uniform(+-1/16), std 1/sqrt(768).
+  np.testing.assert_allclose(scaled / 0.3 * jnp.std(default), default,
+                             rtol=1e-5, atol=1e-7)
+  assert float(jnp.std(default)) == pytest.approx(1 / math.sqrt(768), rel=0.1)
   with pytest.raises(ValueError, match="model.head_init_std"):
     create_model({"name": "speednet", "head_init_std": -1.0})
 
@@ -446,8 +449,8 @@ def test_lookahead_equals_its_formula():
 # --- End to end ------------------------------------------------------------------
 
 
-def speedrun_small(*overrides):
-  c = config_lib.load_experiment("speedrun")
+def speedrun_small(*overrides, base="speedrun_airbench94"):
+  c = config_lib.load_experiment(base)
   return config_lib.apply_overrides(c, [
       "model.width=0.125", "train.batch_size=128", "train.num_steps=0",
       "train.num_epochs=6", "train.eval_batch_size=250",
@@ -457,19 +460,18 @@ def speedrun_small(*overrides):
 
 
 def test_cpu_sized_speedrun_learns(tmp_path, real_data_dir):
+  # The recipe `--exp speedrun` trains (Muon), its SGD rates scaled to the
+  # batch of 128 as its docstring says.
   config = speedrun_small(f"data.source=folder:{real_data_dir}",
-                          "data.train_limit=1024", "data.test_limit=500")
+                          "data.train_limit=1024", "data.test_limit=500",
+                          f"optim.muon_rest_lr_scale={0.67 * 128 / 0.24}",
+                          base="speedrun")
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   # 1,024 real images, 48 steps of a 1/8-width net: chance is 10%.
   assert result["raw"]["accuracy"] > 0.25, result["raw"]
   assert result["tta"]["mode"] == "mirror_translate"
   assert result["tta"]["raw"]["accuracy"] > 0.25
   assert result["train_seconds"] > 0 and result["compile_seconds"] >= 0
-  # Lookahead ran: the live weights are the slow copy after the last step.
-  state = final_state(tmp_path / "run")
-  for a, b in zip(jax.tree.leaves(state["params"]),
-                  jax.tree.leaves(state["lookahead"]["params"])):
-    np.testing.assert_array_equal(a, b)
 
 
 def test_speedrun_resumes_bitwise(tmp_path):
@@ -491,6 +493,10 @@ def test_speedrun_resumes_bitwise(tmp_path):
   trainer.train_and_evaluate(config, str(workdir))
   resumed = final_state(workdir)
   assert int(resumed["step"]) == 20
+  # Lookahead ran: step 20 writes the slow copy back into the live weights.
+  for a, b in zip(jax.tree.leaves(full["params"]),
+                  jax.tree.leaves(full["lookahead"]["params"])):
+    np.testing.assert_array_equal(a, b)
   assert jax.tree.structure(full) == jax.tree.structure(resumed)
   assert len(jax.tree.leaves(full["lookahead"])) > 0
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):

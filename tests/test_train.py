@@ -36,6 +36,35 @@ def assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(path), **tol)
 
 
+def test_loop_queues_at_most_a_few_calls(tmp_path, monkeypatch):
+  # With JAX's asynchronous dispatch a loop that never waits runs ahead to
+  # its next log, and a SIGTERM then waits for every queued step: the loop
+  # must wait for its calls at least every MAX_CALLS_IN_FLIGHT of them.
+  events = []
+  real_make, real_block = trainer.make_train_fn, jax.block_until_ready
+
+  def make(*args):
+    fn = real_make(*args)
+    def counted(*inputs):
+      events.append("call")
+      return fn(*inputs)
+    return counted
+
+  def block(x):
+    events.append("wait")
+    return real_block(x)
+
+  monkeypatch.setattr(trainer, "make_train_fn", make)
+  monkeypatch.setattr(jax, "block_until_ready", block)
+  trainer.train_and_evaluate(
+      tiny_config("train.num_devices=1", "train.num_steps=12",
+                  "train.log_every_steps=100", "train.eval_every_epochs=0",
+                  "train.checkpoint_every_steps=100"), str(tmp_path / "run"))
+  assert events.count("call") == 12
+  runs = "".join("c" if e == "call" else " " for e in events).split()
+  assert max(len(r) for r in runs) <= trainer.MAX_CALLS_IN_FLIGHT, events
+
+
 def test_four_devices_equal_one_device(tmp_path):
   # Same global batches, augmentation on; dropout off, since its masks are
   # drawn per device. Gradients and BatchNorm statistics must be averaged over
