@@ -83,10 +83,10 @@ def base_config() -> Config:
   # --- Optimizer --------------------------------------------------------------
   c.optim = Config(
       # sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad|muon. 'muon'
-      # (optax.contrib's Newton-Schulz step) orthogonalizes the Nesterov
-      # momentum (beta = momentum) of the conv and dense kernels matching
-      # muon_filter and trains every other parameter with muon_rest at
-      # learning_rate * muon_rest_lr_scale.
+      # orthogonalizes (Newton-Schulz) the Nesterov momentum (beta = momentum)
+      # of the conv and dense kernels matching muon_filter and trains every
+      # other parameter with muon_rest at learning_rate * muon_rest_lr_scale
+      # (muon_rest 'adam': optax.contrib.muon).
       optimizer="momentum",
       learning_rate=0.05,  # Peak learning rate.
       momentum=0.9,  # momentum / nesterov; also rmsprop's momentum.

@@ -21,9 +21,8 @@ float32, and BatchNorm statistics, LRN and the logits layer compute in float32.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import math
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp

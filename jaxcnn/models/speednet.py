@@ -158,7 +158,7 @@ class SpeedNet(layers.ModelBase):
   dropout, as the recipe)."""
   widths: Sequence[int] = (64, 256, 256)
   logit_scale: float = 1.0 / 9.0
-  head_init_std: float = 0.0  # 0: PyTorch's default init; else see unit_std_head_init.
+  head_init_std: float = 0.0  # 0: PyTorch's default; else unit_std_head_init.
   whiten: bool = True
   conv_impl: str = "auto"
   # The parameters before the first conv group. Once the optimizer freezes
