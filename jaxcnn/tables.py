@@ -21,10 +21,12 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
   Plain text (the default): columns padded to their widest cell and
   separated by two spaces; `align` has one 'l' or 'r' per column (default:
   first column left, the rest right). `markdown=True`: a GitHub-style pipe
-  table, unpadded (`align` is ignored).
+  table, unpadded (`align` is ignored), with every '|' inside a cell
+  escaped (a regex override like `bias$|^head/` would otherwise split it).
   """
   rows = [[str(c) for c in row] for row in rows]
   if markdown:
+    rows = [[c.replace("|", "\\|") for c in row] for row in rows]
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

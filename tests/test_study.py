@@ -336,3 +336,14 @@ def test_a_study_is_one_file(monkeypatch, tmp_path, capsys):
   assert "toy_norms" not in studies.names()
   for module in ("toy_norms", "misnamed"):
     sys.modules.pop(f"jaxcnn.studies.{module}", None)
+
+
+def test_markdown_table_escapes_pipes_in_cells():
+  # A member's override such as `optim.weight_decay_filter=bias$|^head/`
+  # must stay in its cell.
+  from jaxcnn.tables import format_table
+  lines = format_table(["member", "acc"], [["`a=bias$|^head/`", 1]],
+                       markdown=True).splitlines()
+  assert lines[2] == "| `a=bias$\\|^head/` | 1 |"
+  separators = lambda line: len(re.findall(r"(?<!\\)\|", line))
+  assert separators(lines[2]) == separators(lines[0]) == 3
