@@ -64,9 +64,11 @@ def confusion_matrix(confusion: Sequence[Sequence[int]],
   return _save(fig, path)
 
 
-def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
-  """Top-1 accuracy against step for each weight set in `records`
-  ([{step, raw: {accuracy}, ema: {accuracy}}, ...])."""
+def accuracy_curve_figure(records: Sequence[dict], *, title: str):
+  """The figure `accuracy_curve` saves. Steps are whole numbers, so the
+  x axis ticks only at integers: a few kept checkpoints (16, 32, 48) would
+  otherwise get ticks at 17.5 or 22.5, steps no checkpoint can have."""
+  from matplotlib.ticker import MaxNLocator
   fig = _figure(7.0, 4.5)
   ax = fig.add_subplot()
   steps = [r["step"] for r in records]
@@ -74,48 +76,135 @@ def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
     if all(name in r for r in records):
       ax.plot(steps, [100 * r[name]["accuracy"] for r in records], style,
               label=f"{name} weights")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("step")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return fig
+
+
+def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
+  """Top-1 accuracy against step for each weight set in `records`
+  ([{step, raw: {accuracy}, ema: {accuracy}}, ...])."""
+  return _save(accuracy_curve_figure(records, title=title), path)
+
+
+# Bar colours of relative_difference, one per kind of row, each in its legend.
+KIND_STYLES = {
+    "param": ("tab:blue", "parameter: raw vs EMA"),
+    "batch_stats": ("tab:orange", "BatchNorm running statistic: raw vs EMA"),
+}
+
+
+def layer_rows(rows: Sequence[dict]) -> list[dict]:
+  """`rows` (compare_weights, in the model's order) regrouped per layer: a
+  layer's BatchNorm statistics right after its parameters, so one layer's
+  tensors read together from input (top) to output (bottom). Layers keep the
+  order in which `rows` first names them."""
+  position = {}
+  for r in rows:
+    position.setdefault(r["name"].rpartition("/")[0], len(position))
+  return sorted(rows, key=lambda r: position[r["name"].rpartition("/")[0]])
+
+
+def relative_difference_figure(rows: Sequence[dict], *, title: str):
+  """The figure `relative_difference` saves: one horizontal bar per tensor,
+  labelled on its own row (seventy tensor names under a bar chart are
+  unreadable however they are rotated), in `layer_rows` order, the first
+  layer on top."""
+  from matplotlib.patches import Patch
+  from matplotlib.ticker import NullFormatter, PercentFormatter
+  rows = layer_rows(rows)
+  n = len(rows)
+  values = np.asarray([r["relative_difference"] for r in rows], np.float64)
+  finite = np.where(np.isfinite(values), values, np.nan)
+  colors = [KIND_STYLES[r["kind"]][0] for r in rows]
+  # Margins in inches, so the title, the legend and the top tick labels
+  # stack above the bars the same way however tall the figure is.
+  height = 1.6 + 0.2 * n
+  fig = _figure(8.0, height)
+  fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.95 / height,
+                      bottom=0.6 / height)
+  ax = fig.add_subplot()
+  y = np.arange(n)
+  ax.barh(y, finite, height=0.7, color=colors)
+  ax.set_yticks(y, labels=[r["name"] for r in rows], fontsize=8)
+  ax.set_ylim(n - 0.5, -0.5)  # The input layer on top.
+  positive = values[(values > 0) & np.isfinite(values)]
+  log = len(positive) and positive.max() / positive.min() > 100
+  if log:
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+  for i, v in enumerate(values):  # The number itself, at the end of its bar.
+    if v > 0 and np.isfinite(v):
+      ax.text(v, i, f" {100 * v:.3g}%", va="center", fontsize=7)
+    elif not np.isfinite(v):
+      ax.text(0.0, i, " raw is all zeros", va="center", fontsize=7,
+              transform=ax.get_yaxis_transform())
+  if len(positive):  # Room for the numbers right of the longest bar.
+    ax.set_xlim(right=positive.max() * (3.0 if log else 1.2))
+  ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+  ax.tick_params(axis="x", labeltop=True, top=True)  # Readable at either end.
+  ax.set_xlabel("relative L2 difference ||raw - EMA|| / ||raw||"
+                + (" (log scale)" if log else ""))
+  ax.grid(axis="x", alpha=0.3)
+  kinds = [k for k in KIND_STYLES if any(r["kind"] == k for r in rows)]
+  fig.legend(handles=[Patch(color=KIND_STYLES[k][0], label=KIND_STYLES[k][1])
+                      for k in kinds], loc="upper center",
+             bbox_to_anchor=(0.5, 1 - 0.35 / height),
+             ncols=max(len(kinds), 1), fontsize=8, frameon=False)
+  fig.suptitle(title, y=1 - 0.08 / height, va="top")
+  return fig
 
 
 def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
   """One bar per tensor: ||raw - ema|| / ||raw||, on a log scale where the
   values span decades."""
-  names = [r["name"] + ("" if r["kind"] == "param" else " (bn stat)")
-           for r in rows]
-  values = np.asarray([r["relative_difference"] for r in rows], np.float64)
-  colors = ["tab:blue" if r["kind"] == "param" else "tab:orange" for r in rows]
-  fig = _figure(max(6.0, 0.35 * len(rows) + 2.0), 4.5)
-  ax = fig.add_subplot()
-  ax.bar(range(len(rows)), values, color=colors)
-  ax.set_xticks(range(len(rows)), labels=names, rotation=70, ha="right",
-                fontsize=8)
-  positive = values[(values > 0) & np.isfinite(values)]
-  if len(positive) and positive.max() / positive.min() > 100:
-    ax.set_yscale("log")
-  ax.set_ylabel("relative L2 difference, EMA vs raw")
-  ax.set_title(title)
-  ax.grid(axis="y", alpha=0.3)
-  return _save(fig, path)
+  return _save(relative_difference_figure(rows, title=title), path)
 
 
-def weight_histogram(histogram: dict, path, *, title: str) -> str:
-  """Raw and EMA histograms of one tensor ({edges, raw_counts, ema_counts})."""
-  edges = np.asarray(histogram["edges"])
-  fig = _figure(7.0, 4.5)
-  ax = fig.add_subplot()
-  for key, label, color in (("raw_counts", "raw", "tab:blue"),
-                            ("ema_counts", "EMA", "tab:orange")):
-    ax.stairs(histogram[key], edges, label=label, color=color, linewidth=1.5)
-  ax.set_xlabel(f"{histogram['name']} value")
-  ax.set_ylabel("count")
-  ax.set_title(title)
-  ax.legend()
-  return _save(fig, path)
+def weight_histograms_figure(histograms: Sequence[dict], *, title: str):
+  """The figure `weight_histograms` saves: one panel per tensor, up to three
+  a row, each on its own bins and axes (a kernel and a bias have nothing in
+  common to share a scale), one legend for the figure under its title."""
+  from matplotlib.ticker import MaxNLocator
+  n = len(histograms)
+  cols = min(n, 3)
+  rows = -(-n // cols)
+  width, height = (7.0, 4.5) if n == 1 else (4.2 * cols, 0.8 + 3.1 * rows)
+  fig = _figure(width, height)
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax, histogram in zip(axes, histograms):
+    edges = np.asarray(histogram["edges"])
+    for key, label, color in (("raw_counts", "raw", "tab:blue"),
+                              ("ema_counts", "EMA", "tab:orange")):
+      ax.stairs(histogram[key], edges, label=label, color=color,
+                linewidth=1.5)
+    if n > 1:
+      ax.set_title(histogram["name"], fontsize=10)
+    ax.set_xlabel(f"{histogram['name']} value" if n == 1 else "value")
+    ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # Counts.
+    ax.tick_params(labelsize=8)
+  for ax in axes[n:]:
+    ax.set_visible(False)
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.suptitle(title, y=1 - 0.08 / height, va="top")
+  fig.legend(handles, labels, loc="upper center",
+             bbox_to_anchor=(0.5, 1 - 0.38 / height), ncols=2, fontsize=9,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
+  return fig
+
+
+def weight_histograms(histograms: Sequence[dict], path, *, title: str) -> str:
+  """Raw and EMA histograms of one or more tensors ([{name, edges,
+  raw_counts, ema_counts}, ...], inspection.weight_histogram)."""
+  if not histograms:
+    raise ValueError("weight_histograms needs at least one histogram")
+  return _save(weight_histograms_figure(histograms, title=title), path)
 
 
 # --- Studies: one line per member (means over seeds) -------------------------
