@@ -24,6 +24,15 @@ def _figure(width: float, height: float, dpi: int = 100):
   return fig
 
 
+def _whole_ticks(axis) -> None:
+  """Ticks only at integers on `axis` (steps, epochs, counts): a curve of
+  three checkpoints (2, 4, 6) or a 3-epoch study would otherwise get ticks
+  at 2.5 or 1.25. MaxNLocator falls back to fractional ticks when the view
+  holds fewer than two integers, so a short span still gets ticks."""
+  from matplotlib.ticker import MaxNLocator
+  axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, path: str | os.PathLike) -> str:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,11 +73,9 @@ def confusion_matrix(confusion: Sequence[Sequence[int]],
   return _save(fig, path)
 
 
-def accuracy_curve_figure(records: Sequence[dict], *, title: str):
-  """The figure `accuracy_curve` saves. Steps are whole numbers, so the
-  x axis ticks only at integers: a few kept checkpoints (16, 32, 48) would
-  otherwise get ticks at 17.5 or 22.5, steps no checkpoint can have."""
-  from matplotlib.ticker import MaxNLocator
+def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
+  """Top-1 accuracy against step for each weight set in `records`
+  ([{step, raw: {accuracy}, ema: {accuracy}}, ...]), ticks at whole steps."""
   fig = _figure(7.0, 4.5)
   ax = fig.add_subplot()
   steps = [r["step"] for r in records]
@@ -76,19 +83,13 @@ def accuracy_curve_figure(records: Sequence[dict], *, title: str):
     if all(name in r for r in records):
       ax.plot(steps, [100 * r[name]["accuracy"] for r in records], style,
               label=f"{name} weights")
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  _whole_ticks(ax.xaxis)
   ax.set_xlabel("step")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  return fig
-
-
-def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
-  """Top-1 accuracy against step for each weight set in `records`
-  ([{step, raw: {accuracy}, ema: {accuracy}}, ...])."""
-  return _save(accuracy_curve_figure(records, title=title), path)
+  return _save(fig, path)
 
 
 # Bar colours of relative_difference, one per kind of row, each in its legend.
@@ -109,11 +110,11 @@ def layer_rows(rows: Sequence[dict]) -> list[dict]:
   return sorted(rows, key=lambda r: position[r["name"].rpartition("/")[0]])
 
 
-def relative_difference_figure(rows: Sequence[dict], *, title: str):
-  """The figure `relative_difference` saves: one horizontal bar per tensor,
-  labelled on its own row (seventy tensor names under a bar chart are
-  unreadable however they are rotated), in `layer_rows` order, the first
-  layer on top."""
+def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
+  """One horizontal bar per tensor, ||raw - ema|| / ||raw||, on a log scale
+  where the values span decades: each name on its own row (seventy names
+  under a vertical bar chart are unreadable however they are rotated), in
+  `layer_rows` order, the first layer on top, the value beside its bar."""
   from matplotlib.patches import Patch
   from matplotlib.ticker import NullFormatter, PercentFormatter
   rows = layer_rows(rows)
@@ -156,22 +157,19 @@ def relative_difference_figure(rows: Sequence[dict], *, title: str):
              bbox_to_anchor=(0.5, 1 - 0.35 / height),
              ncols=max(len(kinds), 1), fontsize=8, frameon=False)
   fig.suptitle(title, y=1 - 0.08 / height, va="top")
-  return fig
+  return _save(fig, path)
 
 
-def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
-  """One bar per tensor: ||raw - ema|| / ||raw||, on a log scale where the
-  values span decades."""
-  return _save(relative_difference_figure(rows, title=title), path)
-
-
-def weight_histograms_figure(histograms: Sequence[dict], *, title: str):
-  """The figure `weight_histograms` saves: one panel per tensor, up to three
-  a row, each on its own bins and axes (a kernel and a bias have nothing in
-  common to share a scale), one legend for the figure under its title."""
-  from matplotlib.ticker import MaxNLocator
+def weight_histograms(histograms: Sequence[dict], path, *, title: str) -> str:
+  """Raw and EMA histograms of one or more tensors ([{name, edges,
+  raw_counts, ema_counts}, ...], inspection.weight_histogram): one panel per
+  tensor, up to three a row (four as 2x2), each on its own bins and axes (a kernel and a
+  bias have nothing in common to share a scale), one legend for the figure
+  under its title."""
+  if not histograms:
+    raise ValueError("weight_histograms needs at least one histogram")
   n = len(histograms)
-  cols = min(n, 3)
+  cols = 2 if n == 4 else min(n, 3)  # Four as 2x2, not 3 and 1.
   rows = -(-n // cols)
   width, height = (7.0, 4.5) if n == 1 else (4.2 * cols, 0.8 + 3.1 * rows)
   fig = _figure(width, height)
@@ -186,7 +184,7 @@ def weight_histograms_figure(histograms: Sequence[dict], *, title: str):
       ax.set_title(histogram["name"], fontsize=10)
     ax.set_xlabel(f"{histogram['name']} value" if n == 1 else "value")
     ax.set_ylabel("count")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # Counts.
+    _whole_ticks(ax.yaxis)  # Counts.
     ax.tick_params(labelsize=8)
   for ax in axes[n:]:
     ax.set_visible(False)
@@ -196,15 +194,7 @@ def weight_histograms_figure(histograms: Sequence[dict], *, title: str):
              bbox_to_anchor=(0.5, 1 - 0.38 / height), ncols=2, fontsize=9,
              frameon=False)
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
-  return fig
-
-
-def weight_histograms(histograms: Sequence[dict], path, *, title: str) -> str:
-  """Raw and EMA histograms of one or more tensors ([{name, edges,
-  raw_counts, ema_counts}, ...], inspection.weight_histogram)."""
-  if not histograms:
-    raise ValueError("weight_histograms needs at least one histogram")
-  return _save(weight_histograms_figure(histograms, title=title), path)
+  return _save(fig, path)
 
 
 # --- Studies: one line per member (means over seeds) -------------------------
@@ -228,6 +218,9 @@ def training_curves(lines: Sequence[dict], path, *,
   for col, x in enumerate(("epochs", "training seconds")):
     axes[0][col].set(xlabel=x, ylabel="training loss", yscale="log")
     axes[1][col].set(xlabel=x, ylabel="training error")
+    if x == "epochs":
+      _whole_ticks(axes[0][col].xaxis)
+      _whole_ticks(axes[1][col].xaxis)
     for t in thresholds:
       axes[1][col].axhline(t, color="grey", lw=0.5, ls=":")
   axes[0][0].legend(fontsize=8)
@@ -246,6 +239,7 @@ def raw_and_ema_curves(lines: Sequence[dict], path, *, ylabel: str) -> str:
     ax.plot(*line["raw"], color=color, label=f"{line['name']} raw")
     ax.plot(*line["ema"], color=color, ls="--", label=f"{line['name']} EMA")
   ax.set(xlabel="epochs", ylabel=ylabel)
+  _whole_ticks(ax.xaxis)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   return _save(fig, path)
@@ -260,6 +254,7 @@ def per_layer_curves(panels: dict[str, Sequence[tuple[str, Curve]]], path, *,
     for name, curve in lines:
       ax.plot(*curve, label=name)
     ax.set(title=layer, xlabel="epochs", ylabel=ylabel)
+    _whole_ticks(ax.xaxis)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   return _save(fig, path)
