@@ -116,7 +116,7 @@ def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
   under a vertical bar chart are unreadable however they are rotated), in
   `layer_rows` order, the first layer on top, the value beside its bar."""
   from matplotlib.patches import Patch
-  from matplotlib.ticker import NullFormatter, PercentFormatter
+  from matplotlib.ticker import FuncFormatter, NullFormatter
   rows = layer_rows(rows)
   n = len(rows)
   values = np.asarray([r["relative_difference"] for r in rows], np.float64)
@@ -141,12 +141,18 @@ def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
   for i, v in enumerate(values):  # The number itself, at the end of its bar.
     if v > 0 and np.isfinite(v):
       ax.text(v, i, f" {100 * v:.3g}%", va="center", fontsize=7)
-    elif not np.isfinite(v):
-      ax.text(0.0, i, " raw is all zeros", va="center", fontsize=7,
-              transform=ax.get_yaxis_transform())
+    else:  # No bar to end: the words at the axis.
+      ax.text(0.0, i, " identical" if v == 0 else " raw is all zeros",
+              va="center", fontsize=7, transform=ax.get_yaxis_transform())
   if len(positive):  # Room for the numbers right of the longest bar.
     ax.set_xlim(right=positive.max() * (3.0 if log else 1.2))
-  ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+  else:
+    ax.set_xlim(0.0, 0.01)
+  if not log:
+    ax.set_xlim(left=0.0)
+  # Significant digits, not PercentFormatter's fixed decimals: on a log axis
+  # those print 0.001% and 0.01% both as 0.0%.
+  ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 * x:.3g}%"))
   ax.tick_params(axis="x", labeltop=True, top=True)  # Readable at either end.
   ax.set_xlabel("relative L2 difference ||raw - EMA|| / ||raw||"
                 + (" (log scale)" if log else ""))
