@@ -134,7 +134,7 @@ def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
   ax.set_yticks(y, labels=[r["name"] for r in rows], fontsize=8)
   ax.set_ylim(n - 0.5, -0.5)  # The input layer on top.
   positive = values[(values > 0) & np.isfinite(values)]
-  log = len(positive) and positive.max() / positive.min() > 100
+  log = bool(len(positive)) and positive.max() / positive.min() > 100
   if log:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -169,9 +169,9 @@ def relative_difference(rows: Sequence[dict], path, *, title: str) -> str:
 def weight_histograms(histograms: Sequence[dict], path, *, title: str) -> str:
   """Raw and EMA histograms of one or more tensors ([{name, edges,
   raw_counts, ema_counts}, ...], inspection.weight_histogram): one panel per
-  tensor, up to three a row (four as 2x2), each on its own bins and axes (a kernel and a
-  bias have nothing in common to share a scale), one legend for the figure
-  under its title."""
+  tensor, up to three a row (four as 2x2), each on its own bins and axes (a
+  kernel and a bias have nothing in common to share a scale), one legend for
+  the figure under its title."""
   if not histograms:
     raise ValueError("weight_histograms needs at least one histogram")
   n = len(histograms)
