@@ -6,7 +6,8 @@ distance, relative difference (distance / raw norm), cosine similarity, and
 the fraction of near-zero weights (|w| < --near_zero) of each; BatchNorm
 running statistics against their EMA where the model has BatchNorm; then a
 one-line summary. --plot writes WORKDIR/inspect/relative_difference_step<N>.png
-and a raw-vs-EMA histogram of one tensor (--layer, default: the weight matrix
+(one bar per tensor, in the model's layer order) and raw-vs-EMA histograms
+(--layer NAME [NAME ...]: one panel per tensor; default: the weight matrix
 that differs most); --eval adds the test accuracy of each weight set.
 
 The numbers come from jaxcnn.inspection (compare_weights,
@@ -32,10 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="print one JSON object instead of tables")
   p.add_argument("--plot", action="store_true",
                  help="write PNGs of the relative difference per tensor and "
-                 "of one tensor's weight histograms")
-  p.add_argument("--layer", default=None,
-                 help="tensor for the histogram, e.g. conv1/kernel (default: "
-                 "the weight matrix whose EMA differs most)")
+                 "of raw-vs-EMA weight histograms (see --layer)")
+  p.add_argument("--layer", nargs="+", action="extend", default=None,
+                 metavar="NAME",
+                 help="tensors for the histograms, e.g. conv1/kernel "
+                 "conv2/kernel: one panel each in one PNG (default: the "
+                 "weight matrix whose EMA differs most)")
   p.add_argument("--eval", action="store_true",
                  help="also evaluate raw and EMA weights on the test split")
   p.add_argument("--near_zero", type=float, default=1e-3,
@@ -93,12 +96,14 @@ def write_plots(report: dict, out_dir: pathlib.Path) -> list[str]:
   files = [plots.relative_difference(
       report["rows"], out_dir / f"relative_difference_step{step}.png",
       title=f"EMA vs raw weights, step {step}")]
-  hist = report.get("histogram")
-  if hist:
-    safe = hist["name"].replace("/", "_")
-    files.append(plots.weight_histogram(
-        hist, out_dir / f"histogram_step{step}_{safe}.png",
-        title=f"{hist['name']}, step {step}: raw vs EMA"))
+  hists = report.get("histograms")
+  if hists:
+    # One tensor keeps its name in the file's; several share one grid.
+    name = (f"histogram_step{step}_{hists[0]['name'].replace('/', '_')}.png"
+            if len(hists) == 1 else f"histograms_step{step}.png")
+    what = hists[0]["name"] if len(hists) == 1 else f"{len(hists)} tensors"
+    files.append(plots.weight_histograms(
+        hists, out_dir / name, title=f"{what}, step {step}: raw vs EMA"))
   return files
 
 

@@ -8,13 +8,15 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import state as state_lib
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import ConfigError
 from jaxcnn.evaluation import evaluate, load_eval_data, model_text
-from jaxcnn.restore import CheckpointReader, key_name
+from jaxcnn.models import create_model
+from jaxcnn.restore import LEGACY_IMAGE_SHAPE, CheckpointReader, key_name
 from jaxcnn.tables import percent
 
 NEAR_ZERO = 1e-3
@@ -23,6 +25,46 @@ NEAR_ZERO = 1e-3
 def _named_leaves(tree: Any) -> dict[str, np.ndarray]:
   return {"/".join(key_name(k) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def model_order(config) -> dict[str, list[str]]:
+  """The model's tensor names per collection ('params', 'batch_stats'), in
+  the order its layers create them: input to output, as the model's code
+  reads. A restored state cannot tell this order (JAX flattens and rebuilds
+  dicts sorted by key, so 'bn1' sorts before 'conv1' and 'conv10' before
+  'conv2'), but the dicts `init` builds keep it; they are read here under
+  eval_shape, so nothing is computed."""
+  model = create_model(config.model)
+  if hasattr(model, "conv_impl"):  # The CPU fast paths build the same tensors.
+    model = model.clone(conv_impl="xla")
+  shape = tuple(config.data.get("image_shape") or LEGACY_IMAGE_SHAPE)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+  order = {}
+
+  def names(tree, prefix=()):
+    for key, value in tree.items():
+      if hasattr(value, "items"):
+        yield from names(value, prefix + (str(key),))
+      else:
+        yield "/".join(prefix + (str(key),))
+
+  def init(x):
+    variables = model.init(rngs, x, train=False)
+    for collection, tree in variables.items():
+      order[collection] = list(names(tree))
+    return variables
+
+  jax.eval_shape(init, jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+  return {"params": order.get("params", []),
+          "batch_stats": order.get("batch_stats", [])}
+
+
+def _ordered(names, order: Sequence[str] | None) -> list[str]:
+  """`names` in `order`; any it does not list after them, sorted."""
+  if order is None:
+    return sorted(names)
+  listed = [n for n in order if n in names]
+  return listed + sorted(set(names) - set(listed))
 
 
 def _compare(name: str, kind: str, raw: np.ndarray, ema: np.ndarray,
@@ -57,10 +99,13 @@ def _compare(name: str, kind: str, raw: np.ndarray, ema: np.ndarray,
 
 
 def compare_weights(state: state_lib.TrainState,
-                    near_zero: float = NEAR_ZERO) -> list[dict]:
+                    near_zero: float = NEAR_ZERO,
+                    order: dict[str, Sequence[str]] | None = None
+                    ) -> list[dict]:
   """One row per tensor, raw against EMA: parameters ('param'), then
   BatchNorm statistics ('batch_stats', raw running statistics against their
-  EMA) where the model has them.
+  EMA) where the model has them. Each group in the model's order where
+  `order` gives it (`model_order`), else alphabetical.
 
   Row: name ('conv1/kernel'), kind, shape, count, raw_norm, ema_norm
   (L2), distance (L2 of the difference), relative_difference (distance /
@@ -76,7 +121,7 @@ def compare_weights(state: state_lib.TrainState,
       raise CheckpointError(
           f"raw and EMA {kind} have different tensors: "
           f"{sorted(set(raw) ^ set(ema))[:4]}")
-    for name in sorted(raw):
+    for name in _ordered(raw, order and order.get(key)):
       rows.append(_compare(name, kind, raw[name], ema[name], near_zero))
   return rows
 
@@ -138,10 +183,6 @@ def weight_histogram(state: state_lib.TrainState, name: str,
           "ema_counts": np.histogram(e, edges)[0].tolist()}
 
 
-def param_names(state: state_lib.TrainState) -> list[str]:
-  return sorted(_named_leaves(state.params))
-
-
 def default_histogram_layer(rows: Sequence[dict]) -> str:
   """The weight matrix (not a bias or scale) that EMA moved most."""
   params = [r for r in rows if r["kind"] == "param"]
@@ -149,31 +190,47 @@ def default_histogram_layer(rows: Sequence[dict]) -> str:
   return max(matrices, key=lambda r: r["relative_difference"])["name"]
 
 
+def histogram_layers(rows: Sequence[dict],
+                     asked: str | Sequence[str] | None) -> list[str]:
+  """The tensors to histogram: those `asked` (one name or several, each
+  once, in the order given), else the one `default_histogram_layer` picks.
+  Raises ConfigError naming every unknown one, with the model's parameter
+  tensors (in the order of `rows`) to choose from."""
+  if not asked:
+    return [default_histogram_layer(rows)]
+  asked = [asked] if isinstance(asked, str) else list(dict.fromkeys(asked))
+  names = [r["name"] for r in rows if r["kind"] == "param"]
+  unknown = [n for n in asked if n not in names]
+  if unknown:
+    which = "layer" if len(unknown) == 1 else "layers"
+    raise ConfigError(f"unknown {which} {', '.join(map(repr, unknown))}; "
+                      f"parameter tensors: {', '.join(names)}")
+  return asked
+
+
 def inspect_workdir(workdir, *, step: int | None = None,
                     near_zero: float = NEAR_ZERO, with_eval: bool = False,
-                    histogram_layer: str | None = None, histogram: bool = False,
+                    histogram_layer: str | Sequence[str] | None = None,
+                    histogram: bool = False,
                     source: str | None = None, data_dir: str | None = None,
                     split: str = "test", batch_size: int = 0,
                     num_devices: int = 0) -> dict:
   """What `python -m jaxcnn.inspect` computes, as plain data:
 
-    {workdir, step, model, rows: compare_weights(...), summary:
-     summarize_comparison(...), eval: {raw, ema, data, split} (with_eval),
-     histogram: weight_histogram(...) (histogram or histogram_layer)}
+    {workdir, step, model, rows: compare_weights(...) in the model's order,
+     summary: summarize_comparison(...), eval: {raw, ema, data, split}
+     (with_eval), histograms: [weight_histogram(...), ...] (histogram or
+     histogram_layer: one tensor name or several)}
   """
   with CheckpointReader(workdir) as reader:
     config, state, step = reader.restore(step)
-    rows = compare_weights(state, near_zero)
+    rows = compare_weights(state, near_zero, model_order(config))
     report = {"workdir": str(workdir), "step": step,
               "model": model_text(config), "near_zero": near_zero,
               "rows": rows, "summary": summarize_comparison(rows)}
     if histogram or histogram_layer:
-      layer = histogram_layer or default_histogram_layer(rows)
-      names = param_names(state)
-      if layer not in names:
-        raise ConfigError(f"unknown layer {layer!r}; parameter tensors: "
-                        f"{', '.join(names)}")
-      report["histogram"] = weight_histogram(state, layer)
+      report["histograms"] = [weight_histogram(state, name) for name in
+                              histogram_layers(rows, histogram_layer)]
     if with_eval:
       dataset, _ = load_eval_data(config, source, data_dir)
       results = evaluate(config, state, dataset, split=split,

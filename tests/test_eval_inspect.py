@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from jaxcnn import augment, checkpoint, cli, config as config_lib, evaluation
-from jaxcnn import inspection, restore
+from jaxcnn import inspection, plots, restore
 from jaxcnn import eval as eval_cli
 from jaxcnn import inspect as inspect_cli
 from jaxcnn import optim, trainer
@@ -254,12 +254,12 @@ def test_inspect_cli_tables_plots_and_eval(trained, tmp_path, capsys):
                     "--out_dir", str(out_dir)], capsys)
   assert code == 0
   report = json.loads(out)
-  _, state, _ = restore.load_checkpoint(workdir)
+  config, state, _ = restore.load_checkpoint(workdir)
   assert report["rows"] == json.loads(json.dumps(
-      inspection.compare_weights(state)))
+      inspection.compare_weights(state, order=inspection.model_order(config))))
   assert report["eval"]["raw"]["accuracy"] == result["raw"]["accuracy"]
   assert report["eval"]["ema"]["accuracy"] == result["ema"]["accuracy"]
-  hist = report["histogram"]
+  [hist] = report["histograms"]
   assert sum(hist["raw_counts"]) == sum(hist["ema_counts"]) == math.prod(
       next(r["shape"] for r in report["rows"] if r["name"] == hist["name"]))
   assert (out_dir / "relative_difference_step48.png").stat().st_size > 1000
@@ -337,6 +337,11 @@ ERRORS = {
     "unknown layer": (
         lambda w, t: ["--plot", "--layer", "conv9/kernel"], inspect_cli, 2,
         ["unknown layer 'conv9/kernel'", "conv1/kernel"]),
+    "unknown layers among several": (
+        lambda w, t: ["--plot", "--layer", "conv1/kernel", "conv9/kernel",
+                      "fc/bias"], inspect_cli, 2,
+        ["unknown layers 'conv9/kernel', 'fc/bias'; parameter tensors: "
+         "conv1/kernel, bn1/scale, bn1/bias, conv2/kernel"]),
 }
 
 
@@ -445,3 +450,142 @@ def test_resolved_data_fields_must_match_the_data():
   with pytest.raises(config_lib.ConfigError,
                      match="data.train_size=100 but the data has 512"):
     trainer.build(config)
+
+
+# --- Plots --------------------------------------------------------------------
+
+TINY_PARAMS = ["conv1/kernel", "bn1/scale", "bn1/bias", "conv2/kernel",
+               "bn2/scale", "bn2/bias", "logits/kernel", "logits/bias"]
+TINY_STATS = ["bn1/mean", "bn1/var", "bn2/mean", "bn2/var"]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+  """The figures the plots module saves, kept for their Axes (no PNG is
+  written)."""
+  saved = []
+
+  def keep(fig, path):
+    saved.append(fig)
+    return str(path)
+
+  monkeypatch.setattr(plots, "_save", keep)
+  return saved
+
+
+def test_model_order_is_the_order_of_the_layers():
+  # The order of the models' code, input to output: sorted names (what a
+  # restored state gives) would put bn1 before conv1 and every bn before
+  # every conv, and logits before nothing.
+  test = config_lib.load_experiment("test")
+  order = inspection.model_order(test)
+  assert order == {"params": TINY_PARAMS, "batch_stats": TINY_STATS}
+  vgg = config_lib.apply_overrides(config_lib.load_experiment("vgg"),
+                                   ["model.width=0.125"])
+  params = inspection.model_order(vgg)["params"]
+  layers = list(dict.fromkeys(n.rpartition("/")[0] for n in params))
+  convs = [f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+           for i in range(1, n + 1)]
+  want = [name for conv in convs for name in (conv, "bn" + conv[4:])]
+  assert layers == want + ["fc1", "fc2", "logits"]
+  assert params[:3] == ["conv1_1/kernel", "bn1_1/scale", "bn1_1/bias"]
+  assert params[-2:] == ["logits/kernel", "logits/bias"]
+  assert inspection.model_order(vgg)["batch_stats"][:2] == [
+      "bn1_1/mean", "bn1_1/var"]
+
+
+def test_relative_difference_plot_in_layer_order(trained, figures):
+  report = inspection.inspect_workdir(trained[0])
+  assert [r["name"] for r in report["rows"]] == TINY_PARAMS + TINY_STATS
+  plots.relative_difference(report["rows"], "unused.png", title="t")
+  [fig] = figures
+  ax = fig.axes[0]
+  labels = [t.get_text() for t in ax.get_yticklabels()]
+  # Each layer's BatchNorm statistics right after its parameters.
+  assert labels == ["conv1/kernel", "bn1/scale", "bn1/bias", "bn1/mean",
+                    "bn1/var", "conv2/kernel", "bn2/scale", "bn2/bias",
+                    "bn2/mean", "bn2/var", "logits/kernel", "logits/bias"]
+  bottom, top = ax.get_ylim()
+  assert bottom > top  # The first layer at the top.
+  by_name = {r["name"]: r for r in report["rows"]}
+  bars = ax.patches
+  assert len(bars) == len(labels)
+  for bar, name in zip(bars, labels):  # Horizontal: the value is the width.
+    assert bar.get_width() == pytest.approx(
+        by_name[name]["relative_difference"])
+    assert bar.get_y() + bar.get_height() / 2 == pytest.approx(
+        labels.index(name))
+  # Every colour of a bar has its legend entry.
+  [legend] = fig.legends
+  entries = {tuple(h.get_facecolor()): t.get_text()
+             for h, t in zip(legend.legend_handles, legend.get_texts())}
+  assert {tuple(b.get_facecolor()) for b in bars} == set(entries)
+  assert sorted(entries.values()) == [
+      "BatchNorm running statistic: raw vs EMA", "parameter: raw vs EMA"]
+
+
+def test_histograms_of_several_tensors(trained, tmp_path, capsys, figures):
+  workdir, _ = trained
+  names = ["logits/kernel", "conv1/kernel", "bn2/scale", "conv2/kernel"]
+  code, out, _ = run_command(
+      inspect_cli, ["--workdir", workdir, "--json", "--plot", "--layer",
+                    *names[:2], "--layer", *names[2:], "conv1/kernel",
+                    "--out_dir", str(tmp_path)], capsys)
+  assert code == 0
+  report = json.loads(out)
+  shapes = {r["name"]: r["shape"] for r in report["rows"]}
+  hists = report["histograms"]
+  assert [h["name"] for h in hists] == names  # As asked, each once.
+  for h in hists:
+    assert sum(h["raw_counts"]) == sum(h["ema_counts"]) == math.prod(
+        shapes[h["name"]])
+  assert report["files"][-1].endswith("histograms_step48.png")
+  fig = figures[-1]
+  shown = [ax for ax in fig.axes if ax.get_visible()]
+  assert [ax.get_title() for ax in shown] == names  # A 2x2 grid.
+  assert len(fig.axes) == 4  # Nothing hidden.
+  for ax in shown:
+    assert [line.get_label() for line in ax.patches] == ["raw", "EMA"]
+    assert all(t == int(t) for t in ax.get_yticks())  # Counts.
+
+
+def test_several_histograms_fill_a_grid_three_wide(figures):
+  hists = [{"name": f"t{i}", "edges": [0.0, 0.5, 1.0],
+            "raw_counts": [1, 2], "ema_counts": [2, 1]} for i in range(5)]
+  plots.weight_histograms(hists, "unused.png", title="five")
+  axes = figures[0].axes
+  assert len(axes) == 6  # 2 rows of 3, the last one hidden.
+  assert [ax.get_title() for ax in axes if ax.get_visible()] == [
+      "t0", "t1", "t2", "t3", "t4"]
+  with pytest.raises(ValueError, match="at least one"):
+    plots.weight_histograms([], "unused.png", title="none")
+
+
+def _in_view(ax, ticks):
+  lo, hi = ax.get_xlim()
+  return [t for t in ticks if lo <= t <= hi]
+
+
+def test_step_and_epoch_axes_tick_at_whole_numbers(figures):
+  # Three checkpoints 2 steps apart: matplotlib's default ticks 2, 2.5, 3...
+  records = [{"step": s, "raw": {"accuracy": 0.1 * s},
+              "ema": {"accuracy": 0.1 * s + 0.01}} for s in (2, 4, 6)]
+  plots.accuracy_curve(records, "unused.png", title="t")
+  curve = ([1.0, 2.0, 3.0], [40.0, 50.0, 55.0])
+  plots.raw_and_ema_curves([{"name": "a", "raw": curve, "ema": curve}],
+                           "unused.png", ylabel="%")
+  plots.per_layer_curves({"conv1": [("a", curve)]}, "unused.png", ylabel="%")
+  plots.training_curves(
+      [{"name": "a", **{f"{w}_vs_{x}": curve for w in ("loss", "error")
+                        for x in ("epoch", "seconds")}}],
+      "unused.png", thresholds=[0.5], title="t")
+  accuracy, test_accuracy, per_layer, training = figures
+  axes = [accuracy.axes[0], test_accuracy.axes[0], per_layer.axes[0],
+          training.axes[0], training.axes[2]]  # Not the seconds panels.
+  for ax in axes:
+    ax.figure.canvas.draw()
+    ticks = _in_view(ax, ax.get_xticks())
+    assert len(ticks) >= 3, ticks
+    assert all(t == round(t) for t in ticks), ticks
+  assert _in_view(accuracy.axes[0], accuracy.axes[0].get_xticks()) == [
+      2, 3, 4, 5, 6]
