@@ -16,7 +16,19 @@ import pathlib
 from typing import Any, Iterable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+
+
+def _experiments_dir() -> pathlib.Path:
+  """experiments/ beside the package in a checkout (an editable install
+  too); in an installed copy (`pip install .`) the same files are the
+  package jaxcnn.experiments (pyproject.toml)."""
+  checkout = REPO_ROOT / "experiments"
+  if checkout.is_dir():
+    return checkout
+  return pathlib.Path(__file__).resolve().parent / "experiments"
+
+
+EXPERIMENTS_DIR = _experiments_dir()
 
 
 class ConfigError(ValueError):

@@ -32,3 +32,33 @@ def test_lock_pins_every_requirement_inside_its_range():
     assert pins[key] in req.specifier, (
         f"requirements.lock pins {req.name}=={pins[key]}, outside "
         f"requirements.txt's {req.specifier}")
+
+
+def test_pyproject_declares_the_ranges_of_requirements_txt():
+  """pyproject.toml (pip install .) and requirements.txt say the same: its
+  dependencies are requirements.txt's ranges, less the test tools, which are
+  the extra 'test'."""
+  import tomllib
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  declared = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+              for r in project["dependencies"]}
+  tests = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+           for r in project["optional-dependencies"]["test"]}
+  for line in lines("requirements.txt"):
+    req = Requirement(line)
+    key = canonicalize_name(req.name)
+    where = tests if key.startswith("pytest") else declared
+    assert key in where, f"pyproject.toml does not declare {req.name}"
+    assert where[key] == req.specifier, (req.name, where[key], req.specifier)
+  assert len(declared) + len(tests) == len(list(lines("requirements.txt")))
+
+
+def test_installed_copy_finds_its_experiments(monkeypatch, tmp_path):
+  """Outside a checkout (no experiments/ beside the package) the experiment
+  files are the package jaxcnn.experiments, where pyproject.toml installs
+  them."""
+  from jaxcnn import config
+  monkeypatch.setattr(config, "REPO_ROOT", tmp_path)
+  assert config._experiments_dir() == ROOT / "jaxcnn" / "experiments"
+  monkeypatch.setattr(config, "REPO_ROOT", ROOT)
+  assert config._experiments_dir() == ROOT / "experiments"
