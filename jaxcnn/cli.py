@@ -50,6 +50,12 @@ def run_main(main: Callable[[], int | None], *, hard_exit: bool = False
   except (CheckpointError, TrainingError, WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     _exit(1, hard_exit)
+  except OSError as e:
+    # A path the user gave that the file system refuses (a file where a
+    # folder is expected, no permission, a full disk): the path and why.
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+    _exit(1, hard_exit)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     _exit(130, hard_exit)

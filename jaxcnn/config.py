@@ -7,12 +7,14 @@ replace, so a typo or a wrong type is an error, not a silently new field.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import difflib
 import importlib.util
 import json
 import os
 import pathlib
+import traceback
 from typing import Any, Iterable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -125,6 +127,30 @@ def known_experiments() -> list[str]:
                 if not p.stem.startswith("_"))
 
 
+@contextlib.contextmanager
+def _errors_in_experiment_file(path: pathlib.Path, when: str):
+  """An error raised by the user's own experiment file (a syntax error, an
+  exception in get_config(), a bad field name) becomes one ConfigError
+  naming the file and the line: the traceback would point into jaxcnn.
+  A ConfigError from inside (a variant's base experiment that does not
+  exist, a bad override) passes through as it is."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    where = f"{e.filename or path}:{e.lineno}" if e.lineno else str(path)
+    raise ConfigError(f"{where}: syntax error: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - anything the user's code raised.
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if pathlib.Path(f.filename).name.endswith(".py")
+              and not pathlib.Path(f.filename).resolve().is_relative_to(
+                  pathlib.Path(__file__).resolve().parent)]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else \
+        str(path)
+    raise ConfigError(f"{where}: {type(e).__name__} {when}: {e}") from None
+
+
 def load_experiment(name_or_path: str) -> Config:
   """Returns `get_config()` of `experiments/<name>.py` or of a .py file path.
 
@@ -143,13 +169,29 @@ def load_experiment(name_or_path: str) -> Config:
   spec = importlib.util.spec_from_file_location(
       f"jaxcnn_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  with _errors_in_experiment_file(path, "loading it"):
+    spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"experiment file {path} defines no get_config()")
-  config = module.get_config()
+  with _errors_in_experiment_file(path, "in get_config()"):
+    config = module.get_config()
   if not isinstance(config, Config):
     raise ConfigError(f"{path}: get_config() must return a jaxcnn Config")
+  _check_known_fields(config, path)
   return config
+
+
+def _check_known_fields(config: Config, path: pathlib.Path) -> None:
+  """Refuses a field that jaxcnn does not have (`c.model.widht = 2` in an
+  experiment file adds a new field, which nothing would read)."""
+  from jaxcnn.defaults import base_config
+  known = [k for k, _ in base_config().flat_items()]
+  for key, _ in config.flat_items():
+    if key not in known and not any(key.startswith(k + ".") for k in known):
+      near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+      hint = f"; did you mean {', '.join(near)}?" if near else ""
+      raise ConfigError(f"{path}: get_config() sets {key!r}, which is not a "
+                        f"config field (see jaxcnn/defaults.py){hint}")
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:

@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     print(config.to_json())
     return 0
   workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.exp).stem)
+  for folder in (pathlib.Path(workdir), *pathlib.Path(workdir).parents):
+    if folder.exists() and not folder.is_dir():
+      raise config_lib.ConfigError(
+          f"--workdir {workdir}: {folder} is a file, not a folder")
   from jaxcnn import distributed
   try:
     distributed.maybe_initialize(args.coordinator, args.num_processes,

@@ -148,11 +148,72 @@ def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == listing
 
 
+EXPERIMENT_FILES = {
+    "experiment file with a syntax error": (
+        "def get_config(:\n  pass\n", "bad.py:1: syntax error"),
+    "experiment file whose get_config() raises": (
+        "from jaxcnn.config import load_experiment\n"
+        "def get_config():\n  c = load_experiment('test')\n"
+        "  c.train.batch_size = 32 // 0\n  return c\n",
+        "bad.py:4: ZeroDivisionError in get_config(): integer division or "
+        "modulo by zero"),
+    "experiment file setting a field jaxcnn does not have": (
+        "from jaxcnn.config import load_experiment\n"
+        "def get_config():\n  c = load_experiment('test')\n"
+        "  c.model.widht = 2.0\n  return c\n",
+        "bad.py: get_config() sets 'model.widht', which is not a config "
+        "field (see jaxcnn/defaults.py); did you mean model.width"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_FILES))
+def test_error_in_the_users_experiment_file(name, tmp_path, capsys):
+  """The user's own experiment file: one line naming the file (and the
+  line), not a traceback into jaxcnn."""
+  text, message = EXPERIMENT_FILES[name]
+  path = tmp_path / "bad.py"
+  path.write_text(text)
+  workdir = tmp_path / "w"
+  argv = ["--exp", str(path), "--set", "train.num_steps=8"]
+  code, lines = run(argv + ["--workdir", str(workdir)], capsys)
+  assert code == 2 and len(lines) == 1, lines
+  assert lines[0].startswith("error: ") and message in lines[0], lines
+  assert not workdir.exists()
+  RESULTS.append((name, " ".join(["python -m jaxcnn.train"] + argv), code,
+                  lines[0], {"tmp": str(tmp_path)}))
+
+
+def test_workdir_path_the_file_system_refuses(tmp_path, capsys):
+  """A file where the workdir (or a folder above it) should be is named
+  and left as it was; a path the file system refuses for another reason
+  (here: /proc, where no folder can be made) gets its reason in one line."""
+  afile = tmp_path / "notes.txt"
+  afile.write_text("keep me")
+  for workdir in (afile, afile / "run"):
+    argv = TINY + ["--workdir", str(workdir)]
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"error: --workdir {workdir}: {afile} is a file, not "
+                        "a folder")
+  assert afile.read_text() == "keep me"
+  RESULTS.append(("workdir is a file", " ".join(
+      ["python -m jaxcnn.train"] + argv), code, lines[0],
+      {"tmp": str(tmp_path)}))
+  if pathlib.Path("/proc/self").is_dir():
+    argv = TINY + ["--workdir", "/proc/jaxcnn_run"]
+    code, lines = run(argv, capsys)
+    assert code == 1 and lines == [
+        "error: /proc/jaxcnn_run: No such file or directory"], lines
+    RESULTS.append(("workdir the file system refuses", " ".join(
+        ["python -m jaxcnn.train"] + argv), code, lines[0], {}))
+
+
+# Last: the table is written from what every test above recorded.
 def test_write_docs_table():
   """Writes docs/bad-inputs.md (only with JAXCNN_WRITE_DOCS=1)."""
   if os.environ.get("JAXCNN_WRITE_DOCS") != "1":
     pytest.skip("set JAXCNN_WRITE_DOCS=1 to regenerate docs/bad-inputs.md")
-  assert len(RESULTS) == len(CASES) + 2, "run the whole file"
+  assert len(RESULTS) > len(CASES) + 2, "run the whole file"
   rows = []
   for name, command, code, message, paths in RESULTS:
     for key, path in sorted(paths.items(), key=lambda kv: -len(kv[1])):
