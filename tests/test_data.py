@@ -458,3 +458,38 @@ def test_public_names_are_importable_from_the_package():
   assert data.make_synthetic.__module__ == "jaxcnn.data.synthetic"
   assert data.cache_dir.__module__ == "jaxcnn.data.folder"
   assert data.Dataset.__module__ == "jaxcnn.data.dataset"
+
+
+def test_tfds_offline_fails_quietly_and_leaves_nothing_behind(
+    tmp_path, monkeypatch, capfd):
+  # TFDS's real download path, with name resolution made to fail the way an
+  # offline machine's does (no network call is made, so nothing can hang).
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import socket
+
+  def offline(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+  monkeypatch.setattr(socket, "getaddrinfo", offline)
+  root = tmp_path / "tfds"
+  (root / "mine").mkdir(parents=True)
+  (root / "mine" / "keep.txt").write_text("not TFDS's")
+  before = sorted(str(p) for p in root.rglob("*"))
+  capfd.readouterr()
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset("tfds:cifar10", str(root))
+  out, err = capfd.readouterr()
+  assert out == "" and err == "", (out, err)  # The error is the only output.
+  message = str(e.value)
+  assert "\n" not in message
+  assert "cifar-10-binary.tar.gz" in message and "folder:PATH" in message
+  assert str(root / "downloads" / "manual") in message
+  # No '.tmp.*' download folder, no empty dataset or download directories;
+  # what was there before is kept.
+  assert sorted(str(p) for p in root.rglob("*")) == before
+  # A data_dir that did not exist is not left behind either.
+  fresh = tmp_path / "fresh"
+  with pytest.raises(data.DataError):
+    data.load_dataset("tfds:cifar10", str(fresh))
+  assert not fresh.exists()
+  del tfds
