@@ -14,7 +14,7 @@ from jaxcnn import state as state_lib
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import ConfigError
 from jaxcnn.evaluation import evaluate, load_eval_data, model_text
-from jaxcnn.restore import CheckpointReader, key_name
+from jaxcnn.restore import key_name, open_reader
 from jaxcnn.tables import percent
 
 NEAR_ZERO = 1e-3
@@ -161,7 +161,8 @@ def inspect_workdir(workdir, *, step: int | None = None,
      summarize_comparison(...), eval: {raw, ema, data, split} (with_eval),
      histogram: weight_histogram(...) (histogram or histogram_layer)}
   """
-  with CheckpointReader(workdir) as reader:
+  reader, step = open_reader(workdir, step)
+  with reader:
     config, state, step = reader.restore(step)
     rows = compare_weights(state, near_zero)
     report = {"workdir": str(workdir), "step": step,
