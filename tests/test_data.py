@@ -476,8 +476,11 @@ def test_tfds_offline_fails_quietly_and_leaves_nothing_behind(
   (root / "mine" / "keep.txt").write_text("not TFDS's")
   before = sorted(str(p) for p in root.rglob("*"))
   capfd.readouterr()
+  import time
+  t0 = time.monotonic()
   with pytest.raises(data.DataError) as e:
     data.load_dataset("tfds:cifar10", str(root))
+  assert time.monotonic() - t0 < 60  # Two quick retries, not ten backoffs.
   out, err = capfd.readouterr()
   assert out == "" and err == "", (out, err)  # The error is the only output.
   message = str(e.value)
