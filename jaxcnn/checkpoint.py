@@ -5,6 +5,13 @@ a checkpoint written by N devices restores onto any device count) and `config`
 (the resolved config as JSON, so evaluation needs nothing but the workdir).
 `restore_latest_good` is how the trainer resumes and how eval, inspect and
 the tests read a workdir.
+
+WORKDIR/best holds one more checkpoint of the same form, with a third item
+`best` ({metric, value}): the state whose evaluation had the best
+validation accuracy so far (BEST_METRIC). Rotation (train.keep_checkpoints)
+never touches it and resuming never reads it: a run resumes from its latest
+checkpoint. Without a validation split nothing is written there and "the
+best" is the latest checkpoint.
 """
 from __future__ import annotations
 
@@ -29,15 +36,27 @@ class CheckpointError(RuntimeError):
   """A missing, incompatible or unreadable checkpoint."""
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir).resolve() / "checkpoints"
+# The subdirectories of a workdir that hold checkpoints: the last
+# train.keep_checkpoints, and the best one.
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+# What the best checkpoint is the best by: the raw weights' accuracy on the
+# validation split (the studies' tables also compare raw accuracies).
+BEST_METRIC = "validation_accuracy_raw"
 
 
-def make_manager(workdir, *, keep: int = 3, create: bool = True,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-  """A manager for WORKDIR/checkpoints; `create=False` never creates it."""
+def checkpoint_dir(workdir: str | os.PathLike,
+                   subdir: str = CHECKPOINTS) -> pathlib.Path:
+  return pathlib.Path(workdir).resolve() / subdir
+
+
+def make_manager(workdir, *, keep: int | None = 3, create: bool = True,
+                 async_save: bool = True,
+                 subdir: str = CHECKPOINTS) -> ocp.CheckpointManager:
+  """A manager for WORKDIR/checkpoints (or WORKDIR/`subdir`);
+  `create=False` never creates it."""
   QuietOrbaxLeftovers.install()
-  directory = checkpoint_dir(workdir)
+  directory = checkpoint_dir(workdir, subdir)
   if not create and not directory.is_dir():
     raise CheckpointError(f"no checkpoints in {workdir} ({directory} does not "
                           "exist)")
@@ -47,15 +66,18 @@ def make_manager(workdir, *, keep: int = 3, create: bool = True,
   return ocp.CheckpointManager(directory, options=options)
 
 
-def open_for_reading(workdir) -> ocp.CheckpointManager:
-  """A manager that reads WORKDIR/checkpoints and never changes it: it does
-  not create the directory, and keep=None leaves every step alone."""
-  return make_manager(workdir, keep=None, create=False, async_save=False)
+def open_for_reading(workdir, subdir: str = CHECKPOINTS
+                     ) -> ocp.CheckpointManager:
+  """A manager that reads WORKDIR/checkpoints (or `subdir`) and never
+  changes it: it does not create the directory, and keep=None leaves every
+  step alone."""
+  return make_manager(workdir, keep=None, create=False, async_save=False,
+                      subdir=subdir)
 
 
-def saved_steps(workdir) -> list[int]:
+def saved_steps(workdir, subdir: str = CHECKPOINTS) -> list[int]:
   """Steps of the complete checkpoints in WORKDIR (orbax skips unfinished)."""
-  directory = checkpoint_dir(workdir)
+  directory = checkpoint_dir(workdir, subdir)
   if not directory.is_dir():
     return []
   return sorted(ocp.utils.checkpoint_steps(directory))
@@ -88,6 +110,74 @@ def wait(manager: ocp.CheckpointManager) -> None:
         f"a checkpoint write in {manager.directory} failed: "
         f"{type(e).__name__}: {_first_line(e)}; earlier checkpoints are "
         "intact") from e
+
+
+# --- The best checkpoint ------------------------------------------------------
+
+
+def make_best_manager(workdir) -> ocp.CheckpointManager:
+  """The writer of WORKDIR/best: synchronous, and it deletes nothing itself
+  (save_best removes a superseded best only once the new one is complete)."""
+  return make_manager(workdir, keep=None, async_save=False, subdir=BEST)
+
+
+def best_values(workdir) -> dict[int, float]:
+  """{step: BEST_METRIC value} of the complete checkpoints in WORKDIR/best;
+  a step whose record cannot be read is left out."""
+  steps = saved_steps(workdir, BEST)
+  if not steps:
+    return {}
+  out = {}
+  manager = open_for_reading(workdir, BEST)
+  try:
+    for step in steps:
+      try:
+        record = manager.restore(
+            step, args=ocp.args.Composite(best=ocp.args.JsonRestore())).best
+        out[step] = float(record["value"])
+      except Exception:  # noqa: BLE001  Unreadable: not a candidate.
+        continue
+  finally:
+    manager.close()
+  return out
+
+
+def best_step(workdir) -> int | None:
+  """The step of WORKDIR/best's checkpoint (the highest value if a crash
+  left two); None when there is none."""
+  values = best_values(workdir)
+  if not values:
+    return None
+  return max(values, key=lambda step: (values[step], step))
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, state: dict,
+              config: Config, value: float) -> bool:
+  """Writes `state` as the best checkpoint (BEST_METRIC = `value`), then
+  removes the best it supersedes: only after the new one is complete, so a
+  failed or killed save leaves the previous best in place. A step already
+  there (a resumed run evaluating a step again) is kept as it is."""
+  existing = set(ocp.utils.checkpoint_steps(manager.directory))
+  if step in existing:
+    return False
+  try:
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(config.to_dict()),
+            best=ocp.args.JsonSave({"metric": BEST_METRIC,
+                                    "value": float(value)})),
+        force=True)
+    manager.wait_until_finished()
+  except Exception as e:
+    raise CheckpointError(
+        f"could not write the best checkpoint (step {step}) in "
+        f"{manager.directory}: {type(e).__name__}: {_first_line(e)}; the "
+        "previous best is intact") from e
+  for old in sorted(existing):
+    manager.delete(old)
+  return True
 
 
 def move_aside(workdir, step: int) -> pathlib.Path:

@@ -12,6 +12,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 EXIT_USAGE = 2
 
 
+def step_arg(text: str) -> int | str:
+  """argparse type of eval's and inspect's --step: a step number or 'best'
+  (jaxcnn.restore.open_reader); here so parsing imports no JAX."""
+  if text == "best":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    import argparse  # pylint: disable=import-outside-toplevel
+    raise argparse.ArgumentTypeError(
+        f"expected a step number or 'best', got {text!r}") from None
+
+
 def _exit(code: int, hard: bool) -> None:
   if hard and code:
     # After a failed checkpoint read, orbax's reader threads can still be

@@ -18,6 +18,12 @@ def base_config() -> Config:
       data_dir=None,  # TFDS data_dir; None means TFDS's default.
       train_limit=0,  # Use only the first N training images (0: all).
       test_limit=0,  # Use only the first N test images (0: all).
+      # Training images (after train_limit) held out as a validation split,
+      # never trained on: the same number of each class, drawn with a fixed
+      # seed (every run seed holds out the same images); evaluated beside
+      # the test split, and what studies choose on and the best checkpoint
+      # is picked by. 0: no validation split. E.g. 5000 for CIFAR-10.
+      validation_size=0,
       synthetic_train_size=5000,
       synthetic_test_size=1000,
       # 'channel' (dataset per-channel mean/std) | 'image' (per-image
@@ -32,7 +38,8 @@ def base_config() -> Config:
       # statistics: the number of training images (after train_limit) and
       # their shape (H, W, C). The saved config holds them, so eval and
       # inspect rebuild the state and its schedule without any data. Given
-      # by hand, they must match the data.
+      # by hand, they must match the data. train_size counts the images
+      # trained on: without the validation split.
       train_size=0,
       image_shape=(),
       random_crop=True,  # Random 32x32 crop of the image padded by crop_padding.

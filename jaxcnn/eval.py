@@ -24,8 +24,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workdir", required=True,
                  help="a workdir written by python -m jaxcnn.train")
   which = p.add_mutually_exclusive_group()
-  which.add_argument("--step", type=int, default=None,
-                     help="checkpoint step to evaluate (default: the latest)")
+  which.add_argument("--step", type=cli.step_arg, default=None,
+                     help="checkpoint step to evaluate, or 'best': the one "
+                     "of the best validation accuracy, kept in WORKDIR/best "
+                     "(the latest for a run without a validation split); "
+                     "default: the latest")
   which.add_argument("--all_steps", action="store_true",
                      help="evaluate every kept checkpoint and write an "
                      "accuracy-vs-step curve")
@@ -36,9 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "synthetic) with the same classes; default: the run's own, "
                  "with its train/test limits")
   p.add_argument("--data_dir", default=None, help="TFDS data_dir")
-  p.add_argument("--split", choices=("test", "train"), default="test",
-                 help="split to evaluate (train: the training images, not "
-                 "augmented)")
+  p.add_argument("--split", choices=("test", "validation", "train"),
+                 default="test",
+                 help="split to evaluate (validation: the run's held-out "
+                 "training images, data.validation_size; train: the images "
+                 "trained on, not augmented); default test")
   p.add_argument("--tta", choices=("none", "mirror", "mirror_translate"),
                  default="none",
                  help="test-time augmentation: mean logits of the image and "

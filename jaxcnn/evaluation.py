@@ -19,9 +19,14 @@ from jaxcnn import augment, parallel
 from jaxcnn import state as state_lib
 from jaxcnn.eval_step import make_eval_fn, place_eval_data, summarize_eval
 from jaxcnn.config import Config, ConfigError
-from jaxcnn.data import SPLITS, DataError, Dataset, load_dataset, load_from_config
+from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
+                         load_from_config)
 from jaxcnn.models import create_model
-from jaxcnn.restore import CheckpointReader, pick_step
+from jaxcnn.restore import CheckpointReader, open_reader, pick_step
+
+# The splits eval and inspect evaluate: 'validation' is the run's own held-out
+# training images (data.validation_size), rebuilt from the saved config.
+EVAL_SPLITS = ("test", "validation", "train")
 
 WEIGHTS = ("raw", "ema")
 WEIGHT_CHOICES = ("raw", "ema", "both")
@@ -67,8 +72,15 @@ def load_eval_data(config: Config, source: str | None = None,
 
 
 def split_arrays(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-  if split not in SPLITS:
-    raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+  if split not in ALL_SPLITS:
+    raise DataError(f"unknown split {split!r}; use one of "
+                    f"{', '.join(EVAL_SPLITS)}")
+  if split == "validation" and not len(dataset.validation_labels):
+    raise DataError(
+        f"{dataset.source} has no validation split here: the run was "
+        "trained with data.validation_size=0, or --data names another "
+        "source (a validation split is the run's own held-out training "
+        "images)")
   return (getattr(dataset, f"{split}_images"),
           getattr(dataset, f"{split}_labels"))
 
@@ -176,12 +188,15 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
      that step, steps: [{step, raw|ema: {...}}, ...]}
   """
   chosen = weights_list(weights)
-  if split not in SPLITS:
-    raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+  if split not in EVAL_SPLITS:
+    raise DataError(f"unknown split {split!r}; use one of "
+                    f"{', '.join(EVAL_SPLITS)}")
   if tta not in augment.TTA_MODES:
     raise ConfigError(f"unknown --tta {tta!r}; use one of "
                       f"{', '.join(augment.TTA_MODES)}")
-  with CheckpointReader(workdir) as reader:
+  reader, step = (CheckpointReader(workdir), None) if all_steps else \
+      open_reader(workdir, step)
+  with reader:
     steps = list(reader.steps) if all_steps else [
         pick_step(workdir, reader.steps, step)]
     config, _ = reader.config(steps[-1])

@@ -27,8 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True,
                  help="a workdir written by python -m jaxcnn.train")
-  p.add_argument("--step", type=int, default=None,
-                 help="checkpoint step (default: the latest)")
+  p.add_argument("--step", type=cli.step_arg, default=None,
+                 help="checkpoint step, or 'best' (the best validation "
+                 "accuracy's, WORKDIR/best; the latest without a validation "
+                 "split); default: the latest")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object instead of tables")
   p.add_argument("--plot", action="store_true",
@@ -46,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--data", default=None,
                  help="with --eval: another data source (default: the run's)")
   p.add_argument("--data_dir", default=None, help="TFDS data_dir")
-  p.add_argument("--split", choices=("test", "train"), default="test",
-                 help="with --eval: the split to evaluate")
+  p.add_argument("--split", choices=("test", "validation", "train"),
+                 default="test", help="with --eval: the split to evaluate")
   p.add_argument("--batch_size", type=int, default=0,
                  help="with --eval: global eval batch (default: the run's)")
   p.add_argument("--num_devices", type=int, default=0,

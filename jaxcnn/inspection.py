@@ -16,7 +16,7 @@ from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import ConfigError
 from jaxcnn.evaluation import evaluate, load_eval_data, model_text
 from jaxcnn.models import create_model
-from jaxcnn.restore import LEGACY_IMAGE_SHAPE, CheckpointReader, key_name
+from jaxcnn.restore import LEGACY_IMAGE_SHAPE, key_name, open_reader
 from jaxcnn.tables import percent
 
 NEAR_ZERO = 1e-3
@@ -222,7 +222,8 @@ def inspect_workdir(workdir, *, step: int | None = None,
      (with_eval), histograms: [weight_histogram(...), ...] (histogram or
      histogram_layer: one tensor name or several)}
   """
-  with CheckpointReader(workdir) as reader:
+  reader, step = open_reader(workdir, step)
+  with reader:
     config, state, step = reader.restore(step)
     rows = compare_weights(state, near_zero, model_order(config))
     report = {"workdir": str(workdir), "step": step,

@@ -33,16 +33,21 @@ def _steps_text(steps: Sequence[int]) -> str:
   return ", ".join(str(s) for s in steps)
 
 
-def available_steps(workdir) -> list[int]:
+# The --step of eval and inspect that names the best checkpoint.
+BEST = "best"
+
+
+def available_steps(workdir, subdir: str = checkpoint.CHECKPOINTS
+                    ) -> list[int]:
   """The complete checkpoint steps of `workdir`; raises CheckpointError when
   there are none (with what was found instead)."""
   path = pathlib.Path(workdir)
   if not path.is_dir():
     raise CheckpointError(f"workdir {workdir} does not exist")
-  steps = checkpoint.saved_steps(workdir)
+  steps = checkpoint.saved_steps(workdir, subdir)
   if steps:
     return steps
-  directory = checkpoint.checkpoint_dir(workdir)
+  directory = checkpoint.checkpoint_dir(workdir, subdir)
   if not directory.is_dir():
     raise CheckpointError(
         f"no checkpoints in {workdir} ({directory} does not exist); train "
@@ -176,20 +181,21 @@ class CheckpointReader:
   agrees (all steps of a run do: resuming refuses incompatible changes).
   """
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, subdir: str = checkpoint.CHECKPOINTS):
     self.workdir = str(workdir)
-    self.steps = available_steps(workdir)
+    self.subdir = subdir
+    self.steps = available_steps(workdir, subdir)
     self._target: dict | None = None
     self._target_key: str | None = None
     self._manager = None
 
   def _open(self):
     if self._manager is None:
-      self._manager = checkpoint.open_for_reading(self.workdir)
+      self._manager = checkpoint.open_for_reading(self.workdir, self.subdir)
     return self._manager
 
   def step_dir(self, step: int) -> pathlib.Path:
-    return checkpoint.checkpoint_dir(self.workdir) / str(step)
+    return checkpoint.checkpoint_dir(self.workdir, self.subdir) / str(step)
 
   def config(self, step: int | None = None) -> tuple[Config, int]:
     step = pick_step(self.workdir, self.steps, step)
@@ -235,9 +241,39 @@ class CheckpointReader:
     self.close()
 
 
-def load_checkpoint(workdir, step: int | None = None
+def open_reader(workdir, step: int | str | None
+                ) -> tuple[CheckpointReader, int | None]:
+  """A reader for `step` and the step to ask it for: a number or None (the
+  latest) read WORKDIR/checkpoints; 'best' reads WORKDIR/best, the
+  checkpoint of the best validation accuracy (checkpoint.BEST_METRIC), or,
+  for a run without a validation split, the latest checkpoint."""
+  if step != BEST:
+    return CheckpointReader(workdir), step
+  best = checkpoint.best_step(workdir) if pathlib.Path(
+      workdir).is_dir() else None
+  if best is not None:
+    return CheckpointReader(workdir, checkpoint.BEST), best
+  reader = CheckpointReader(workdir)
+  try:
+    config, latest = reader.config(None)
+  except BaseException:
+    reader.close()
+    raise
+  if config.data.get("validation_size", 0):
+    reader.close()
+    raise CheckpointError(
+        f"no best checkpoint in {checkpoint.checkpoint_dir(workdir, BEST)} "
+        f"yet (the run has data.validation_size="
+        f"{config.data.validation_size}, and the best is saved at its "
+        f"evaluations); use --step N or the latest (step {latest})")
+  return reader, latest
+
+
+def load_checkpoint(workdir, step: int | str | None = None
                     ) -> tuple[Config, state_lib.TrainState, int]:
-  """(config, unreplicated TrainState, step) of `step` (None: the latest),
-  rebuilt from the checkpoint's config alone: no data is read."""
-  with CheckpointReader(workdir) as reader:
+  """(config, unreplicated TrainState, step) of `step` (None: the latest;
+  'best': see open_reader), rebuilt from the checkpoint's config alone: no
+  data is read."""
+  reader, step = open_reader(workdir, step)
+  with reader:
     return reader.restore(step)

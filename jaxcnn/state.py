@@ -101,7 +101,8 @@ def check_config(config: Config) -> None:
               "train.keep_checkpoints", "train.steps_per_dispatch"]
   non_negative = ["train.num_epochs", "train.num_steps",
                   "train.eval_every_epochs", "data.train_limit",
-                  "data.test_limit", "data.crop_padding"]
+                  "data.test_limit", "data.validation_size",
+                  "data.crop_padding"]
   flat = dict(config.flat_items())
   for key in positive:
     if flat[key] <= 0:

@@ -66,6 +66,9 @@ def member_summary(workdir, thresholds: Sequence[float] = THRESHOLDS) -> dict:
   out["final_epoch"] = final_eval.get("epoch")
   out["test_accuracy_raw"] = final_eval.get("test_accuracy_raw")
   out["test_accuracy_ema"] = final_eval.get("test_accuracy_ema")
+  # None without a validation split (data.validation_size=0).
+  out["validation_accuracy_raw"] = final_eval.get("validation_accuracy_raw")
+  out["validation_accuracy_ema"] = final_eval.get("validation_accuracy_ema")
   # With train.final_tta: the final accuracies under test-time augmentation.
   tta = [r for r in records if r["kind"] == "eval_tta"]
   out["test_accuracy_tta_raw"] = tta[-1]["test_accuracy_raw"] if tta else None

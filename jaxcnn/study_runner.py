@@ -79,6 +79,7 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
 def _data_key(config: Config) -> str:
   d = config.data
   return json.dumps([d.source, d.data_dir, d.train_limit, d.test_limit,
+                     d.validation_size,
                      d.synthetic_train_size, d.synthetic_test_size,
                      config.seed if d.source == "synthetic" else 0])
 

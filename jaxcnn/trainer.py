@@ -181,6 +181,16 @@ class _Loop:
         setup.data.test_images, setup.data.test_labels, setup.devices,
         config.train.eval_batch_size)
     self.eval_fn = make_eval_fn(setup.model, config, setup.devices)
+    # The validation split (data.validation_size > 0), evaluated beside the
+    # test split; the best checkpoint (WORKDIR/best) is chosen on it.
+    self.val_data = self.best_manager = self.best_value = None
+    if len(setup.data.validation_labels):
+      self.val_data = place_eval_data(
+          setup.data.validation_images, setup.data.validation_labels,
+          setup.devices, config.train.eval_batch_size)
+      self.best_manager = checkpoint.make_best_manager(workdir)
+      self.best_value = max(checkpoint.best_values(workdir).values(),
+                            default=None)
     self.stats_fn = None
     if config.train.collect_stats:
       from jaxcnn import stats  # Only built when asked for: no cost otherwise.
@@ -208,7 +218,9 @@ class _Loop:
     self.timing = None
     say(f"training {config.model.name} on {setup.data.source}: "
         f"{len(setup.data.train_labels)} train / "
-        f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
+        + (f"{len(setup.data.validation_labels)} validation / "
+           if self.val_data is not None else "")
+        + f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
         f"{setup.devices[0].platform} device(s), batch "
         f"{config.train.batch_size}, {setup.steps_per_epoch} steps/epoch, "
         f"steps {self.step}->{setup.total_steps}")
@@ -320,22 +332,42 @@ class _Loop:
         self.writer.write("stats", self.step, **self.stats_fn(self.state_r))
 
   def evaluate(self, at_end: bool) -> None:
-    """Test accuracy of the raw and EMA weights (and with train.final_tta at
-    the end); the result is what train_and_evaluate returns."""
+    """Test (and validation) accuracy of the raw and EMA weights (and with
+    train.final_tta at the end); the result is what train_and_evaluate
+    returns. Each metric's name starts with its split: test_accuracy_raw,
+    validation_accuracy_raw, ..."""
     step, spe = self.step, self.setup.steps_per_epoch
     with self.clock.paused():
       results = evaluate_state(self.eval_fn, self.state_r, self.eval_data)
+      splits = {"test": results}
+      if self.val_data is not None:
+        splits["validation"] = evaluate_state(self.eval_fn, self.state_r,
+                                              self.val_data)
       self.writer.write(
           "eval", step, epoch=step / spe,
-          **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
+          **{f"{split}_{k}_{w}": r[w][k] for split, r in splits.items()
+             for w in ("raw", "ema")
              for k in ("accuracy", "loss", "top5_accuracy")})
       self.progress.write(
-          f"step {step} (epoch {step / spe:.1f}): test accuracy raw "
-          f"{results['raw']['accuracy']:.2%}, EMA "
-          f"{results['ema']['accuracy']:.2%}")
+          f"step {step} (epoch {step / spe:.1f}): " + ", ".join(
+              f"{split} accuracy raw {r['raw']['accuracy']:.2%}, EMA "
+              f"{r['ema']['accuracy']:.2%}" for split, r in splits.items()))
       self.result = {"step": step, **results}
+      if "validation" in splits:
+        self.result["validation"] = splits["validation"]
+        self.save_if_best(splits["validation"]["raw"]["accuracy"])
       if at_end and self.setup.config.train.final_tta != "none":
         self.result["tta"] = self.evaluate_tta()
+
+  def save_if_best(self, value: float) -> None:
+    """Writes WORKDIR/best when `value` (checkpoint.BEST_METRIC) beats every
+    evaluation so far, of this process and of the runs it resumes."""
+    if self.best_value is not None and value <= self.best_value:
+      return
+    state = jax.device_get(parallel.unreplicate(self.state_r).to_dict())
+    checkpoint.save_best(self.best_manager, self.step, state,
+                         self.setup.config, value)
+    self.best_value = value
 
   def evaluate_tta(self) -> dict:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
@@ -363,6 +395,8 @@ class _Loop:
       checkpoint.wait(self.manager)
     finally:
       self.manager.close()
+      if self.best_manager is not None:
+        self.best_manager.close()
       self.progress.close()
       self.writer.close()
 
@@ -373,6 +407,9 @@ class _Loop:
     if result is None:
       result = {"step": self.step, **evaluate_state(
           self.eval_fn, self.state_r, self.eval_data)}
+      if self.val_data is not None:
+        result["validation"] = evaluate_state(self.eval_fn, self.state_r,
+                                              self.val_data)
     timing = self.timing
     if timing is not None:
       result.update(timing)
@@ -387,6 +424,11 @@ class _Loop:
              f"{result['raw']['accuracy']:.2%}, EMA "
              f"{result['ema']['accuracy']:.2%} on {result['raw']['count']} "
              "images")
+    if "validation" in result:
+      val = result["validation"]
+      self.say(f"final: validation accuracy raw {val['raw']['accuracy']:.2%}, "
+               f"EMA {val['ema']['accuracy']:.2%} on {val['raw']['count']} "
+               "images")
     return result
 
 

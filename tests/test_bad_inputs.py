@@ -94,6 +94,14 @@ CASES = [
      "defined for momentum and nesterov, not 'adam'"),
     ("bad freeze regex", TINY + ["--set", "optim.freeze_filter=whiten(("], 2,
      "optim.freeze_filter 'whiten((' is not a valid regex"),
+    ("validation split as large as the training set",
+     TINY + ["--set", "data.validation_size=512"], 2,
+     "data.validation_size=512 is not smaller than the 512 training images"),
+    ("validation split not a multiple of the classes",
+     TINY + ["--set", "data.validation_size=105"], 2,
+     "data.validation_size=105 is not a multiple of the 10 classes"),
+    ("negative validation split", TINY + ["--set", "data.validation_size=-10"],
+     2, "data.validation_size must be >= 0"),
 ]
 
 

@@ -458,3 +458,120 @@ def test_public_names_are_importable_from_the_package():
   assert data.make_synthetic.__module__ == "jaxcnn.data.synthetic"
   assert data.cache_dir.__module__ == "jaxcnn.data.folder"
   assert data.Dataset.__module__ == "jaxcnn.data.dataset"
+
+
+def test_tfds_offline_fails_quietly_and_leaves_nothing_behind(
+    tmp_path, monkeypatch, capfd):
+  # TFDS's real download path, with name resolution made to fail the way an
+  # offline machine's does (no network call is made, so nothing can hang).
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import socket
+
+  def offline(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+  monkeypatch.setattr(socket, "getaddrinfo", offline)
+  root = tmp_path / "tfds"
+  (root / "mine").mkdir(parents=True)
+  (root / "mine" / "keep.txt").write_text("not TFDS's")
+  before = sorted(str(p) for p in root.rglob("*"))
+  capfd.readouterr()
+  import time
+  t0 = time.monotonic()
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset("tfds:cifar10", str(root))
+  assert time.monotonic() - t0 < 60  # Two quick retries, not ten backoffs.
+  out, err = capfd.readouterr()
+  assert out == "" and err == "", (out, err)  # The error is the only output.
+  message = str(e.value)
+  assert "\n" not in message
+  assert "cifar-10-binary.tar.gz" in message and "folder:PATH" in message
+  assert str(root / "downloads" / "manual") in message
+  # No '.tmp.*' download folder, no empty dataset or download directories;
+  # what was there before is kept.
+  assert sorted(str(p) for p in root.rglob("*")) == before
+  # A data_dir that did not exist is not left behind either.
+  fresh = tmp_path / "fresh"
+  with pytest.raises(data.DataError):
+    data.load_dataset("tfds:cifar10", str(fresh))
+  assert not fresh.exists()
+  del tfds
+
+
+# --- The validation split ------------------------------------------------------
+
+
+def _reference_validation(labels, per_class, num_classes):
+  """The validation split's indices computed directly: per class, the first
+  `per_class` of a permutation drawn with VALIDATION_SEED."""
+  rng = np.random.default_rng(data.VALIDATION_SEED)
+  return np.sort(np.concatenate([
+      rng.permutation(np.flatnonzero(labels == c))[:per_class]
+      for c in range(num_classes)]))
+
+
+def test_validation_split_is_held_out_of_the_limited_training_set():
+  full = data.load_dataset("synthetic", synthetic_train_size=600,
+                           synthetic_test_size=50, seed=3)
+  limited = data.load_dataset("synthetic", synthetic_train_size=600,
+                              synthetic_test_size=50, seed=3, train_limit=400)
+  ds = data.load_dataset("synthetic", synthetic_train_size=600,
+                         synthetic_test_size=50, seed=3, train_limit=400,
+                         validation_size=100)
+  del full
+  # The reference: hold 10 of each class out of the 400 limited images.
+  held = _reference_validation(limited.train_labels, 10, 10)
+  keep = np.setdiff1d(np.arange(400), held)
+  np.testing.assert_array_equal(ds.validation_images,
+                                limited.train_images[held])
+  np.testing.assert_array_equal(ds.validation_labels,
+                                limited.train_labels[held])
+  np.testing.assert_array_equal(ds.train_images, limited.train_images[keep])
+  np.testing.assert_array_equal(ds.train_labels, limited.train_labels[keep])
+  np.testing.assert_array_equal(np.bincount(ds.validation_labels), [10] * 10)
+  np.testing.assert_array_equal(ds.test_images, limited.test_images)
+  assert len(ds.train_labels) == 300
+  # Fixed, not drawn from the run's seed: the same labels give the same split.
+  np.testing.assert_array_equal(
+      data.validation_indices(limited.train_labels, 100, ds.class_names), held)
+
+
+def test_validation_split_leaves_the_trained_part_to_the_config():
+  from jaxcnn import config as config_lib, state
+  cfg = config_lib.apply_overrides(config_lib.load_experiment("test"), [
+      "data.validation_size=120", "train.num_steps=4", "train.num_devices=1"])
+  setup = state.build(cfg)
+  trained = data.load_dataset("synthetic", synthetic_train_size=512,
+                              synthetic_test_size=200, validation_size=120)
+  assert setup.config.data.train_size == 512 - 120
+  assert setup.config.data.validation_size == 120
+  assert setup.steps_per_epoch == (512 - 120) // 32
+  mean, std = data.channel_stats(trained.train_images)
+  np.testing.assert_allclose(setup.config.data.channel_mean, mean, atol=1e-6)
+  np.testing.assert_allclose(setup.config.data.channel_std, std, atol=1e-6)
+  whole_mean, _ = data.channel_stats(np.concatenate(
+      [trained.train_images, trained.validation_images]))
+  assert np.abs(np.asarray(setup.config.data.channel_mean)
+                - whole_mean).max() > 1e-5  # Not the statistics of all 512.
+
+
+@pytest.mark.parametrize("size, message", [
+    (512, "is not smaller than the 512 training images"),
+    (105, "is not a multiple of the 10 classes"),
+    (-10, "validation_size must be >= 0"),
+])
+def test_bad_validation_size_is_an_error(size, message):
+  with pytest.raises(data.DataError, match=message):
+    data.load_dataset("synthetic", synthetic_train_size=512,
+                      validation_size=size)
+
+
+def test_validation_size_a_class_cannot_spare(tree):
+  root, _ = tree
+  for path in sorted((root / "train" / CLASSES[0]).iterdir())[1:]:
+    path.unlink()  # That class keeps one training image.
+  ds = _load(root)
+  assert np.bincount(ds.train_labels).min() == 1
+  size = ds.num_classes  # One of each class: the first class has none left.
+  with pytest.raises(data.DataError, match=r"class '.*' has only \d+ training"):
+    _load(root, validation_size=size)

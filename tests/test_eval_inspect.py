@@ -589,3 +589,107 @@ def test_step_and_epoch_axes_tick_at_whole_numbers(figures):
     assert all(t == round(t) for t in ticks), ticks
   assert _in_view(accuracy.axes[0], accuracy.axes[0].get_xticks()) == [
       2, 3, 4, 5, 6]
+
+
+# --- The validation split and the best checkpoint -------------------------------
+
+VALIDATED = RUN + ["data.validation_size=100", "train.eval_every_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+  """(workdir, final result) of a run holding out 100 validation images:
+  412 trained on, 12 steps an epoch, evaluations at steps 12, 24, 36, 48."""
+  workdir = str(tmp_path_factory.mktemp("validated") / "run")
+  config = config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                      VALIDATED)
+  result = trainer.train_and_evaluate(config, workdir)
+  return workdir, result
+
+
+def _evals(workdir):
+  from jaxcnn import reporting
+  return [r for r in reporting.read_metrics(workdir) if r["kind"] == "eval"]
+
+
+def _direct_accuracy(config, state, images, labels, weights):
+  model = create_model(config.model)
+  x = augment.normalize(images, config.data.normalization,
+                        np.asarray(config.data.channel_mean, np.float32),
+                        np.asarray(config.data.channel_std, np.float32))
+  logits = np.asarray(model.apply(trainer.variables_of(state, weights), x,
+                                  train=False))
+  return float(np.mean(logits.argmax(-1) == labels))
+
+
+def test_validation_split_is_evaluated_beside_the_test_split(validated):
+  from jaxcnn import data as data_lib
+  workdir, result = validated
+  evals = _evals(workdir)
+  assert [r["step"] for r in evals] == [12, 24, 36, 48]
+  for r in evals:
+    for split in ("test", "validation"):
+      for w in ("raw", "ema"):
+        assert 0 <= r[f"{split}_accuracy_{w}"] <= 1
+  config, state, step = restore.load_checkpoint(workdir)
+  assert step == 48
+  assert config.data.validation_size == 100 and config.data.train_size == 412
+  # The reference: the held-out images rebuilt by hand, the model applied.
+  whole = data_lib.make_synthetic(512, 200, seed=config.seed)
+  held = data_lib.validation_indices(whole.train_labels, 100,
+                                     whole.class_names)
+  images, labels = whole.train_images[held], whole.train_labels[held]
+  for w in ("raw", "ema"):
+    want = _direct_accuracy(config, state, images, labels, w)
+    assert evals[-1][f"validation_accuracy_{w}"] == pytest.approx(want)
+    assert result["validation"][w]["accuracy"] == pytest.approx(want)
+  report = evaluation.eval_workdir(workdir, split="validation")
+  assert report["split"] == "validation" and report["count"] == 100
+  for w in ("raw", "ema"):
+    assert report["results"][w]["accuracy"] == pytest.approx(
+        _direct_accuracy(config, state, images, labels, w))
+  test = evaluation.eval_workdir(workdir)  # Default: the test split.
+  assert test["count"] == 200
+  assert test["results"]["raw"]["accuracy"] == pytest.approx(
+      evals[-1]["test_accuracy_raw"])
+
+
+def test_step_best_is_the_best_validation_evaluation(validated, capsys):
+  workdir, _ = validated
+  evals = _evals(workdir)
+  best, value = None, -1.0
+  for r in evals:  # The first evaluation of the highest accuracy.
+    if r["validation_accuracy_raw"] > value:
+      best, value = r["step"], r["validation_accuracy_raw"]
+  assert checkpoint.saved_steps(workdir, checkpoint.BEST) == [best]
+  report = evaluation.eval_workdir(workdir, step="best", split="validation",
+                                   weights="raw")
+  assert report["step"] == best
+  assert report["results"]["raw"]["accuracy"] == pytest.approx(value)
+  assert inspection.inspect_workdir(workdir, step="best")["step"] == best
+  code, out, err = run_command(
+      eval_cli, ["--workdir", workdir, "--step", "best", "--split",
+                 "validation", "--json", "--no_plots"], capsys)
+  assert code == 0 and json.loads(out)["step"] == best
+  # Resuming reads the latest checkpoint, never the best.
+  assert restore.load_checkpoint(workdir)[2] == 48
+
+
+def test_step_best_without_a_validation_split_is_the_latest(trained):
+  workdir, _ = trained
+  assert evaluation.eval_workdir(workdir, step="best")["step"] == 48
+  assert inspection.inspect_workdir(workdir, step="best")["step"] == 48
+  assert not os.path.exists(os.path.join(workdir, "best"))
+
+
+def test_validation_split_of_a_run_without_one_is_an_error(copy_of, capsys):
+  before = snapshot(copy_of)
+  code, out, err = run_command(
+      eval_cli, ["--workdir", copy_of, "--split", "validation"], capsys)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert code != 0 and len(lines) == 1 and lines[0].startswith("error:")
+  assert "no validation split" in lines[0]
+  code, out, err = run_command(
+      eval_cli, ["--workdir", copy_of, "--step", "last"], capsys)
+  assert code == 2 and "expected a step number or 'best'" in err
+  assert snapshot(copy_of) == before

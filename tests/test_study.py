@@ -347,3 +347,40 @@ def test_markdown_table_escapes_pipes_in_cells():
   assert lines[2] == "| `a=bias$\\|^head/` | 1 |"
   separators = lambda line: len(re.findall(r"(?<!\\)\|", line))
   assert separators(lines[2]) == separators(lines[0]) == 3
+
+
+def _lr_entry(name, val, test):
+  seed = {"validation_accuracy_raw": val, "test_accuracy_raw": test,
+          "epochs_to_60": 1.0}
+  return {"name": name, "seeds": [seed]}
+
+
+def test_best_lr_is_chosen_on_validation_never_on_test():
+  # sgd@0.1 is the best on test, sgd@0.01 on validation: the choice is the
+  # validation one, and the table reports the test accuracy it then gets.
+  entries = [_lr_entry("sgd@0.1", 0.50, 0.70), _lr_entry("sgd@0.01", 0.60, 0.65),
+             _lr_entry("adam@1e-3", 0.40, 0.41),
+             _lr_entry("adam@1e-4", 0.45, 0.30)]
+  chosen = study_report.best_lr_choices(entries)
+  assert {g: e["name"] for g, e in chosen.items()} == {
+      "sgd": "sgd@0.01", "adam": "adam@1e-4"}
+  table = study_report._best_lr_table(entries, 0.6)
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+          for line in table.splitlines()[2:]}
+  assert rows["sgd"][1] == "0.01" and rows["sgd"][3:5] == ["60.00", "65.00"]
+  assert rows["adam"][1] == "1e-4" and rows["adam"][4] == "30.00"
+  # Without a validation split nothing is chosen (the test split is not a
+  # stand-in).
+  blind = [_lr_entry("sgd@0.1", None, 0.7), _lr_entry("sgd@0.01", None, 0.6)]
+  assert study_report.best_lr_choices(blind) == {"sgd": None}
+  assert "no validation split" in study_report._best_lr_table(blind, 0.6)
+
+
+def test_small_and_full_scales_hold_out_a_validation_split():
+  from jaxcnn import studies as studies_lib
+  study = studies_lib.load("optimizers")
+  for scale, size in (("small", 500), ("full", 5000)):
+    for _, _, config in studies_lib.member_configs(study, scale, 1):
+      assert config.data.validation_size == size
+  small = studies_lib.member_configs(study, "small", 1)[0][2]
+  assert small.data.train_limit == 5000

@@ -19,7 +19,7 @@ names the file, directory or numbers involved.
 
 One module per source, and this package's `load_dataset` picks one:
   dataset.py      the Dataset type, DataError, limits (class-balanced
-                  subsets), channel statistics
+                  subsets), the validation split, channel statistics
   tfds_source.py  tfds:NAME
   folder.py       folder:PATH, with its cache of decoded arrays
   synthetic.py    synthetic
@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxcnn.data.dataset import (SPLITS, SUBSET_SEED, DataError, Dataset,
+from jaxcnn.data.dataset import (ALL_SPLITS, SPLITS, SUBSET_SEED,
+                                 VALIDATION_SEED, DataError, Dataset,
                                  apply_limits, channel_stats, check_count,
-                                 subset_indices)
+                                 hold_out_validation, subset_indices,
+                                 validation_indices)
 from jaxcnn.data.folder import (CACHE_DIR_ENV, CACHE_FORMAT, IMAGE_EXTENSIONS,
                                 cache_dir, load_folder)
 from jaxcnn.data.synthetic import make_synthetic
@@ -39,7 +41,8 @@ from jaxcnn.data.tfds_source import (TFDS_BATCH_SIZE, TFDS_MANUAL_ARCHIVES,
                                      load_tfds)
 
 __all__ = [
-    "CACHE_DIR_ENV", "CACHE_FORMAT", "IMAGE_EXTENSIONS", "SOURCE_FORMS",
+    "ALL_SPLITS", "VALIDATION_SEED", "hold_out_validation",
+    "validation_indices", "CACHE_DIR_ENV", "CACHE_FORMAT", "IMAGE_EXTENSIONS", "SOURCE_FORMS",
     "SPLITS", "SUBSET_SEED", "TFDS_BATCH_SIZE", "TFDS_MANUAL_ARCHIVES",
     "DataError", "Dataset", "cache_dir", "channel_stats", "load_dataset",
     "load_from_config", "make_synthetic", "subset_indices",
@@ -52,7 +55,8 @@ SOURCE_FORMS = ("'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH' "
 def load_dataset(source: str, data_dir: str | None = None, *,
                  train_limit: int = 0, test_limit: int = 0,
                  synthetic_train_size: int = 5000,
-                 synthetic_test_size: int = 1000, seed: int = 0) -> Dataset:
+                 synthetic_test_size: int = 1000, seed: int = 0,
+                 validation_size: int = 0) -> Dataset:
   """Loads `source` ('tfds:NAME', 'folder:PATH' or 'synthetic').
 
   `data_dir` is TFDS's data_dir (None: TFDS's default); other sources ignore
@@ -61,24 +65,28 @@ def load_dataset(source: str, data_dir: str | None = None, *,
   class-balanced subset fixed by SUBSET_SEED, not by `seed`, so runs with
   different seeds train and test on the same images, and a smaller limit's
   subset lies inside a larger one's. `seed` only seeds the synthetic data.
+  `validation_size` > 0 then moves that many of the (limited) training
+  images, class-balanced, into the validation split (hold_out_validation).
   """
   check_count("train_limit", train_limit)
   check_count("test_limit", test_limit)
+  check_count("validation_size", validation_size)
   kind, sep, arg = str(source).partition(":")
   if source == "synthetic":
     dataset = make_synthetic(synthetic_train_size, synthetic_test_size,
                              seed=seed)
     dataset.source = source
-    return apply_limits(dataset, train_limit, test_limit)
-  if sep and kind == "tfds" and arg:
+    dataset = apply_limits(dataset, train_limit, test_limit)
+  elif sep and kind == "tfds" and arg:
     dataset = load_tfds(arg, data_dir)
     dataset.source = source
-    return apply_limits(dataset, train_limit, test_limit)
-  if sep and kind == "folder" and arg:
+    dataset = apply_limits(dataset, train_limit, test_limit)
+  elif sep and kind == "folder" and arg:
     dataset = load_folder(arg, train_limit, test_limit)
     dataset.source = source
-    return dataset
-  raise DataError(f"unknown data source {source!r}; use {SOURCE_FORMS}")
+  else:
+    raise DataError(f"unknown data source {source!r}; use {SOURCE_FORMS}")
+  return hold_out_validation(dataset, validation_size)
 
 
 def load_from_config(data_cfg: Any, seed: int) -> Dataset:
@@ -90,4 +98,4 @@ def load_from_config(data_cfg: Any, seed: int) -> Dataset:
       test_limit=data_cfg.get("test_limit", 0),
       synthetic_train_size=data_cfg.get("synthetic_train_size", 5000),
       synthetic_test_size=data_cfg.get("synthetic_test_size", 1000),
-      seed=seed)
+      seed=seed, validation_size=data_cfg.get("validation_size", 0))

@@ -8,9 +8,15 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "test")
+# The splits a Dataset holds: the sources' two, and the validation images
+# held out of the training ones (empty unless data.validation_size > 0).
+ALL_SPLITS = ("train", "validation", "test")
 # Limits pick the same images whatever the run's seed, so runs that differ
 # only in seed are compared on the same data.
 SUBSET_SEED = 0
+# The validation split is seeded apart from the limits (and, like them, not
+# by the run's seed): every seed of a study holds out the same images.
+VALIDATION_SEED = (SUBSET_SEED, 1)
 _STATS_CHUNK = 1 << 20  # pixels per chunk in channel_stats (cache-sized)
 
 
@@ -34,16 +40,27 @@ class Dataset:
   test_labels: np.ndarray  # int32 [M]
   class_names: tuple[str, ...]
   source: str  # The source string it came from.
+  # Held out of the training images (hold_out_validation); None: empty.
+  validation_images: np.ndarray | None = None  # uint8 [V, H, W, 3]
+  validation_labels: np.ndarray | None = None  # int32 [V]
 
   def __post_init__(self):
     self.class_names = tuple(self.class_names)
-    for split in SPLITS:
+    if self.validation_images is None:
+      self.validation_images = np.zeros((0,) + self.train_images.shape[1:],
+                                        np.uint8)
+      self.validation_labels = np.zeros((0,), np.int32)
+    for split in ALL_SPLITS:
       _check_split(split, getattr(self, f"{split}_images"),
                    getattr(self, f"{split}_labels"), len(self.class_names))
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
       raise ValueError(
           f"train images are {self.train_images.shape[1:]} but test images "
           f"are {self.test_images.shape[1:]}")
+    if self.validation_images.shape[1:] != self.train_images.shape[1:]:
+      raise ValueError(
+          f"train images are {self.train_images.shape[1:]} but validation "
+          f"images are {self.validation_images.shape[1:]}")
 
   @property
   def num_classes(self) -> int:
@@ -56,6 +73,7 @@ class Dataset:
   def __repr__(self) -> str:
     # The default dataclass repr would print every pixel.
     return (f"Dataset(source={self.source!r}, train={len(self.train_labels)}, "
+            f"validation={len(self.validation_labels)}, "
             f"test={len(self.test_labels)}, image_shape={self.image_shape}, "
             f"classes={self.class_names})")
 
@@ -139,6 +157,62 @@ def apply_limits(dataset: Dataset, train_limit: int,
     arrays[f"{split}_labels"] = np.ascontiguousarray(labels)
   return Dataset(class_names=dataset.class_names, source=dataset.source,
                  **arrays)
+
+
+def validation_indices(labels: np.ndarray, size: int,
+                       class_names: tuple[str, ...]) -> np.ndarray:
+  """Sorted indices of `size` examples, size / classes of each class, drawn
+  with VALIDATION_SEED: the validation split held out of the training set.
+
+  Exactly balanced, so `size` must be a multiple of the class count, and
+  every class must keep at least one training image. Raises DataError
+  naming what does not fit.
+  """
+  labels = np.asarray(labels)
+  k = len(class_names)
+  n = len(labels)
+  if size >= n:
+    raise DataError(f"data.validation_size={size} is not smaller than the "
+                    f"{n} training images (after data.train_limit) it is "
+                    "held out of")
+  if size % k:
+    raise DataError(f"data.validation_size={size} is not a multiple of the "
+                    f"{k} classes: the validation split takes the same "
+                    f"number of each (e.g. {max(size // k, 1) * k})")
+  per_class = size // k
+  counts = np.bincount(labels, minlength=k)
+  short = [c for c in range(k) if counts[c] <= per_class]
+  if short:
+    c = short[0]
+    raise DataError(f"data.validation_size={size} takes {per_class} images "
+                    f"of each class, but class {class_names[c]!r} has only "
+                    f"{counts[c]} training images (it must keep at least "
+                    "one)")
+  rng = np.random.default_rng(VALIDATION_SEED)
+  picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class]
+            for c in range(k)]
+  return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+
+
+def hold_out_validation(dataset: Dataset, size: int) -> Dataset:
+  """`dataset` with `size` class-balanced training images moved into its
+  validation split (validation_indices); 0 leaves it as it is. Applied after
+  the limits, so everything computed from the training images (their
+  count, the steps per epoch, the channel statistics) sees only the images
+  trained on."""
+  check_count("validation_size", size)
+  if size == 0:
+    return dataset
+  held = validation_indices(dataset.train_labels, size, dataset.class_names)
+  keep = np.ones(len(dataset.train_labels), bool)
+  keep[held] = False
+  return Dataset(
+      train_images=np.ascontiguousarray(dataset.train_images[keep]),
+      train_labels=np.ascontiguousarray(dataset.train_labels[keep]),
+      test_images=dataset.test_images, test_labels=dataset.test_labels,
+      class_names=dataset.class_names, source=dataset.source,
+      validation_images=np.ascontiguousarray(dataset.train_images[held]),
+      validation_labels=np.ascontiguousarray(dataset.train_labels[held]))
 
 
 # --- Statistics --------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""The best checkpoint (WORKDIR/best): chosen on the validation split, kept
+beside the last train.keep_checkpoints through their rotation and across a
+resume, and never what a run resumes from.
+
+The validation accuracies are scripted (the real evaluation runs, then its
+raw accuracy is replaced), so that the best is known to be an early step,
+one that rotation removes from WORKDIR/checkpoints."""
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import checkpoint, config as config_lib, reporting, restore
+from jaxcnn import trainer
+
+VALIDATION = 100  # Held out of the test experiment's 512: 12 steps an epoch.
+RUN = ["optim.optimizer=adam", "optim.learning_rate=0.01",
+       f"data.validation_size={VALIDATION}", "train.eval_every_epochs=1",
+       "train.checkpoint_every_steps=16", "train.keep_checkpoints=1",
+       "train.num_devices=4"]
+REAL_EVALUATE = trainer.evaluate_state
+
+
+def script_validation(monkeypatch, accuracies):
+  """Makes the trainer's validation evaluations report `accuracies` (raw
+  weights), in order; the test split's numbers are left as they are."""
+  left = list(accuracies)
+
+  def scripted(eval_fn, state_r, eval_data):
+    results = REAL_EVALUATE(eval_fn, state_r, eval_data)
+    if eval_data.count == VALIDATION:
+      results["raw"]["accuracy"] = left.pop(0)
+    return results
+
+  monkeypatch.setattr(trainer, "evaluate_state", scripted)
+  return left
+
+
+def train(workdir, steps):
+  config = config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                      RUN + [f"train.num_steps={steps}"])
+  return trainer.train_and_evaluate(config, workdir)
+
+
+def test_best_checkpoint_survives_rotation_and_resume(tmp_path, monkeypatch):
+  assert len(jax.local_devices()) == 4
+  workdir = str(tmp_path / "run")
+  # Evaluations at steps 12, 24, 36, 48: the best is step 24's.
+  left = script_validation(monkeypatch, [0.3, 0.6, 0.5, 0.4])
+  train(workdir, 48)
+  assert not left
+  assert checkpoint.saved_steps(workdir) == [48]  # keep_checkpoints=1
+  assert checkpoint.saved_steps(workdir, checkpoint.BEST) == [24]
+  assert checkpoint.best_values(workdir) == {24: 0.6}
+  config, state, step = restore.load_checkpoint(workdir, "best")
+  assert step == 24 and int(state.step) == 24
+  # The best is the state of step 24: not that of the latest checkpoint.
+  latest = restore.load_checkpoint(workdir)[1]
+  assert not np.allclose(jax.tree.leaves(state.params)[0],
+                         jax.tree.leaves(latest.params)[0])
+
+  # Resumed, the run continues from the latest (48), and the best so far is
+  # read back: step 60's 0.55 beats step 48's 0.4 but not step 24's 0.6.
+  left = script_validation(monkeypatch, [0.55])
+  train(workdir, 60)
+  assert not left
+  evals = [r["step"] for r in reporting.read_metrics(workdir)
+           if r["kind"] == "eval"]
+  assert evals == [12, 24, 36, 48, 60]  # Nothing before 48 trained again.
+  assert checkpoint.saved_steps(workdir) == [60]
+  assert checkpoint.saved_steps(workdir, checkpoint.BEST) == [24]
+
+  # A better evaluation replaces the best, once the new one is written.
+  left = script_validation(monkeypatch, [0.7])
+  train(workdir, 72)
+  assert checkpoint.saved_steps(workdir, checkpoint.BEST) == [72]
+  assert checkpoint.best_values(workdir) == {72: 0.7}
+  assert restore.load_checkpoint(workdir, "best")[2] == 72
+
+
+def test_no_validation_split_writes_no_best(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = config_lib.apply_overrides(
+      config_lib.load_experiment("test"),
+      ["train.num_steps=16", "train.num_devices=4"])
+  trainer.train_and_evaluate(config, workdir)
+  assert checkpoint.saved_steps(workdir, checkpoint.BEST) == []
+  assert not (tmp_path / "run" / "best").exists()
+  assert restore.load_checkpoint(workdir, "best")[2] == 16
