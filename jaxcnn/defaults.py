@@ -57,7 +57,7 @@ def base_config() -> Config:
       vgg_block="3x3",
       width=1.0,  # Channel multiplier (0.25 gives a CPU-sized VGG).
       activation="relu",  # relu | leaky_relu | elu | tanh | sigmoid | gelu
-      norm="batchnorm",  # batchnorm | lrn | none (lrn: AlexNet-like only)
+      norm="batchnorm",  # batchnorm | lrn | none (lrn: alexnet and tiny)
       dropout=0.5,  # Dropout rate before each hidden fully-connected layer.
       num_classes=10,
       dtype="float32",  # Compute dtype: float32 | bfloat16 (params stay fp32).

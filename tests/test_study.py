@@ -347,3 +347,38 @@ def test_markdown_table_escapes_pipes_in_cells():
   assert lines[2] == "| `a=bias$\\|^head/` | 1 |"
   separators = lambda line: len(re.findall(r"(?<!\\)\|", line))
   assert separators(lines[2]) == separators(lines[0]) == 3
+
+
+def test_every_study_builds_at_every_scale():
+  # The check a study makes before it trains its first member, at every
+  # scale: every member resolves, its data fields fill in, and its model,
+  # optimizer and initial state build (shapes only, jax.eval_shape). The
+  # tiny scale swaps in the tiny model, so each study's model overrides
+  # must make sense there too (the lrn study's norm did not, once).
+  datasets = {}
+  for name, s in studies.all_studies().items():
+    for scale in studies.SCALES:
+      runs = studies.member_configs(s, scale, 1, data="synthetic")
+      setups = study_runner.check_runs(s, scale, runs, datasets)
+      assert len(setups) == len(runs) > 0, (name, scale)
+      for (member, _, config), setup in zip(runs, setups):
+        assert setup.total_steps > 0, (name, scale, member.name)
+        if scale == "tiny":
+          assert setup.config.model.name == "tiny"
+  lrn = studies.member_configs(studies.load("lrn"), "tiny", 1)
+  assert [c.model.norm for _, _, c in lrn] == ["lrn", "none", "batchnorm"]
+
+
+def test_a_study_checks_every_member_before_training_any(tmp_path):
+  # The second member cannot be built (VGG has no LRN): the study stops
+  # before the first, good member trains, naming the bad one.
+  s = studies.Study(
+      "toy", question="q", paper="p", base="test",
+      members=lambda scale: [
+          studies.Member("good", ()),
+          studies.Member("bad", ("model.name=vgg", "model.norm=lrn"))])
+  with pytest.raises(config_lib.ConfigError) as e:
+    study_runner.run_study(s, "tiny", 1, tmp_path / "runs")
+  assert "member bad cannot run, so nothing was trained" in str(e.value)
+  assert "model.norm='lrn' is not supported by vgg" in str(e.value)
+  assert not (tmp_path / "runs").exists()
