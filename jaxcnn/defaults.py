@@ -35,6 +35,10 @@ def base_config() -> Config:
       # by hand, they must match the data.
       train_size=0,
       image_shape=(),
+      # Filled in from the data too: the name of each class, in label order
+      # (TFDS's label names, a folder's class folders), so a workdir names
+      # what it predicts (python -m jaxcnn.predict) without its data.
+      class_names=(),
       random_crop=True,  # Random 32x32 crop of the image padded by crop_padding.
       crop_padding=4,
       # How the crop pads: 'zeros' | 'reflect' (mirror the border pixels, as
