@@ -382,3 +382,14 @@ def test_a_study_checks_every_member_before_training_any(tmp_path):
   assert "member bad cannot run, so nothing was trained" in str(e.value)
   assert "model.norm='lrn' is not supported by vgg" in str(e.value)
   assert not (tmp_path / "runs").exists()
+
+
+def test_study_help_explains_the_options_and_lists_the_studies(capsys):
+  with pytest.raises(SystemExit):
+    study.parse_args(["--help"])
+  out = " ".join(capsys.readouterr().out.split())  # Unwrapped.
+  assert "(default: small): tiny = the tiny model on synthetic data" in out
+  assert "seeds 0..N-1 (default: 1)" in out
+  assert "(default: runs): ROOT/study_NAME/<member>_seed<k>" in out
+  for s in studies.all_studies().values():
+    assert f"{s.name}: {' '.join(s.question.split())}" in out
