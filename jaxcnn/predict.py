@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--step", type=int, default=None,
                  help="checkpoint step to use (default: the latest)")
   p.add_argument("--weights", choices=("raw", "ema"), default="ema",
-                 help="the trained weights (raw) or their moving average "
-                 "(ema, the default: what the run's test accuracy reports "
-                 "best)")
+                 help="ema (the default): the moving average of the "
+                 "weights, as the run's EMA accuracy is measured; raw: the "
+                 "trained weights as they are")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object instead of text")
   return p.parse_args(argv)
