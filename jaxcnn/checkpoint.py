@@ -36,6 +36,11 @@ class CheckpointError(RuntimeError):
   """A missing, incompatible or unreadable checkpoint."""
 
 
+class UnreadableCheckpoint(CheckpointError):
+  """A step whose files are truncated, missing or corrupted (not one that
+  reads but does not fit the model): another step may still be readable."""
+
+
 # The subdirectories of a workdir that hold checkpoints: the last
 # train.keep_checkpoints, and the best one.
 CHECKPOINTS = "checkpoints"
@@ -210,7 +215,7 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
     restored = manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many kinds; report one line.
-    raise CheckpointError(
+    raise UnreadableCheckpoint(
         f"cannot read the config of checkpoint step {step} in "
         f"{manager.directory}: {type(e).__name__}: {_first_line(e)}") from e
   return with_defaults(Config.from_dict(restored.config))
@@ -233,7 +238,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int,
             state=ocp.args.StandardRestore(_abstract(like_state))))
   except Exception as e:
     step_dir, workdir = _step_dir(manager, step)
-    raise CheckpointError(
+    raise UnreadableCheckpoint(
         f"checkpoint step {step} in {workdir} is truncated or corrupted: "
         f"{damage_report(e, step_dir, workdir)}") from e
   return restored.state
@@ -334,7 +339,7 @@ def check_step_files(step_dir: pathlib.Path, workdir, step: int) -> None:
       why = "is empty" if size == 0 else f"is not valid JSON ({e})"
       problems.append(f"{relative_to_workdir(path, workdir)} {why}")
   if problems:
-    raise CheckpointError(
+    raise UnreadableCheckpoint(
         f"checkpoint step {step} in {workdir} is truncated or corrupted: "
         + "; ".join(problems))
 

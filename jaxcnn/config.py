@@ -151,8 +151,70 @@ def _errors_in_experiment_file(path: pathlib.Path, when: str):
     raise ConfigError(f"{where}: {type(e).__name__} {when}: {e}") from None
 
 
+def experiment_summaries() -> dict[str, str]:
+  """{name: the first paragraph of its docstring, as one line} for every
+  experiment, read without running the files (for --help)."""
+  out = {}
+  for name in known_experiments():
+    try:
+      tree = ast.parse((EXPERIMENTS_DIR / f"{name}.py").read_text())
+      doc = ast.get_docstring(tree) or ""
+    except (OSError, SyntaxError, ValueError):
+      doc = ""
+    words = []
+    for line in doc.strip().splitlines():
+      if not line.strip() or line.lstrip().startswith("- "):
+        break  # The paragraph ends at a blank line or a list.
+      words.append(line.strip())
+    out[name] = " ".join(words).rstrip(":")  # Its list is left out.
+  return out
+
+
+# The sections every config saved by jaxcnn has.
+SAVED_SECTIONS = ("data", "model", "optim", "train")
+# Fields the trainer fills in from the data at every start (see
+# state.resolve_with_data). A saved config's are cleared, so that a rerun
+# on other data (--set data.train_limit=1000) fills them in afresh; on the
+# same data they come back as saved. The channel statistics stay: they are
+# what the saved run normalized with (--set data.channel_mean=() and
+# data.channel_std=() computes them again).
+FILLED_FROM_DATA = ("train_size", "image_shape", "class_names")
+
+
+def load_saved_config(path: str | os.PathLike) -> Config:
+  """A config that jaxcnn saved (WORKDIR/config.json), to train again: the
+  saved fields over today's defaults (a field added since takes its
+  default), the data's fields cleared (FILLED_FROM_DATA). Raises
+  ConfigError, naming the file, when it cannot be read or is no such
+  config."""
+  # jaxcnn.defaults imports this module.
+  from jaxcnn.defaults import base_config, with_defaults
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file {path} does not exist")
+  try:
+    saved = json.loads(path.read_text())
+  except OSError as e:
+    raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+  missing = [k for k in SAVED_SECTIONS
+             if not (isinstance(saved, dict) and isinstance(saved.get(k), dict))]
+  if missing:
+    raise ConfigError(
+        f"{path} is not a config saved by jaxcnn (it has no "
+        f"{', '.join(missing)} section); give an experiment name or a "
+        "WORKDIR/config.json")
+  config = with_defaults(Config.from_dict(saved))
+  defaults = base_config().data
+  for key in FILLED_FROM_DATA:
+    config.data[key] = defaults[key]
+  return config
+
+
 def load_experiment(name_or_path: str) -> Config:
-  """Returns `get_config()` of `experiments/<name>.py` or of a .py file path.
+  """Returns `get_config()` of `experiments/<name>.py` or of a .py file path,
+  or the config of a .json file saved by jaxcnn (`load_saved_config`).
 
   A variant builds on another experiment by calling this in its own
   `get_config()`: `c = load_experiment("vgg")`, then changes a few fields. The
@@ -160,12 +222,15 @@ def load_experiment(name_or_path: str) -> Config:
   nothing is added to `sys.path`.
   """
   path = pathlib.Path(name_or_path)
+  if path.suffix == ".json":
+    return load_saved_config(path)
   if path.suffix != ".py":
     path = EXPERIMENTS_DIR / f"{name_or_path}.py"
   if not path.is_file():
     raise ConfigError(
         f"unknown experiment {name_or_path!r}; known experiments: "
-        f"{', '.join(known_experiments())} (or give a path to a .py file)")
+        f"{', '.join(known_experiments())} (or give a path to a .py file, "
+        "or a config.json that jaxcnn saved)")
   spec = importlib.util.spec_from_file_location(
       f"jaxcnn_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)

@@ -42,6 +42,10 @@ def base_config() -> Config:
       # trained on: without the validation split.
       train_size=0,
       image_shape=(),
+      # Filled in from the data too: the name of each class, in label order
+      # (TFDS's label names, a folder's class folders), so a workdir names
+      # what it predicts (python -m jaxcnn.predict) without its data.
+      class_names=(),
       random_crop=True,  # Random 32x32 crop of the image padded by crop_padding.
       crop_padding=4,
       # How the crop pads: 'zeros' | 'reflect' (mirror the border pixels, as
@@ -64,7 +68,7 @@ def base_config() -> Config:
       vgg_block="3x3",
       width=1.0,  # Channel multiplier (0.25 gives a CPU-sized VGG).
       activation="relu",  # relu | leaky_relu | elu | tanh | sigmoid | gelu
-      norm="batchnorm",  # batchnorm | lrn | none (lrn: AlexNet-like only)
+      norm="batchnorm",  # batchnorm | lrn | none (lrn: alexnet and tiny)
       dropout=0.5,  # Dropout rate before each hidden fully-connected layer.
       num_classes=10,
       dtype="float32",  # Compute dtype: float32 | bfloat16 (params stay fp32).

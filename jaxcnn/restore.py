@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxcnn import checkpoint
 from jaxcnn import state as state_lib
-from jaxcnn.checkpoint import CheckpointError
+from jaxcnn.checkpoint import CheckpointError, UnreadableCheckpoint
 from jaxcnn.config import Config
 
 # What a config saved before data.image_shape and data.train_size existed
@@ -37,16 +37,59 @@ def _steps_text(steps: Sequence[int]) -> str:
 BEST = "best"
 
 
+def _inside_checkpoints(path: pathlib.Path
+                        ) -> tuple[pathlib.Path, str | None] | None:
+  """(workdir, step folder name or None) when `path` is a run's checkpoints
+  folder or lies inside it (a step folder, or a folder of a step), else
+  None. Tried as written first, so the advice repeats the user's own
+  (relative) path, then resolved (for '.' and '..')."""
+  for candidate in (path, path.resolve()):
+    parts = candidate.parts
+    if "checkpoints" not in parts:
+      continue
+    i = len(parts) - 1 - parts[::-1].index("checkpoints")
+    workdir = pathlib.Path(*parts[:i]) if i else pathlib.Path(".")
+    step_name = parts[i + 1] if i + 1 < len(parts) else None
+    # A workdir that merely lies under a folder named 'checkpoints' has no
+    # step folders above it.
+    if checkpoint.saved_steps(workdir) or (step_name or "").isdigit():
+      return workdir, step_name
+  return None
+
+
+def _not_a_workdir(path: pathlib.Path) -> CheckpointError | None:
+  """The error for a checkpoint folder given as the workdir, with the
+  --workdir (and --step) to give instead; None when `path` is not one."""
+  inside = _inside_checkpoints(path)
+  if inside is None:
+    return None
+  workdir, step_name = inside
+  steps = checkpoint.saved_steps(workdir)
+  what = "a checkpoint folder" if step_name else "the checkpoints folder"
+  use = f"--workdir {workdir}"
+  if step_name and step_name.isdigit() and int(step_name) in steps:
+    use += f" --step {int(step_name)}"
+  elif steps:
+    use += f" (saved steps: {_steps_text(steps)})"
+  return CheckpointError(f"{path} is {what} of the run in {workdir}, not a "
+                         f"workdir: use {use}")
+
+
 def available_steps(workdir, subdir: str = checkpoint.CHECKPOINTS
                     ) -> list[int]:
   """The complete checkpoint steps of `workdir`; raises CheckpointError when
-  there are none (with what was found instead)."""
+  there are none (with what was found instead, or the --workdir and --step
+  to give when `workdir` is a run's checkpoints folder or one of its
+  steps)."""
   path = pathlib.Path(workdir)
   if not path.is_dir():
     raise CheckpointError(f"workdir {workdir} does not exist")
   steps = checkpoint.saved_steps(workdir, subdir)
   if steps:
     return steps
+  mistaken = _not_a_workdir(path)
+  if mistaken is not None:
+    raise mistaken
   directory = checkpoint.checkpoint_dir(workdir, subdir)
   if not directory.is_dir():
     raise CheckpointError(
@@ -93,7 +136,7 @@ def _stored_specs(step_dir: pathlib.Path, workdir, step: int) -> dict:
     metadata = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
     return _leaf_specs(metadata)
   except Exception as e:  # orbax raises many kinds; report one line.
-    raise CheckpointError(
+    raise UnreadableCheckpoint(
         f"checkpoint step {step} in {workdir} is truncated or corrupted: "
         f"{checkpoint.damage_report(e, step_dir, workdir)}") from e
 
@@ -199,7 +242,32 @@ class CheckpointReader:
 
   def config(self, step: int | None = None) -> tuple[Config, int]:
     step = pick_step(self.workdir, self.steps, step)
-    return checkpoint.restore_config(self._open(), step), step
+    try:
+      return checkpoint.restore_config(self._open(), step), step
+    except UnreadableCheckpoint as e:
+      raise self._with_readable_step(e, step) from e.__cause__
+
+  def _readable(self, step: int) -> bool:
+    try:
+      self._restore(step)
+      return True
+    except CheckpointError:
+      return False
+
+  def _with_readable_step(self, error: CheckpointError, bad: int
+                          ) -> CheckpointError:
+    """`error` (step `bad` cannot be read) with the newest step that can be:
+    the --step to give instead. Probing reads each older step in full, as
+    evaluating it would."""
+    older = [s for s in reversed(self.steps) if s != bad]
+    good = next((s for s in older if self._readable(s)), None)
+    if good is None:
+      hint = ("no other checkpoint here can be read" if older
+              else "it is the only checkpoint here")
+    else:
+      hint = (f"the newest readable checkpoint is step {good}: use "
+              f"--workdir {self.workdir} --step {good}")
+    return type(error)(f"{error}; {hint}")
 
   def _target_for(self, config: Config, step: int) -> dict:
     step_dir = self.step_dir(step)
@@ -215,7 +283,15 @@ class CheckpointReader:
 
   def restore(self, step: int | None = None
               ) -> tuple[Config, state_lib.TrainState, int]:
+    """(config, unreplicated state, step) of `step` (None: the newest). An
+    unreadable step's error names the newest readable one."""
     step = pick_step(self.workdir, self.steps, step)
+    try:
+      return self._restore(step)
+    except UnreadableCheckpoint as e:
+      raise self._with_readable_step(e, step) from e.__cause__
+
+  def _restore(self, step: int) -> tuple[Config, state_lib.TrainState, int]:
     # Read-only: an unreadable step is an error, never moved aside.
     restored = checkpoint.restore_latest_good(
         self.workdir, lambda config: self._target_for(config, step), step=step,

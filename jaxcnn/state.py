@@ -139,8 +139,8 @@ def check_config(config: Config) -> None:
 
 def resolve_with_data(config: Config, data: Dataset) -> Config:
   """A copy of `config` with the data's fields filled in (channel
-  statistics, train_size, image_shape); refuses data the config disagrees
-  with (class count, a train_size or image_shape given for other data)."""
+  statistics, train_size, image_shape, class_names); refuses data the config
+  disagrees with (class count, one of those given for other data)."""
   config = config.copy()
   if data.num_classes != config.model.num_classes:
     raise ConfigError(
@@ -152,9 +152,10 @@ def resolve_with_data(config: Config, data: Dataset) -> Config:
         f"train.batch_size={config.train.batch_size} is larger than the "
         f"training set ({n_train} images)")
   for key, value in (("train_size", n_train),
-                     ("image_shape", tuple(int(d) for d in data.image_shape))):
-    given = config.data[key]
-    if given and (tuple(given) if key == "image_shape" else given) != value:
+                     ("image_shape", tuple(int(d) for d in data.image_shape)),
+                     ("class_names", tuple(str(n) for n in data.class_names))):
+    given = config.data.get(key)
+    if given and (given if key == "train_size" else tuple(given)) != value:
       raise ConfigError(f"data.{key}={given} but the data has {value}")
     config.data[key] = value
   if not config.data.channel_mean:

@@ -27,19 +27,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 
 from jaxcnn import cli
 from jaxcnn.studies import SCALES
 
 
+def _epilog() -> str:
+  """The studies and the question each answers (read from jaxcnn/studies/
+  when --help asks)."""
+  from jaxcnn import studies
+  lines = ["studies (jaxcnn/studies/<name>.py):"]
+  for study in studies.all_studies().values():
+    lines += textwrap.wrap(study.question, 79,
+                           initial_indent=f"  {study.name}: ",
+                           subsequent_indent="      ")
+  return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog="python -m jaxcnn.study", description=__doc__,
+      prog="python -m jaxcnn.study", description=__doc__, epilog=_epilog(),
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("name", nargs="?", help="the study (--list lists them)")
-  p.add_argument("--scale", default="small", choices=SCALES)
-  p.add_argument("--seeds", type=int, default=1)
+  p.add_argument("name", nargs="?", help="the study (listed below; --list "
+                 "lists them too)")
+  p.add_argument("--scale", default="small", choices=SCALES,
+                 help="how big each run is (default: small): tiny = the tiny "
+                 "model on synthetic data, seconds a member (tests); small = "
+                 "5000 CIFAR-10 training images for a few epochs, minutes a "
+                 "member on a CPU; full = all of CIFAR-10 for tens of epochs "
+                 "(a GPU)")
+  p.add_argument("--seeds", type=int, default=1,
+                 help="train every member with seeds 0..N-1 (default: 1); "
+                 "the report gives mean ± std over them")
   p.add_argument("--data", default=None,
                  help="data source for small/full: tfds:cifar10 | "
                  "folder:PATH | synthetic (default: the base experiment's, "
@@ -47,7 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--members", default=None,
                  help="comma-separated subset of the members to run")
   p.add_argument("--root", default="runs",
-                 help="where the member workdirs go (ROOT/study_NAME/...)")
+                 help="where the member workdirs go (default: runs): "
+                 "ROOT/study_NAME/<member>_seed<k>, one training workdir "
+                 "each; run again, finished ones are skipped and unfinished "
+                 "ones resume")
   p.add_argument("--out", default=None,
                  help="where report.md and plots go (default ROOT/study_NAME)")
   p.add_argument("--report_only", action="store_true",

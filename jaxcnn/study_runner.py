@@ -3,13 +3,14 @@ own workdir, ROOT/study_NAME/<member>_seed<k>; finished runs are skipped and
 unfinished ones resume from their checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
 import time
 from typing import Any, Sequence
 
-from jaxcnn.config import Config
+from jaxcnn.config import Config, ConfigError
 from jaxcnn.studies import Member, Study, member_configs
 
 # Per workdir: whether the run failed (and why) and its summed wall time.
@@ -41,17 +42,14 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
   `data` replaces the base experiment's data source (see `member_configs`).
   """
   from jaxcnn import trainer
-  from jaxcnn.data import load_from_config
   say = say or (lambda text: print(text, file=sys.stderr, flush=True))
   runs = member_configs(study, scale, seeds, data, only)
   datasets: dict[str, Any] = {}  # Members on the same data load it once.
+  setups = check_runs(study, scale, runs, datasets)
   out = {}
-  for i, (member, seed, config) in enumerate(runs, 1):
+  for i, ((member, seed, config), setup) in enumerate(zip(runs, setups), 1):
     workdir = workdir_of(root, study, member, seed)
     key = _data_key(config)
-    if key not in datasets:
-      datasets[key] = load_from_config(config.data, config.seed)
-    setup = trainer.build(config, datasets[key])
     status = member_status(workdir, setup.total_steps)
     label = f"[{i}/{len(runs)}] {member.name} seed {seed}"
     if status == "done" or (status == "failed" and not retry_failed):
@@ -74,6 +72,53 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
         "wall_seconds", 0.0) + time.time() - t0)
     out[str(workdir)] = status
   return out
+
+
+def check_runs(study: Study, scale: str,
+               runs: Sequence[tuple[Member, int, Config]],
+               datasets: dict[str, Any]) -> list:
+  """Builds every run of the study before the first one trains (its data,
+  config checks, model, optimizer and schedule, and the shapes of its
+  initial state through jax.eval_shape: nothing is computed), so a member
+  that cannot run stops the study at once instead of hours into it.
+  Returns the runs' trainer Setups. `datasets` caches the data by
+  `_data_key`; the runs load it from there.
+
+  A data problem (no data, a bad folder) propagates as it is: it is not a
+  member's fault. A member that does not build is a ConfigError naming it.
+  """
+  import jax
+  from jaxcnn import state as state_lib
+  from jaxcnn import trainer
+  from jaxcnn.data import load_from_config
+  setups, traced = [], set()
+  for member, seed, config in runs:
+    key = _data_key(config)
+    if key not in datasets:
+      datasets[key] = load_from_config(config.data, config.seed)
+    where = f"study {study.name} at scale {scale}, member {member.name}"
+    try:
+      setup = trainer.build(config, datasets[key])
+      # Seeds change no shape: each distinct model and optimizer is traced
+      # once. Without its data a model with a data-dependent init keeps its
+      # plain one, of the same shapes.
+      shape_key = json.dumps([setup.config.model.to_dict(),
+                              setup.config.optim.to_dict(),
+                              list(setup.image_shape), setup.total_steps],
+                             sort_keys=True, default=str)
+      if shape_key not in traced:
+        bare = dataclasses.replace(setup, data=None)
+        jax.eval_shape(lambda: state_lib.create_train_state(bare).to_dict())
+        traced.add(shape_key)
+    except Exception as e:  # Whatever stops a build stops this member.
+      text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise ConfigError(
+          f"{where} cannot run, so nothing was trained: "
+          f"{type(e).__name__}: {text}"
+          + (f" (run the others with --members)" if len(runs) > 1 else "")
+      ) from e
+    setups.append(setup)
+  return setups
 
 
 def _data_key(config: Config) -> str:

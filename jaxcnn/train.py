@@ -1,25 +1,64 @@
 """Train an experiment: `python -m jaxcnn.train --exp vgg`.
 
 Running the same command again on the same workdir resumes from its latest
-checkpoint.
+checkpoint. `--exp runs/vgg/config.json` trains a saved run's config again
+(in runs/vgg_rerun unless --workdir says otherwise), --set on top.
 """
 from __future__ import annotations
 
 import argparse
+import pathlib
+import textwrap
 
 from jaxcnn import cli
 
 
+def _epilog() -> str:
+  """The experiments there are and where the --set keys are documented:
+  read from experiments/ and jaxcnn/defaults.py when --help asks."""
+  from jaxcnn.config import experiment_summaries
+  summaries = experiment_summaries()
+  width = max((len(n) for n in summaries), default=0)
+  lines = textwrap.wrap(
+      "experiments (experiments/<name>.py; --exp also takes a path to a .py "
+      "file defining get_config(), or a WORKDIR/config.json a run saved):", 79)
+  for name, doc in summaries.items():
+    lines += textwrap.wrap(doc, 79, initial_indent=f"  {name:<{width}}  ",
+                           subsequent_indent=" " * (width + 4)) or [f"  {name}"]
+  lines += [
+      "",
+      "--set KEY=VALUE: every key is a field of the config, documented with "
+      "its default",
+      "in jaxcnn/defaults.py; --print_config prints an experiment's resolved "
+      "config with",
+      "every key and value, e.g. python -m jaxcnn.train --exp vgg "
+      "--print_config"]
+  return "\n".join(lines)
+
+
+def default_workdir(exp: str) -> str:
+  """runs/<exp> for an experiment; for a saved config.json, runs/<its
+  workdir's name>_rerun: the saved run's own workdir would resume it."""
+  path = pathlib.Path(exp)
+  if path.suffix == ".json":
+    name = (path.resolve().parent.name if path.stem == "config"
+            else path.stem) or "config"
+    return str(pathlib.Path("runs") / f"{name}_rerun")
+  return str(pathlib.Path("runs") / path.stem)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog="python -m jaxcnn.train", description=__doc__,
+      prog="python -m jaxcnn.train", description=__doc__, epilog=_epilog(),
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--exp", required=True,
-                 help="experiment name in experiments/ (e.g. vgg, alexnet) or "
-                 "a path to a .py file defining get_config()")
+                 help="experiment name in experiments/ (listed below), a path "
+                 "to a .py file defining get_config(), or a config.json saved "
+                 "in a workdir (trains that config again)")
   p.add_argument("--workdir", default=None,
                  help="where checkpoints, metrics.jsonl and TensorBoard files "
-                 "go (default: runs/<exp>)")
+                 "go (default: runs/<exp>; for a config.json, "
+                 "runs/<its workdir's name>_rerun)")
   p.add_argument("--data", default=None,
                  help="data source, overrides data.source: tfds:cifar10 | "
                  "folder:PATH | synthetic")
@@ -28,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--set", dest="overrides", action="append", default=[],
                  metavar="KEY=VALUE",
                  help="override a config field, e.g. --set train.num_epochs=2 "
-                 "(repeatable)")
+                 "(repeatable; the keys: jaxcnn/defaults.py, --print_config)")
   p.add_argument("--print_config", action="store_true",
                  help="print the resolved config and exit")
   multi = p.add_argument_group(
@@ -48,7 +87,6 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from jaxcnn.models import cpu_kernels
   cpu_kernels.prefer_eigen_convolutions()  # Before XLA starts.
-  import pathlib
   from jaxcnn import config as config_lib
 
   config = config_lib.load_experiment(args.exp)
@@ -61,7 +99,7 @@ def main(argv=None) -> int:
   if args.print_config:
     print(config.to_json())
     return 0
-  workdir = args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.exp).stem)
+  workdir = args.workdir or default_workdir(args.exp)
   for folder in (pathlib.Path(workdir), *pathlib.Path(workdir).parents):
     if folder.exists() and not folder.is_dir():
       raise config_lib.ConfigError(

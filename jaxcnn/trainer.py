@@ -63,7 +63,7 @@ RESUMABLE_CHANGES = (
 
 # Fields filled in from the data (state.resolve_with_data) that configs saved
 # before them lack: such a config takes the current values.
-ADDED_DATA_FIELDS = ("train_size", "image_shape")
+ADDED_DATA_FIELDS = ("train_size", "image_shape", "class_names")
 
 
 def incompatible_changes(saved: Config, current: Config) -> list[str]:

@@ -36,9 +36,9 @@ def make_tree(root, *, skip_split=None, empty_class=False, text_file=False,
   return root
 
 
-def run(argv, capsys):
+def run(argv, capsys, module=train):
   with pytest.raises(SystemExit) as exit_info:
-    cli.run_main(lambda: train.main(argv))
+    cli.run_main(lambda: module.main(argv))
   err = capsys.readouterr().err
   return exit_info.value.code, [l for l in err.splitlines() if l.strip()]
 
@@ -102,34 +102,107 @@ CASES = [
      "data.validation_size=105 is not a multiple of the 10 classes"),
     ("negative validation split", TINY + ["--set", "data.validation_size=-10"],
      2, "data.validation_size must be >= 0"),
+    # Training a saved config again (--exp WORKDIR/config.json).
+    ("saved config that is not valid JSON", ["--exp", "{broken}"], 2,
+     "config file {broken} is not valid JSON"),
+    ("json file that is no saved config", ["--exp", "{foreign}"], 2,
+     "{foreign} is not a config saved by jaxcnn"),
+    ("missing saved config", ["--exp", "{tmp}/nowhere/config.json"], 2,
+     "config file {tmp}/nowhere/config.json does not exist"),
+    # Other commands (the fifth field): their argv is complete, and the
+    # workdirs they read ({run}, {damaged}) must stay as they were.
+    ("checkpoint folder given as the workdir",
+     ["--workdir", "{run}/checkpoints/4"], 1,
+     "{run}/checkpoints/4 is a checkpoint folder of the run in {run}, not a "
+     "workdir: use --workdir {run} --step 4", "eval"),
+    ("checkpoints folder given as the workdir",
+     ["--workdir", "{run}/checkpoints"], 1,
+     "use --workdir {run} (saved steps: 4, 8)", "inspect"),
+    ("newest checkpoint unreadable", ["--workdir", "{damaged}"], 1,
+     "the newest readable checkpoint is step 4: use --workdir {damaged} "
+     "--step 4", "eval"),
+    ("image to classify is missing",
+     ["--workdir", "{run}", "{tmp}/nowhere.png"], 2,
+     "image {tmp}/nowhere.png does not exist", "predict"),
+    ("file to classify is no image", ["--workdir", "{run}", "{notimage}"], 2,
+     "{notimage} is not an image PIL can read", "predict"),
+    ("no workdir to classify with",
+     ["--workdir", "{tmp}/nowhere", "{image}"], 1,
+     "workdir {tmp}/nowhere does not exist", "predict"),
 ]
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
   root = tmp_path_factory.mktemp("trees")
+  (root / "broken").mkdir()
+  (root / "broken" / "config.json").write_text('{"model": {"name": ')
+  (root / "foreign.json").write_text('{"name": "not a jaxcnn config"}')
+  (root / "notes.txt").write_text("not an image")
+  Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(root / "image.png")
   return {
       "tmp": str(root),
       "nosplit": str(make_tree(root / "nosplit", skip_split="test")),
       "empty": str(make_tree(root / "empty", empty_class=True)),
       "text": str(make_tree(root / "text", text_file=True)),
       "odd": str(make_tree(root / "odd", odd_size=True)),
+      "broken": str(root / "broken" / "config.json"),
+      "foreign": str(root / "foreign.json"),
+      "notimage": str(root / "notes.txt"),
+      "image": str(root / "image.png"),
   }
 
 
-@pytest.mark.parametrize("name, argv, code, message", CASES,
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{run}: a tiny run with checkpoints at steps 4 and 8; {damaged}: a copy
+  whose step 8 has truncated data files."""
+  import shutil
+  root = tmp_path_factory.mktemp("runs")
+  run_dir, damaged = root / "run", root / "damaged"
+  code = train.main(["--exp", "test", "--workdir", str(run_dir),
+                     "--set", "train.num_steps=8",
+                     "--set", "train.checkpoint_every_steps=4",
+                     "--set", "train.eval_every_epochs=0",
+                     "--set", "optim.warmup_epochs=0"])
+  assert code == 0
+  shutil.copytree(run_dir, damaged)
+  for path in (damaged / "checkpoints" / "8" / "state" / "d").iterdir():
+    with open(path, "r+b") as f:
+      f.truncate(100)
+  return {"run": str(run_dir), "damaged": str(damaged)}
+
+
+def _tree_state(path) -> dict:
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in pathlib.Path(path).rglob("*")}
+
+
+@pytest.mark.parametrize("name, argv, code, message, command",
+                         [c + ("train",) * (5 - len(c)) for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_bad_input(name, argv, code, message, trees, tmp_path, capsys):
-  argv = [a.format(**trees) for a in argv]
+def test_bad_input(name, argv, code, message, command, trees, tmp_path,
+                   capsys, request):
+  import importlib
+  paths = dict(trees)
+  if any("{run}" in a or "{damaged}" in a for a in argv):
+    paths.update(request.getfixturevalue("runs"))
+  argv = [a.format(**paths) for a in argv]
   workdir = tmp_path / "w"
-  got_code, lines = run(argv + ["--workdir", str(workdir)], capsys)
+  if command == "train":
+    argv += ["--workdir", str(workdir)]
+  read = [paths[k] for k in ("run", "damaged") if k in paths]
+  before = [_tree_state(p) for p in read]
+  got_code, lines = run(argv, capsys,
+                        importlib.import_module(f"jaxcnn.{command}"))
   assert got_code == code, lines
   errors = [l for l in lines if l.startswith("error: ")]
   assert len(errors) == 1 and not any("Traceback" in l for l in lines), lines
-  assert message.format(**trees) in errors[0]
+  assert message.format(**paths) in errors[0]
   assert not workdir.exists()  # Nothing created.
-  RESULTS.append((name, " ".join(["python -m jaxcnn.train"] + argv), code,
-                  errors[0], trees))
+  assert [_tree_state(p) for p in read] == before  # Nothing changed.
+  RESULTS.append((name, " ".join([f"python -m jaxcnn.{command}"] + argv),
+                  code, errors[0], paths))
 
 
 def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):

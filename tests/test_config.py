@@ -1,4 +1,6 @@
 """Experiments load, overrides parse against the field's type, errors are clear."""
+import json
+
 import pytest
 
 from jaxcnn import config as config_lib
@@ -119,3 +121,53 @@ def test_variant_experiment_loads_its_base_without_sys_path(tmp_path):
   assert config_lib.load_experiment(str(copy)) == short
   for path in pathlib.Path(config_lib.EXPERIMENTS_DIR).glob("*.py"):
     assert "sys.path" not in path.read_text(), path
+
+
+def test_saved_config_json_loads_as_saved(tmp_path):
+  # A WORKDIR/config.json as training writes it (the resolved config): it
+  # loads with every saved field, the data's own fields cleared (they are
+  # filled in again from the data), and newer fields at their defaults.
+  saved = config_lib.apply_overrides(config_lib.load_experiment("test"), [
+      "model.activation=tanh", "data.train_size=512",
+      "data.image_shape=32,32,3", "data.class_names=a,b",
+      "data.channel_mean=0.5,0.5,0.5", "data.channel_std=0.2,0.2,0.2"])
+  as_dict = saved.to_dict()
+  del as_dict["model"]["conv_impl"]  # As if saved before it existed.
+  path = tmp_path / "run" / "config.json"
+  path.parent.mkdir()
+  path.write_text(json.dumps(as_dict))
+  got = config_lib.load_experiment(str(path))
+  assert got.model.activation == "tanh" and got.model.conv_impl == "auto"
+  assert tuple(got.data.channel_mean) == (0.5, 0.5, 0.5)
+  assert (got.data.train_size, got.data.image_shape,
+          got.data.class_names) == (0, (), ())
+  expected = saved.copy()
+  expected.data.train_size, expected.data.image_shape = 0, ()
+  expected.data.class_names = ()
+  assert config_lib.diff(got, expected) == []
+  over = config_lib.apply_overrides(got, ["train.num_steps=3"])
+  assert over.train.num_steps == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"model": {', "is not valid JSON"),
+    ("[1, 2]", "is not a config saved by jaxcnn (it has no data, model, "
+               "optim, train section)"),
+    ('{"model": {}, "data": {}}', "it has no optim, train section"),
+])
+def test_broken_config_json_is_one_clear_error(tmp_path, text, message):
+  path = tmp_path / "config.json"
+  path.write_text(text)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_experiment(str(path))
+  assert str(path) in str(e.value) and message in str(e.value)
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load_experiment(str(tmp_path / "nowhere.json"))
+
+
+def test_experiment_summaries_are_each_files_first_paragraph():
+  summaries = config_lib.experiment_summaries()
+  assert list(summaries) == config_lib.known_experiments()
+  assert summaries["vgg"] == "VGG-16 with BatchNorm on CIFAR-10: the seed recipe."
+  assert summaries["test"].startswith("A seconds-long run")
+  assert all(summaries.values())

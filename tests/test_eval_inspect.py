@@ -693,3 +693,58 @@ def test_validation_split_of_a_run_without_one_is_an_error(copy_of, capsys):
       eval_cli, ["--workdir", copy_of, "--step", "last"], capsys)
   assert code == 2 and "expected a step number or 'best'" in err
   assert snapshot(copy_of) == before
+
+
+@pytest.mark.parametrize("module", [eval_cli, inspect_cli])
+def test_a_checkpoint_folder_given_as_workdir_names_workdir_and_step(
+    module, copy_of, capsys):
+  # A step folder, a folder inside one, or the checkpoints folder itself:
+  # one line with the --workdir (and --step) to give instead.
+  before = snapshot(copy_of)
+  for given, use in (
+      ("checkpoints/32", f"use --workdir {copy_of} --step 32"),
+      ("checkpoints/48/state", f"use --workdir {copy_of} --step 48"),
+      ("checkpoints", f"use --workdir {copy_of} (saved steps: 16, 32, 48)")):
+    code, out, err = run_command(
+        module, ["--workdir", os.path.join(copy_of, given)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {os.path.join(copy_of, given)} is ")
+    assert "not a workdir" in lines[0] and lines[0].endswith(use), lines[0]
+  # Relative, as typed: the advice repeats the relative path.
+  os.chdir(os.path.dirname(copy_of))
+  try:
+    code, _, err = run_command(module, ["--workdir", "copy/checkpoints/16"],
+                               capsys)
+  finally:
+    os.chdir(REPO)
+  assert code == 1 and err.strip().endswith("use --workdir copy --step 16")
+  assert snapshot(copy_of) == before
+
+
+def test_unreadable_newest_step_names_the_newest_readable_one(copy_of, capsys):
+  def truncate_step(step):
+    for path in glob.glob(os.path.join(copy_of, f"checkpoints/{step}/state/d/*")):
+      _truncate(path)
+
+  truncate_step(48)
+  before = snapshot(copy_of)
+  for module in (eval_cli, inspect_cli):
+    code, out, err = run_command(module, ["--workdir", copy_of], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1, err
+    assert "step 48" in lines[0] and "truncated or corrupted" in lines[0]
+    assert lines[0].endswith("the newest readable checkpoint is step 32: use "
+                             f"--workdir {copy_of} --step 32"), lines[0]
+  # The step it names does evaluate.
+  code, out, err = run_command(eval_cli, ["--workdir", copy_of, "--step", "32",
+                                          "--json", "--no_plots"], capsys)
+  assert code == 0 and json.loads(out)["step"] == 32
+  truncate_step(32)
+  code, _, err = run_command(eval_cli, ["--workdir", copy_of], capsys)
+  assert code == 1 and err.strip().endswith("--step 16"), err
+  truncate_step(16)
+  code, _, err = run_command(eval_cli, ["--workdir", copy_of], capsys)
+  assert code == 1 and err.strip().endswith(
+      "no other checkpoint here can be read"), err
+  assert snapshot(copy_of)["checkpoints"] == before["checkpoints"]

@@ -384,3 +384,49 @@ def test_small_and_full_scales_hold_out_a_validation_split():
       assert config.data.validation_size == size
   small = studies_lib.member_configs(study, "small", 1)[0][2]
   assert small.data.train_limit == 5000
+
+
+def test_every_study_builds_at_every_scale():
+  # The check a study makes before it trains its first member, at every
+  # scale: every member resolves, its data fields fill in, and its model,
+  # optimizer and initial state build (shapes only, jax.eval_shape). The
+  # tiny scale swaps in the tiny model, so each study's model overrides
+  # must make sense there too (the lrn study's norm did not, once).
+  datasets = {}
+  for name, s in studies.all_studies().items():
+    for scale in studies.SCALES:
+      runs = studies.member_configs(s, scale, 1, data="synthetic")
+      setups = study_runner.check_runs(s, scale, runs, datasets)
+      assert len(setups) == len(runs) > 0, (name, scale)
+      for (member, _, config), setup in zip(runs, setups):
+        assert setup.total_steps > 0, (name, scale, member.name)
+        if scale == "tiny":
+          assert setup.config.model.name == "tiny"
+  lrn = studies.member_configs(studies.load("lrn"), "tiny", 1)
+  assert [c.model.norm for _, _, c in lrn] == ["lrn", "none", "batchnorm"]
+
+
+def test_a_study_checks_every_member_before_training_any(tmp_path):
+  # The second member cannot be built (VGG has no LRN): the study stops
+  # before the first, good member trains, naming the bad one.
+  s = studies.Study(
+      "toy", question="q", paper="p", base="test",
+      members=lambda scale: [
+          studies.Member("good", ()),
+          studies.Member("bad", ("model.name=vgg", "model.norm=lrn"))])
+  with pytest.raises(config_lib.ConfigError) as e:
+    study_runner.run_study(s, "tiny", 1, tmp_path / "runs")
+  assert "member bad cannot run, so nothing was trained" in str(e.value)
+  assert "model.norm='lrn' is not supported by vgg" in str(e.value)
+  assert not (tmp_path / "runs").exists()
+
+
+def test_study_help_explains_the_options_and_lists_the_studies(capsys):
+  with pytest.raises(SystemExit):
+    study.parse_args(["--help"])
+  out = " ".join(capsys.readouterr().out.split())  # Unwrapped.
+  assert "(default: small): tiny = the tiny model on synthetic data" in out
+  assert "seeds 0..N-1 (default: 1)" in out
+  assert "(default: runs): ROOT/study_NAME/<member>_seed<k>" in out
+  for s in studies.all_studies().values():
+    assert f"{s.name}: {' '.join(s.question.split())}" in out

@@ -225,3 +225,55 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
   assert message in out.stderr
   assert "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_rerun_of_a_saved_config_trains_that_config(tmp_path, capsys):
+  # --exp WORKDIR/config.json trains the saved run's config again: the same
+  # resolved config and, the run being deterministic, the same weights;
+  # --set applies on top, and the data's fields are filled in afresh.
+  from jaxcnn import train
+  first = str(tmp_path / "first")
+  common = ["--set", "train.num_steps=8", "--set", "train.eval_every_epochs=0",
+            "--set", "model.activation=tanh"]
+  assert train.main(["--exp", "test", "--workdir", first] + common) == 0
+  saved = os.path.join(first, "config.json")
+  # The saved config names the classes (python -m jaxcnn.predict says them).
+  assert json.loads(open(saved).read())["data"]["class_names"] == [
+      f"class{i}" for i in range(10)]
+  again = str(tmp_path / "again")
+  assert train.main(["--exp", saved, "--workdir", again]) == 0
+  assert (open(os.path.join(again, "config.json")).read()
+          == open(saved).read())
+  a, b = final_state(first), final_state(again)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  capsys.readouterr()
+  assert train.main(["--exp", saved, "--print_config",
+                     "--set", "train.num_steps=5",
+                     "--set", "data.train_limit=256"]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  assert printed["train"]["num_steps"] == 5
+  assert printed["model"]["activation"] == "tanh"
+  assert printed["data"]["train_size"] == 0  # Filled in from the data.
+  # A run saved before the config named its classes still resumes.
+  meta = os.path.join(first, "checkpoints", "8", "config", "metadata")
+  old = json.loads(open(meta).read())
+  del old["data"]["class_names"]
+  open(meta, "w").write(json.dumps(old))
+  longer = common[2:] + ["--set", "train.num_steps=12"]
+  assert train.main(["--exp", "test", "--workdir", first] + longer) == 0
+  assert checkpoint.saved_steps(first)[-1] == 12
+  assert train.default_workdir(saved) == os.path.join("runs", "first_rerun")
+  assert train.default_workdir("vgg") == os.path.join("runs", "vgg")
+
+
+def test_train_help_lists_experiments_and_where_keys_are(capsys):
+  from jaxcnn import train
+  with pytest.raises(SystemExit):
+    train.parse_args(["--help"])
+  out = capsys.readouterr().out
+  for name in config_lib.known_experiments():
+    assert f"\n  {name} " in out
+  assert "VGG-16 with BatchNorm on CIFAR-10: the seed recipe." in out
+  assert "jaxcnn/defaults.py" in out and "--print_config" in out
+  assert "config.json" in out

@@ -11,7 +11,7 @@ normalised, any square size; 32 for CIFAR-10) and returns float32 logits
   logits = model.apply(variables, x, train=False)
 
 A model with BatchNorm has 'batch_stats' in `variables` and returns updated
-ones in `new_vars['batch_stats']`. A model without BatchNorm (alexnet with
+ones in `new_vars['batch_stats']`. A model without BatchNorm (alexnet or tiny with
 norm 'lrn' or 'none', any model with norm 'none') has only 'params'; given the
 same calls with `bs = {}` it returns `new_vars == {'batch_stats': {}}`, so the
 trainer needs no special case.
@@ -41,7 +41,7 @@ NORMS_BY_MODEL = {
     "alexnet": ("lrn", "batchnorm", "none"),
     "vgg": ("batchnorm", "none"),
     "speednet": ("batchnorm",),
-    "tiny": ("batchnorm", "none"),
+    "tiny": ("batchnorm", "lrn", "none"),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -3,6 +3,10 @@ on CPU while still exercising BatchNorm, dropout and every trainer path.
 
   conv1 3x3 8 -> bn1 -> act -> maxpool 2 -> conv2 3x3 16 -> bn2 -> act
   -> global average pool -> dropout -> logits
+
+With norm 'lrn' each BatchNorm gives way to local response normalization
+after the activation (the AlexNet-like net's order), so a study of
+normalizations runs at the tiny scale too.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from jaxcnn.models import layers
 
 
 class TinyCNN(layers.ModelBase):
-  """`norm`: 'batchnorm' | 'none'. `width` scales the 8 and 16 channels."""
+  """`norm`: 'batchnorm' | 'lrn' | 'none'. `width` scales the 8 and 16
+  channels."""
   activation: str = "relu"
   norm: str = "batchnorm"
   dropout: float = 0.0
@@ -32,6 +37,8 @@ class TinyCNN(layers.ModelBase):
       if use_bn:
         x = self.bn(x, train, f"bn{index}")
       x = act(x)
+      if self.norm == "lrn":
+        x = layers.LocalResponseNorm(name=f"lrn{index}")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="logits")(x)
