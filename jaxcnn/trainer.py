@@ -65,14 +65,68 @@ RESUMABLE_CHANGES = (
 # before them lack: such a config takes the current values.
 ADDED_DATA_FIELDS = ("train_size", "image_shape")
 
+# Fields resolve_with_data fills in from the data when the config leaves them
+# empty: they differ as a consequence of another change (data.train_limit,
+# data.source), so a refusal names them after what the user changed.
+DERIVED_FROM_DATA = ("data.channel_mean", "data.channel_std",
+                     "data.train_size", "data.image_shape")
 
-def incompatible_changes(saved: Config, current: Config) -> list[str]:
+
+def incompatible_changes(saved: Config, current: Config,
+                         given: Config | None = None
+                         ) -> tuple[list[str], list[str]]:
+  """(changed, derived): the `key: saved -> current` lines that forbid a
+  resume, the fields the user set apart from those derived from the data.
+  `given` is the config before the data's fields were filled in (a field set
+  there is the user's, not derived); None: all of DERIVED_FROM_DATA are."""
   saved = saved.copy()
   for key in ADDED_DATA_FIELDS:
     if not saved.data.get(key):
       saved.data[key] = current.data[key]
-  return [line for line in diff(saved, current)
-          if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
+  lines = [line for line in diff(saved, current)
+           if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
+  derived_keys = {key for key in DERIVED_FROM_DATA
+                  if given is None or not given.data.get(key.split(".", 1)[1])}
+  changed = [l for l in lines if l.split(":", 1)[0] not in derived_keys]
+  derived = [l for l in lines if l.split(":", 1)[0] in derived_keys]
+  return changed, derived
+
+
+def fresh_workdir_suggestion(workdir: str) -> str:
+  """A sibling of `workdir` that does not exist yet (W_2, W_3, ...)."""
+  base = str(workdir).rstrip("/") or "runs/run"
+  n = 2
+  while pathlib.Path(f"{base}_{n}").exists():
+    n += 1
+  return f"{base}_{n}"
+
+
+def refused_resume_message(workdir: str, changed: list[str],
+                           derived: list[str]) -> str:
+  """One line: what the user changed first, then what follows from the data
+  (the channel statistics by name only: their values are long and say
+  nothing), then how to start afresh."""
+  def short(line: str) -> str:
+    key = line.split(":", 1)[0]
+    return key if key in ("data.channel_mean", "data.channel_std") else line
+  if changed:
+    text = f"{workdir} holds a run with a different config: " + "; ".join(
+        changed)
+    if derived:
+      text += " (and, derived from the data: " + "; ".join(
+          short(l) for l in derived) + ")"
+  else:
+    text = (f"{workdir} holds a run trained on other data (derived from the "
+            "data: " + "; ".join(short(l) for l in derived) + ")")
+  return (text + "; nothing was changed: to start afresh use a new "
+          f"--workdir, e.g. --workdir {fresh_workdir_suggestion(workdir)}")
+
+
+def eval_command(workdir: str, tta: str = "none") -> str:
+  """The command that evaluates the latest checkpoint of `workdir`."""
+  import shlex
+  command = f"python -m jaxcnn.eval --workdir {shlex.quote(str(workdir))}"
+  return command + (f" --tta {tta}" if tta != "none" else "")
 
 
 class _StopFlag:
@@ -118,7 +172,7 @@ def train_and_evaluate(config: Config, workdir: str, *,
   lock = WorkdirLock(workdir).acquire() if is_main else None
   try:
     fresh = create_train_state(setup)
-    restored = _resume_state(setup, workdir, fresh, say)
+    restored = _resume_state(setup, workdir, fresh, say, config)
     state = fresh if restored is None else restored
     del fresh, restored
     loop = _Loop(setup, workdir, state, say, is_main)
@@ -137,16 +191,15 @@ def train_and_evaluate(config: Config, workdir: str, *,
 
 
 def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
-                         say) -> TrainState | None:
+                  say, given: Config | None = None) -> TrainState | None:
   """The state to resume from, in checkpoint.restore_latest_good's resume
   order (None: start afresh); a saved config must agree with this one,
-  RESUMABLE_CHANGES aside."""
+  RESUMABLE_CHANGES aside, and the checkpoint must not be past this run's
+  end (`given`: the config before the data's fields were filled in)."""
   def target(saved_config: Config) -> dict:
-    changes = incompatible_changes(saved_config, setup.config)
-    if changes:
-      raise TrainingError(
-          f"{workdir} holds a run with a different config ("
-          + "; ".join(changes) + "): use another --workdir to start afresh")
+    changed, derived = incompatible_changes(saved_config, setup.config, given)
+    if changed or derived:
+      raise TrainingError(refused_resume_message(workdir, changed, derived))
     return fresh.to_dict()
 
   restored = checkpoint.restore_latest_good(workdir, target,
@@ -154,7 +207,19 @@ def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
   if restored is None:
     return None
   state = TrainState.from_dict(restored.state)
-  say(f"resuming from checkpoint step {int(state.step)} in {workdir}")
+  step, total = int(state.step), setup.total_steps
+  if step > total:
+    # Resuming would train nothing and report the longer run's step as if it
+    # were this one's.
+    train = setup.config.train
+    length = (f"train.num_steps={train.num_steps}" if train.num_steps
+              else f"train.num_epochs={train.num_epochs}")
+    raise TrainingError(
+        f"{workdir} is at step {step}, past this run's end at step {total} "
+        f"({length}); nothing was changed: evaluate it with "
+        f"`{eval_command(workdir)}`, or train longer with "
+        f"train.num_steps above {step}")
+  say(f"resuming from checkpoint step {step} in {workdir}")
   return state
 
 

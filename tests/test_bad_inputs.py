@@ -3,6 +3,7 @@ workdir as it was. With JAXCNN_WRITE_DOCS=1 this also writes the table in
 docs/bad-inputs.md from what the commands really printed."""
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -94,13 +95,34 @@ CASES = [
      "defined for momentum and nesterov, not 'adam'"),
     ("bad freeze regex", TINY + ["--set", "optim.freeze_filter=whiten(("], 2,
      "optim.freeze_filter 'whiten((' is not a valid regex"),
+    # These two run on a copy of a workdir trained by TRAINED (16 steps).
+    ("run shorter than the step the workdir reached", TINY, 1,
+     "is at step 16, past this run's end at step 8 (train.num_steps=8)"),
+    ("resume with other data (data.train_limit)",
+     TINY + ["--set", "train.num_steps=16", "--set", "data.train_limit=256"], 1,
+     "a different config: data.train_limit: 0 -> 256 (and, derived from the "
+     "data: data.channel_mean"),
 ]
+TRAINED = ["--exp", "test", "--set", "train.num_steps=16"]
+ON_A_TRAINED_WORKDIR = {"run shorter than the step the workdir reached",
+                        "resume with other data (data.train_limit)"}
+
+
+def listing(workdir):
+  return sorted((str(p.relative_to(workdir)), p.read_bytes())
+                for p in pathlib.Path(workdir).rglob("*")
+                if p.is_file() and p.name != ".lock")
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
   root = tmp_path_factory.mktemp("trees")
+  trained = root / "trained"
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: train.main(TRAINED + ["--workdir", str(trained)]))
+  assert exit_info.value.code == 0
   return {
+      "trained": str(trained),
       "tmp": str(root),
       "nosplit": str(make_tree(root / "nosplit", skip_split="test")),
       "empty": str(make_tree(root / "empty", empty_class=True)),
@@ -114,14 +136,22 @@ def trees(tmp_path_factory):
 def test_bad_input(name, argv, code, message, trees, tmp_path, capsys):
   argv = [a.format(**trees) for a in argv]
   workdir = tmp_path / "w"
+  if name in ON_A_TRAINED_WORKDIR:
+    shutil.copytree(trees["trained"], workdir)
+    before = listing(workdir)
   got_code, lines = run(argv + ["--workdir", str(workdir)], capsys)
   assert got_code == code, lines
   errors = [l for l in lines if l.startswith("error: ")]
   assert len(errors) == 1 and not any("Traceback" in l for l in lines), lines
   assert message.format(**trees) in errors[0]
-  assert not workdir.exists()  # Nothing created.
-  RESULTS.append((name, " ".join(["python -m jaxcnn.train"] + argv), code,
-                  errors[0], trees))
+  if name in ON_A_TRAINED_WORKDIR:
+    assert listing(workdir) == before  # Nothing changed.
+  else:
+    assert not workdir.exists()  # Nothing created.
+  shown = argv + (["--workdir", str(workdir)]
+                  if name in ON_A_TRAINED_WORKDIR else [])
+  RESULTS.append((name, " ".join(["python -m jaxcnn.train"] + shown), code,
+                  errors[0], {**trees, "workdir": str(workdir)}))
 
 
 def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):

@@ -225,3 +225,47 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
   assert message in out.stderr
   assert "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def workdir_snapshot(workdir) -> dict:
+  """Every file of a workdir with its bytes (the lock file aside)."""
+  root = os.path.abspath(workdir)
+  out = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if name != ".lock":
+        out[os.path.relpath(path, root)] = open(path, "rb").read()
+  return out
+
+
+def test_refused_resume_names_what_changed_before_derived_fields(tmp_path):
+  # data.train_limit changes the data, so the channel statistics and
+  # train_size (filled in from the data) differ too: the change the user made
+  # must come first, the derived fields after, labelled as such.
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(
+      tiny_config("train.num_steps=8", "data.train_limit=256"), workdir)
+  before = workdir_snapshot(workdir)
+  with pytest.raises(trainer.TrainingError) as info:
+    trainer.train_and_evaluate(tiny_config("train.num_steps=8"), workdir)
+  message = str(info.value)
+  assert message.index("data.train_limit: 256 -> 0") < message.index(
+      "derived from the data") < message.index("data.channel_mean")
+  assert "data.train_size: 256 -> 512" in message
+  assert message.endswith(f"--workdir {workdir}_2")
+  assert workdir_snapshot(workdir) == before
+
+
+def test_resume_with_a_shorter_run_is_refused_and_changes_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config("train.num_steps=16"), workdir)
+  before = workdir_snapshot(workdir)
+  with pytest.raises(trainer.TrainingError,
+                     match=r"is at step 16, past this run's end at step 8 "
+                     r"\(train.num_steps=8\).*python -m jaxcnn.eval --workdir "):
+    trainer.train_and_evaluate(tiny_config("train.num_steps=8"), workdir)
+  assert workdir_snapshot(workdir) == before
+  # The same length (a finished run run again) still evaluates it.
+  assert trainer.train_and_evaluate(
+      tiny_config("train.num_steps=16"), workdir)["step"] == 16
