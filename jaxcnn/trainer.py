@@ -27,7 +27,7 @@ import numpy as np
 from jaxcnn import checkpoint, parallel, reporting
 from jaxcnn.config import Config, diff
 from jaxcnn.data import Dataset
-from jaxcnn.eval_step import evaluate_state, make_eval_fn, place_eval_data
+from jaxcnn.eval_step import BatchwiseEvalFn, evaluate_state, place_eval_data
 # The names callers know the trainer by (python -m jaxcnn.train, tests).
 from jaxcnn.state import (Setup, TrainState, build,  # noqa: F401
                           create_train_state, variables_of)
@@ -45,6 +45,10 @@ class Interrupted(RuntimeError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
+
+
+class _EvaluationStopped(Exception):
+  """A signal arrived during an evaluation, which was abandoned."""
 
 
 # Train calls the loop queues on the devices before it waits for them to
@@ -175,16 +179,21 @@ def train_and_evaluate(config: Config, workdir: str, *,
     restored = _resume_state(setup, workdir, fresh, say, config)
     state = fresh if restored is None else restored
     del fresh, restored
-    loop = _Loop(setup, workdir, state, say, is_main)
-    try:
-      with _StopFlag() as stop:
+    # The flag covers the evaluations after training too: a signal there
+    # stops them, and the run says that its final checkpoint is saved.
+    with _StopFlag() as stop:
+      loop = _Loop(setup, workdir, state, say, is_main, stop)
+      try:
         while loop.step < setup.total_steps:
           prev = loop.step
           loop.dispatch()
-          loop.between_dispatches(prev, stop.signum)
-    finally:
-      loop.close()
-    return loop.final_result()
+          loop.between_dispatches(prev)
+        result = loop.final_result()
+      finally:
+        loop.close()
+      if stop.signum is not None:  # It came while the results were printed.
+        raise loop.finished_interrupt(stop.signum)
+    return result
   finally:
     if lock is not None:
       lock.release()
@@ -228,9 +237,9 @@ class _Loop:
   accumulator, the eval data, the writers and the clock."""
 
   def __init__(self, setup: Setup, workdir: str, state: TrainState, say,
-               is_main: bool):
+               is_main: bool, stop: _StopFlag):
     config = setup.config
-    self.setup, self.workdir, self.say = setup, workdir, say
+    self.setup, self.workdir, self.say, self.stop = setup, workdir, say, stop
     self.manager = checkpoint.make_manager(workdir,
                                            keep=config.train.keep_checkpoints)
     if is_main:
@@ -245,7 +254,7 @@ class _Loop:
     self.eval_data = place_eval_data(
         setup.data.test_images, setup.data.test_labels, setup.devices,
         config.train.eval_batch_size)
-    self.eval_fn = make_eval_fn(setup.model, config, setup.devices)
+    self.eval_fn = BatchwiseEvalFn(setup.model, config, setup.devices)
     self.stats_fn = None
     if config.train.collect_stats:
       from jaxcnn import stats  # Only built when asked for: no cost otherwise.
@@ -254,6 +263,8 @@ class _Loop:
     self.progress = reporting.Progress(
         setup.total_steps, self.step,
         enabled=is_main and config.train.progress_bar)
+    if is_main:  # Status lines go above the bar, not onto its line.
+      self.say = self.progress.write
     # On XLA CPU, devices are threads of one pool: with many queued calls,
     # the all-reduce of one call waited for threads held by the next ones
     # until XLA's 40 s rendezvous timeout killed the process (seen with 4
@@ -304,17 +315,23 @@ class _Loop:
     if self.clock.first_call is None:  # It compiled: time it apart.
       jax.block_until_ready(self.acc)
       self.clock.first_call_done(time.time() - t0, n)
+      self.progress.exclude(time.time() - t0)  # The bar's rate: steps only.
       self.say(f"compiled and ran the first step in {time.time() - t0:.1f}s")
       self.mark_log()
 
-  def between_dispatches(self, prev: int, stop_signum: int | None) -> None:
-    """Logs, collects statistics, evaluates, saves and stops when due."""
+  def between_dispatches(self, prev: int) -> None:
+    """Logs, collects statistics, saves, evaluates and stops when due.
+
+    A signal (self.stop) saves and stops: before the step's evaluation or
+    during it (between its batches). At the end of training the checkpoint
+    is written first, so a signal during the final evaluation (train.
+    final_tta's can take minutes) leaves a complete, saved run."""
     train, step = self.setup.config.train, self.step
     spe = self.setup.steps_per_epoch
     at_end = step >= self.setup.total_steps
     log = _crossed(prev, step, train.log_every_steps) or at_end
     evaluate = at_end or _crossed(prev, step, train.eval_every_epochs * spe)
-    save = (at_end or stop_signum is not None
+    save = (at_end or self.stop.signum is not None
             or _crossed(prev, step, train.checkpoint_every_steps))
     if not (log or evaluate or save):
       return
@@ -328,16 +345,64 @@ class _Loop:
           step - self.start_step - self.clock.first_call["steps"])
       if self.timing is not None:
         self.writer.write("timing", step, **self.timing)
-    if evaluate:
-      self.evaluate(at_end)
     if save:
-      with self.clock.paused():
+      with self.paused():
         self.save()
-    if stop_signum is not None and not at_end:
-      checkpoint.wait(self.manager)
-      raise Interrupted(
-          f"{signal.Signals(stop_signum).name}: stopped at step {step} after "
-          "writing a checkpoint; run the same command to resume", stop_signum)
+    if evaluate and self.stop.signum is None:
+      try:
+        self.evaluate(at_end)
+      except _EvaluationStopped:
+        pass
+    signum = self.stop.signum
+    if signum is None:
+      return
+    if not save:  # The signal came during the evaluation.
+      with self.paused():
+        self.save()
+    checkpoint.wait(self.manager)
+    if at_end:
+      raise self.finished_interrupt(signum)
+    raise Interrupted(
+        f"{signal.Signals(signum).name}: stopped at step {step} after "
+        "writing a checkpoint; run the same command to resume", signum)
+
+  def finished_interrupt(self, signum: int) -> Interrupted:
+    """The stop of a run whose training is done and saved: how to evaluate
+    it instead of waiting."""
+    tta = self.setup.config.train.final_tta
+    how = f"`{eval_command(self.workdir)}`"
+    if tta != "none":
+      how += (" (with train.final_tta's test-time augmentation: "
+              f"`{eval_command(self.workdir, tta)}`)")
+    return Interrupted(
+        f"{signal.Signals(signum).name}: training is complete and its final "
+        f"checkpoint (step {self.step}) is saved in {self.workdir}; the "
+        f"evaluation was stopped. Evaluate it with {how}", signum)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time that is not training: out of the training seconds and out of the
+    progress bar's rate."""
+    with self.clock.paused(), self.progress.paused():
+      yield
+
+  def run_eval(self, eval_fn, what: str) -> dict:
+    """evaluate_state with progress over its batches (raw, then EMA) when
+    the bar is on; a signal stops it between batches (_EvaluationStopped)."""
+    batches = int(self.eval_data.images.shape[1])
+    offset = {"raw": 0, "ema": batches}
+    bar = self.progress.sub_bar(what, 2 * batches)
+
+    def before_batch(name, done, total):
+      if self.stop.signum is not None:
+        raise _EvaluationStopped
+      bar.update(offset[name] + done)
+
+    try:
+      return evaluate_state(eval_fn, self.state_r, self.eval_data,
+                            before_batch)
+    finally:
+      bar.close()
 
   # --- Between dispatches -----------------------------------------------------
 
@@ -381,15 +446,15 @@ class _Loop:
 
   def collect_stats(self) -> None:
     if self.stats_fn is not None:
-      with self.clock.paused():
+      with self.paused():
         self.writer.write("stats", self.step, **self.stats_fn(self.state_r))
 
   def evaluate(self, at_end: bool) -> None:
     """Test accuracy of the raw and EMA weights (and with train.final_tta at
     the end); the result is what train_and_evaluate returns."""
     step, spe = self.step, self.setup.steps_per_epoch
-    with self.clock.paused():
-      results = evaluate_state(self.eval_fn, self.state_r, self.eval_data)
+    with self.paused():
+      results = self.run_eval(self.eval_fn, f"evaluating step {step}")
       self.writer.write(
           "eval", step, epoch=step / spe,
           **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
@@ -406,8 +471,8 @@ class _Loop:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
     setup, step = self.setup, self.step
     tta = setup.config.train.final_tta
-    tta_fn = make_eval_fn(setup.model, setup.config, setup.devices, tta=tta)
-    results = evaluate_state(tta_fn, self.state_r, self.eval_data)
+    tta_fn = BatchwiseEvalFn(setup.model, setup.config, setup.devices, tta=tta)
+    results = self.run_eval(tta_fn, f"evaluating with TTA ({tta})")
     self.writer.write("eval_tta", step, tta=tta,
                       **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
                          for k in ("accuracy", "loss", "top5_accuracy")})
@@ -436,8 +501,11 @@ class _Loop:
     with the training seconds; both printed."""
     result = self.result
     if result is None:
-      result = {"step": self.step, **evaluate_state(
-          self.eval_fn, self.state_r, self.eval_data)}
+      try:
+        result = {"step": self.step, **self.run_eval(
+            self.eval_fn, f"evaluating step {self.step}")}
+      except _EvaluationStopped:
+        raise self.finished_interrupt(self.stop.signum) from None
     timing = self.timing
     if timing is not None:
       result.update(timing)

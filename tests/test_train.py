@@ -269,3 +269,82 @@ def test_resume_with_a_shorter_run_is_refused_and_changes_nothing(tmp_path):
   # The same length (a finished run run again) still evaluates it.
   assert trainer.train_and_evaluate(
       tiny_config("train.num_steps=16"), workdir)["step"] == 16
+
+
+@pytest.mark.parametrize("tta", ["none", "mirror_translate"])
+def test_batchwise_eval_equals_the_scanned_eval(tta):
+  # The trainer evaluates one batch per call (to show progress and honour a
+  # signal): the figures must be those of the one-call scan, to the bit.
+  setup = trainer.build(tiny_config("train.num_steps=8"))
+  state = trainer.create_train_state(setup)
+  data = eval_step.place_eval_data(setup.data.test_images,
+                                   setup.data.test_labels, setup.devices, 48)
+  from jaxcnn import parallel
+  variables = parallel.replicate(trainer.variables_of(state, "ema"),
+                                 setup.devices)
+  args = (variables, data.images, data.labels, data.mask)
+  scanned = eval_step.summarize_eval(eval_step.make_eval_fn(
+      setup.model, setup.config, setup.devices, tta)(*args))
+  seen = []
+  batchwise = eval_step.summarize_eval(eval_step.BatchwiseEvalFn(
+      setup.model, setup.config, setup.devices, tta)(
+          *args, before_batch=lambda done, total: seen.append((done, total))))
+  assert seen == [(i, 5) for i in range(6)]  # 200 images, 4 x 12 per batch.
+  np.testing.assert_array_equal(batchwise.pop("confusion"),
+                                scanned.pop("confusion"))
+  assert batchwise == scanned
+
+
+@pytest.mark.parametrize("tta, signum", [
+    ("mirror_translate", "SIGINT"), ("none", "SIGTERM")])
+def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
+                                                     capsys, tta, signum):
+  # The signal arrives at the second batch of the last evaluation after
+  # training (train.final_tta's, else the final raw/EMA one): the run stops
+  # there, with 128 + signal, saying that its final checkpoint is written
+  # and how to evaluate it.
+  import signal as signal_lib
+  from jaxcnn import cli, train
+  sig = getattr(signal_lib, signum)
+  batches = []
+
+  class SignalledEval(eval_step.BatchwiseEvalFn):
+    def __init__(self, *args, tta="none"):
+      super().__init__(*args, tta=tta)
+      self.tta = tta
+
+    def __call__(self, *args, before_batch=None):
+      def hook(done, total):
+        if self.tta == tta and trainer_step[0] == 16:
+          batches.append(done)
+          if done == 1:
+            os.kill(os.getpid(), sig)
+        before_batch(done, total)
+      return super().__call__(*args, before_batch=hook)
+
+  trainer_step = [0]
+  real_evaluate = trainer._Loop.evaluate
+
+  def evaluate(self, at_end):
+    trainer_step[0] = self.step if at_end else 0
+    return real_evaluate(self, at_end)
+
+  monkeypatch.setattr(trainer, "BatchwiseEvalFn", SignalledEval)
+  monkeypatch.setattr(trainer._Loop, "evaluate", evaluate)
+  workdir = str(tmp_path / "run")
+  argv = ["--exp", "test", "--workdir", workdir, "--set", "train.num_steps=16",
+          "--set", f"train.final_tta={tta}", "--set", "train.eval_every_epochs=0"]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: train.main(argv))
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 128 + sig, err
+  assert batches == [0, 1], batches  # Stopped at the next batch.
+  assert checkpoint.saved_steps(workdir) == [16]
+  assert final_state(workdir)["step"] == 16
+  assert (f"stopped: {signum}: training is complete and its final checkpoint "
+          f"(step 16) is saved in {workdir}") in err
+  assert f"`python -m jaxcnn.eval --workdir {workdir}`" in err
+  if tta != "none":
+    assert f"--workdir {workdir} --tta {tta}`" in err
+  assert not reporting.read_metrics(workdir, "eval_tta")
+  assert "final: step" not in err
