@@ -282,7 +282,7 @@ class _Loop:
     self.mark_log()
     self.result = None
     self.timing = None
-    say(f"training {config.model.name} on {setup.data.source}: "
+    self.say(f"training {config.model.name} on {setup.data.source}: "
         f"{len(setup.data.train_labels)} train / "
         f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
         f"{setup.devices[0].platform} device(s), batch "

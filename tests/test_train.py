@@ -348,3 +348,34 @@ def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
     assert f"--workdir {workdir} --tta {tta}`" in err
   assert not reporting.read_metrics(workdir, "eval_tta")
   assert "final: step" not in err
+
+
+def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
+    tmp_path, monkeypatch, capsys):
+  # Evaluations made slow on purpose: the bar's final rate must still be the
+  # training steps' (compile and evaluation excluded), each evaluation shows
+  # its batches, and status lines start lines of their own instead of being
+  # printed onto the bar's.
+  import re
+  import time as time_lib
+  real_run_eval = trainer._Loop.run_eval
+
+  def slow_run_eval(self, *args):
+    time_lib.sleep(1.5)
+    return real_run_eval(self, *args)
+
+  monkeypatch.setattr(trainer._Loop, "run_eval", slow_run_eval)
+  result = trainer.train_and_evaluate(
+      tiny_config("train.num_steps=32", "train.progress_bar=true",
+                  "train.log_every_steps=8"), str(tmp_path / "run"))
+  err = capsys.readouterr().err
+  value, unit = re.findall(r"(\d+(?:\.\d+)?)(s/step|step/s)", err)[-1]
+  sec_per_step = float(value) if unit == "s/step" else 1 / float(value)
+  # Two evaluations (steps 16 and 32) took 3 s; the training far less.
+  assert sec_per_step < (result["train_seconds"] + 1.0) / 32, (
+      sec_per_step, result["train_seconds"])
+  assert "evaluating step 16" in err and "batch" in err
+  for status in ("training tiny on synthetic", "compiled and ran",
+                 "step 16 (epoch 1.0): test accuracy", "final: step 32"):
+    at = err.index(status)
+    assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 60):at + 20])
