@@ -19,6 +19,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _EventFile:
+  """A TensorBoard event file written synchronously: each `add_scalars` is on
+  disk when it returns. (tensorboardX's SummaryWriter queues events for a
+  thread that flushes every two minutes, and its flush() skips the queue, so
+  a killed run left a 0-byte file.)"""
+
+  def __init__(self, logdir: pathlib.Path):
+    from tensorboardX.event_file_writer import EventsWriter
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._writer = EventsWriter(str(logdir / "events"))
+    self._writer.flush()
+
+  def add_scalars(self, prefix: str, values: dict, step: int,
+                  wall_time: float) -> None:
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.summary import scalar
+    for k, v in values.items():
+      self._writer.write_event(event_pb2.Event(
+          wall_time=wall_time, step=step, summary=scalar(f"{prefix}/{k}", v)))
+    self._writer.flush()
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricWriter:
   """Appends one JSON object per line to WORKDIR/metrics.jsonl and mirrors
   scalars to TensorBoard event files in WORKDIR/tensorboard (if tensorboardX
@@ -37,8 +65,7 @@ class MetricWriter:
     self.path = workdir / "metrics.jsonl"
     self._file = open(self.path, "a")
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      self._tb = _EventFile(workdir / "tensorboard")
     except ImportError:
       print("tensorboardX is not installed: no TensorBoard event files.",
             file=sys.stderr)
@@ -51,10 +78,11 @@ class MetricWriter:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:
-      for k, v in record.items():
-        if k not in ("kind", "step", "time") and isinstance(v, (int, float)):
-          self._tb.add_scalar(f"{kind}/{k}", v, int(step))
-      self._tb.flush()
+      self._tb.add_scalars(
+          kind, {k: v for k, v in record.items()
+                 if k not in ("kind", "step", "time")
+                 and isinstance(v, (int, float))},
+          int(step), record["time"])
 
   def flush(self) -> None:
     if self._tb is not None:

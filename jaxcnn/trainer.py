@@ -482,6 +482,9 @@ class _Loop:
     return {"mode": tta, **results}
 
   def save(self) -> None:
+    # What the metrics say is on disk with the checkpoint (a SIGKILL loses
+    # neither).
+    self.writer.flush()
     # Host (numpy) copies: every process passes the same values and orbax's
     # primary process writes them, whatever the device count.
     checkpoint.save(self.manager, self.step,
