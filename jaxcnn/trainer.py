@@ -192,7 +192,7 @@ def train_and_evaluate(config: Config, workdir: str, *,
       finally:
         loop.close()
       if stop.signum is not None:  # It came while the results were printed.
-        raise loop.finished_interrupt(stop.signum)
+        raise loop.finished_interrupt(stop.signum, evaluated=True)
     return result
   finally:
     if lock is not None:
@@ -283,11 +283,11 @@ class _Loop:
     self.result = None
     self.timing = None
     self.say(f"training {config.model.name} on {setup.data.source}: "
-        f"{len(setup.data.train_labels)} train / "
-        f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
-        f"{setup.devices[0].platform} device(s), batch "
-        f"{config.train.batch_size}, {setup.steps_per_epoch} steps/epoch, "
-        f"steps {self.step}->{setup.total_steps}")
+             f"{len(setup.data.train_labels)} train / "
+             f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
+             f"{setup.devices[0].platform} device(s), batch "
+             f"{config.train.batch_size}, {setup.steps_per_epoch} steps/epoch, "
+             f"steps {self.step}->{setup.total_steps}")
 
   # --- Training ---------------------------------------------------------------
 
@@ -366,18 +366,21 @@ class _Loop:
         f"{signal.Signals(signum).name}: stopped at step {step} after "
         "writing a checkpoint; run the same command to resume", signum)
 
-  def finished_interrupt(self, signum: int) -> Interrupted:
+  def finished_interrupt(self, signum: int,
+                         evaluated: bool = False) -> Interrupted:
     """The stop of a run whose training is done and saved: how to evaluate
-    it instead of waiting."""
+    it instead of waiting (`evaluated`: the evaluation had ended, printed)."""
     tta = self.setup.config.train.final_tta
     how = f"`{eval_command(self.workdir)}`"
     if tta != "none":
       how += (" (with train.final_tta's test-time augmentation: "
               f"`{eval_command(self.workdir, tta)}`)")
+    stopped = ("its evaluation is printed above; evaluate it again with"
+               if evaluated else "the evaluation was stopped. Evaluate it with")
     return Interrupted(
         f"{signal.Signals(signum).name}: training is complete and its final "
-        f"checkpoint (step {self.step}) is saved in {self.workdir}; the "
-        f"evaluation was stopped. Evaluate it with {how}", signum)
+        f"checkpoint (step {self.step}) is saved in {self.workdir}; "
+        f"{stopped} {how}", signum)
 
   @contextlib.contextmanager
   def paused(self):
