@@ -1,7 +1,9 @@
 """The eval step: a pmap'd pass over a split placed on the devices, summing
 loss, top-1 and top-5 hits and the confusion matrix, with optional test-time
-augmentation; and evaluate_state, which runs it for the raw and the EMA
-weights of a (replicated) train state.
+augmentation; BatchwiseEvalFn, the same pass one batch per call (the
+trainer's: progress, and a signal honoured between batches); and
+evaluate_state, which runs either for the raw and the EMA weights of a
+(replicated) train state.
 """
 from __future__ import annotations
 
