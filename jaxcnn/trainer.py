@@ -27,7 +27,7 @@ import numpy as np
 from jaxcnn import checkpoint, parallel, reporting
 from jaxcnn.config import Config, diff
 from jaxcnn.data import Dataset
-from jaxcnn.eval_step import evaluate_state, make_eval_fn, place_eval_data
+from jaxcnn.eval_step import BatchwiseEvalFn, evaluate_state, place_eval_data
 # The names callers know the trainer by (python -m jaxcnn.train, tests).
 from jaxcnn.state import (Setup, TrainState, build,  # noqa: F401
                           create_train_state, variables_of)
@@ -45,6 +45,10 @@ class Interrupted(RuntimeError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
+
+
+class _EvaluationStopped(Exception):
+  """A signal arrived during an evaluation, which was abandoned."""
 
 
 # Train calls the loop queues on the devices before it waits for them to
@@ -65,14 +69,68 @@ RESUMABLE_CHANGES = (
 # before them lack: such a config takes the current values.
 ADDED_DATA_FIELDS = ("train_size", "image_shape", "class_names")
 
+# Fields resolve_with_data fills in from the data when the config leaves them
+# empty: they differ as a consequence of another change (data.train_limit,
+# data.source), so a refusal names them after what the user changed.
+DERIVED_FROM_DATA = ("data.channel_mean", "data.channel_std",
+                     "data.train_size", "data.image_shape")
 
-def incompatible_changes(saved: Config, current: Config) -> list[str]:
+
+def incompatible_changes(saved: Config, current: Config,
+                         given: Config | None = None
+                         ) -> tuple[list[str], list[str]]:
+  """(changed, derived): the `key: saved -> current` lines that forbid a
+  resume, the fields the user set apart from those derived from the data.
+  `given` is the config before the data's fields were filled in (a field set
+  there is the user's, not derived); None: all of DERIVED_FROM_DATA are."""
   saved = saved.copy()
   for key in ADDED_DATA_FIELDS:
     if not saved.data.get(key):
       saved.data[key] = current.data[key]
-  return [line for line in diff(saved, current)
-          if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
+  lines = [line for line in diff(saved, current)
+           if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
+  derived_keys = {key for key in DERIVED_FROM_DATA
+                  if given is None or not given.data.get(key.split(".", 1)[1])}
+  changed = [l for l in lines if l.split(":", 1)[0] not in derived_keys]
+  derived = [l for l in lines if l.split(":", 1)[0] in derived_keys]
+  return changed, derived
+
+
+def fresh_workdir_suggestion(workdir: str) -> str:
+  """A sibling of `workdir` that does not exist yet (W_2, W_3, ...)."""
+  base = str(workdir).rstrip("/") or "runs/run"
+  n = 2
+  while pathlib.Path(f"{base}_{n}").exists():
+    n += 1
+  return f"{base}_{n}"
+
+
+def refused_resume_message(workdir: str, changed: list[str],
+                           derived: list[str]) -> str:
+  """One line: what the user changed first, then what follows from the data
+  (the channel statistics by name only: their values are long and say
+  nothing), then how to start afresh."""
+  def short(line: str) -> str:
+    key = line.split(":", 1)[0]
+    return key if key in ("data.channel_mean", "data.channel_std") else line
+  if changed:
+    text = f"{workdir} holds a run with a different config: " + "; ".join(
+        changed)
+    if derived:
+      text += " (and, derived from the data: " + "; ".join(
+          short(l) for l in derived) + ")"
+  else:
+    text = (f"{workdir} holds a run trained on other data (derived from the "
+            "data: " + "; ".join(short(l) for l in derived) + ")")
+  return (text + "; nothing was changed: to start afresh use a new "
+          f"--workdir, e.g. --workdir {fresh_workdir_suggestion(workdir)}")
+
+
+def eval_command(workdir: str, tta: str = "none") -> str:
+  """The command that evaluates the latest checkpoint of `workdir`."""
+  import shlex
+  command = f"python -m jaxcnn.eval --workdir {shlex.quote(str(workdir))}"
+  return command + (f" --tta {tta}" if tta != "none" else "")
 
 
 class _StopFlag:
@@ -118,35 +176,39 @@ def train_and_evaluate(config: Config, workdir: str, *,
   lock = WorkdirLock(workdir).acquire() if is_main else None
   try:
     fresh = create_train_state(setup)
-    restored = _resume_state(setup, workdir, fresh, say)
+    restored = _resume_state(setup, workdir, fresh, say, config)
     state = fresh if restored is None else restored
     del fresh, restored
-    loop = _Loop(setup, workdir, state, say, is_main)
-    try:
-      with _StopFlag() as stop:
+    # The flag covers the evaluations after training too: a signal there
+    # stops them, and the run says that its final checkpoint is saved.
+    with _StopFlag() as stop:
+      loop = _Loop(setup, workdir, state, say, is_main, stop)
+      try:
         while loop.step < setup.total_steps:
           prev = loop.step
           loop.dispatch()
-          loop.between_dispatches(prev, stop.signum)
-    finally:
-      loop.close()
-    return loop.final_result()
+          loop.between_dispatches(prev)
+        result = loop.final_result()
+      finally:
+        loop.close()
+      if stop.signum is not None:  # It came while the results were printed.
+        raise loop.finished_interrupt(stop.signum, evaluated=True)
+    return result
   finally:
     if lock is not None:
       lock.release()
 
 
 def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
-                         say) -> TrainState | None:
+                  say, given: Config | None = None) -> TrainState | None:
   """The state to resume from, in checkpoint.restore_latest_good's resume
   order (None: start afresh); a saved config must agree with this one,
-  RESUMABLE_CHANGES aside."""
+  RESUMABLE_CHANGES aside, and the checkpoint must not be past this run's
+  end (`given`: the config before the data's fields were filled in)."""
   def target(saved_config: Config) -> dict:
-    changes = incompatible_changes(saved_config, setup.config)
-    if changes:
-      raise TrainingError(
-          f"{workdir} holds a run with a different config ("
-          + "; ".join(changes) + "): use another --workdir to start afresh")
+    changed, derived = incompatible_changes(saved_config, setup.config, given)
+    if changed or derived:
+      raise TrainingError(refused_resume_message(workdir, changed, derived))
     return fresh.to_dict()
 
   restored = checkpoint.restore_latest_good(workdir, target,
@@ -154,7 +216,19 @@ def _resume_state(setup: Setup, workdir: str, fresh: TrainState,
   if restored is None:
     return None
   state = TrainState.from_dict(restored.state)
-  say(f"resuming from checkpoint step {int(state.step)} in {workdir}")
+  step, total = int(state.step), setup.total_steps
+  if step > total:
+    # Resuming would train nothing and report the longer run's step as if it
+    # were this one's.
+    train = setup.config.train
+    length = (f"train.num_steps={train.num_steps}" if train.num_steps
+              else f"train.num_epochs={train.num_epochs}")
+    raise TrainingError(
+        f"{workdir} is at step {step}, past this run's end at step {total} "
+        f"({length}); nothing was changed: evaluate it with "
+        f"`{eval_command(workdir)}`, or train longer with "
+        f"train.num_steps above {step}")
+  say(f"resuming from checkpoint step {step} in {workdir}")
   return state
 
 
@@ -163,9 +237,9 @@ class _Loop:
   accumulator, the eval data, the writers and the clock."""
 
   def __init__(self, setup: Setup, workdir: str, state: TrainState, say,
-               is_main: bool):
+               is_main: bool, stop: _StopFlag):
     config = setup.config
-    self.setup, self.workdir, self.say = setup, workdir, say
+    self.setup, self.workdir, self.say, self.stop = setup, workdir, say, stop
     self.manager = checkpoint.make_manager(workdir,
                                            keep=config.train.keep_checkpoints)
     if is_main:
@@ -180,7 +254,7 @@ class _Loop:
     self.eval_data = place_eval_data(
         setup.data.test_images, setup.data.test_labels, setup.devices,
         config.train.eval_batch_size)
-    self.eval_fn = make_eval_fn(setup.model, config, setup.devices)
+    self.eval_fn = BatchwiseEvalFn(setup.model, config, setup.devices)
     # The validation split (data.validation_size > 0), evaluated beside the
     # test split; the best checkpoint (WORKDIR/best) is chosen on it.
     self.val_data = self.best_manager = self.best_value = None
@@ -199,6 +273,8 @@ class _Loop:
     self.progress = reporting.Progress(
         setup.total_steps, self.step,
         enabled=is_main and config.train.progress_bar)
+    if is_main:  # Status lines go above the bar, not onto its line.
+      self.say = self.progress.write
     # On XLA CPU, devices are threads of one pool: with many queued calls,
     # the all-reduce of one call waited for threads held by the next ones
     # until XLA's 40 s rendezvous timeout killed the process (seen with 4
@@ -216,14 +292,14 @@ class _Loop:
     self.mark_log()
     self.result = None
     self.timing = None
-    say(f"training {config.model.name} on {setup.data.source}: "
-        f"{len(setup.data.train_labels)} train / "
-        + (f"{len(setup.data.validation_labels)} validation / "
-           if self.val_data is not None else "")
-        + f"{len(setup.data.test_labels)} test images, {setup.num_devices} "
-        f"{setup.devices[0].platform} device(s), batch "
-        f"{config.train.batch_size}, {setup.steps_per_epoch} steps/epoch, "
-        f"steps {self.step}->{setup.total_steps}")
+    self.say(f"training {config.model.name} on {setup.data.source}: "
+             f"{len(setup.data.train_labels)} train / "
+             + (f"{len(setup.data.validation_labels)} validation / "
+                if self.val_data is not None else "")
+             + f"{len(setup.data.test_labels)} test images, "
+             f"{setup.num_devices} {setup.devices[0].platform} device(s), "
+             f"batch {config.train.batch_size}, {setup.steps_per_epoch} "
+             f"steps/epoch, steps {self.step}->{setup.total_steps}")
 
   # --- Training ---------------------------------------------------------------
 
@@ -251,17 +327,23 @@ class _Loop:
     if self.clock.first_call is None:  # It compiled: time it apart.
       jax.block_until_ready(self.acc)
       self.clock.first_call_done(time.time() - t0, n)
+      self.progress.exclude(time.time() - t0)  # The bar's rate: steps only.
       self.say(f"compiled and ran the first step in {time.time() - t0:.1f}s")
       self.mark_log()
 
-  def between_dispatches(self, prev: int, stop_signum: int | None) -> None:
-    """Logs, collects statistics, evaluates, saves and stops when due."""
+  def between_dispatches(self, prev: int) -> None:
+    """Logs, collects statistics, saves, evaluates and stops when due.
+
+    A signal (self.stop) saves and stops: before the step's evaluation or
+    during it (between its batches). At the end of training the checkpoint
+    is written first, so a signal during the final evaluation (train.
+    final_tta's can take minutes) leaves a complete, saved run."""
     train, step = self.setup.config.train, self.step
     spe = self.setup.steps_per_epoch
     at_end = step >= self.setup.total_steps
     log = _crossed(prev, step, train.log_every_steps) or at_end
     evaluate = at_end or _crossed(prev, step, train.eval_every_epochs * spe)
-    save = (at_end or stop_signum is not None
+    save = (at_end or self.stop.signum is not None
             or _crossed(prev, step, train.checkpoint_every_steps))
     if not (log or evaluate or save):
       return
@@ -275,16 +357,68 @@ class _Loop:
           step - self.start_step - self.clock.first_call["steps"])
       if self.timing is not None:
         self.writer.write("timing", step, **self.timing)
-    if evaluate:
-      self.evaluate(at_end)
     if save:
-      with self.clock.paused():
+      with self.paused():
         self.save()
-    if stop_signum is not None and not at_end:
-      checkpoint.wait(self.manager)
-      raise Interrupted(
-          f"{signal.Signals(stop_signum).name}: stopped at step {step} after "
-          "writing a checkpoint; run the same command to resume", stop_signum)
+    if evaluate and self.stop.signum is None:
+      try:
+        self.evaluate(at_end)
+      except _EvaluationStopped:
+        pass
+    signum = self.stop.signum
+    if signum is None:
+      return
+    if not save:  # The signal came during the evaluation.
+      with self.paused():
+        self.save()
+    checkpoint.wait(self.manager)
+    if at_end:
+      raise self.finished_interrupt(signum)
+    raise Interrupted(
+        f"{signal.Signals(signum).name}: stopped at step {step} after "
+        "writing a checkpoint; run the same command to resume", signum)
+
+  def finished_interrupt(self, signum: int,
+                         evaluated: bool = False) -> Interrupted:
+    """The stop of a run whose training is done and saved: how to evaluate
+    it instead of waiting (`evaluated`: the evaluation had ended, printed)."""
+    tta = self.setup.config.train.final_tta
+    how = f"`{eval_command(self.workdir)}`"
+    if tta != "none":
+      how += (" (with train.final_tta's test-time augmentation: "
+              f"`{eval_command(self.workdir, tta)}`)")
+    stopped = ("its evaluation is printed above; evaluate it again with"
+               if evaluated else "the evaluation was stopped. Evaluate it with")
+    return Interrupted(
+        f"{signal.Signals(signum).name}: training is complete and its final "
+        f"checkpoint (step {self.step}) is saved in {self.workdir}; "
+        f"{stopped} {how}", signum)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time that is not training: out of the training seconds and out of the
+    progress bar's rate."""
+    with self.clock.paused(), self.progress.paused():
+      yield
+
+  def run_eval(self, eval_fn, what: str, data=None) -> dict:
+    """evaluate_state on `data` (default: the test split) with progress over
+    its batches (raw, then EMA) when the bar is on; a signal stops it
+    between batches (_EvaluationStopped)."""
+    data = self.eval_data if data is None else data
+    batches = int(data.images.shape[1])
+    offset = {"raw": 0, "ema": batches}
+    bar = self.progress.sub_bar(what, 2 * batches)
+
+    def before_batch(name, done, total):
+      if self.stop.signum is not None:
+        raise _EvaluationStopped
+      bar.update(offset[name] + done)
+
+    try:
+      return evaluate_state(eval_fn, self.state_r, data, before_batch)
+    finally:
+      bar.close()
 
   # --- Between dispatches -----------------------------------------------------
 
@@ -328,7 +462,7 @@ class _Loop:
 
   def collect_stats(self) -> None:
     if self.stats_fn is not None:
-      with self.clock.paused():
+      with self.paused():
         self.writer.write("stats", self.step, **self.stats_fn(self.state_r))
 
   def evaluate(self, at_end: bool) -> None:
@@ -337,12 +471,13 @@ class _Loop:
     returns. Each metric's name starts with its split: test_accuracy_raw,
     validation_accuracy_raw, ..."""
     step, spe = self.step, self.setup.steps_per_epoch
-    with self.clock.paused():
-      results = evaluate_state(self.eval_fn, self.state_r, self.eval_data)
+    with self.paused():
+      results = self.run_eval(self.eval_fn, f"evaluating step {step}")
       splits = {"test": results}
       if self.val_data is not None:
-        splits["validation"] = evaluate_state(self.eval_fn, self.state_r,
-                                              self.val_data)
+        splits["validation"] = self.run_eval(
+            self.eval_fn, f"evaluating step {step} (validation)",
+            self.val_data)
       self.writer.write(
           "eval", step, epoch=step / spe,
           **{f"{split}_{k}_{w}": r[w][k] for split, r in splits.items()
@@ -373,8 +508,8 @@ class _Loop:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
     setup, step = self.setup, self.step
     tta = setup.config.train.final_tta
-    tta_fn = make_eval_fn(setup.model, setup.config, setup.devices, tta=tta)
-    results = evaluate_state(tta_fn, self.state_r, self.eval_data)
+    tta_fn = BatchwiseEvalFn(setup.model, setup.config, setup.devices, tta=tta)
+    results = self.run_eval(tta_fn, f"evaluating with TTA ({tta})")
     self.writer.write("eval_tta", step, tta=tta,
                       **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
                          for k in ("accuracy", "loss", "top5_accuracy")})
@@ -384,6 +519,9 @@ class _Loop:
     return {"mode": tta, **results}
 
   def save(self) -> None:
+    # What the metrics say is on disk with the checkpoint (a SIGKILL loses
+    # neither).
+    self.writer.flush()
     # Host (numpy) copies: every process passes the same values and orbax's
     # primary process writes them, whatever the device count.
     checkpoint.save(self.manager, self.step,
@@ -405,11 +543,15 @@ class _Loop:
     with the training seconds; both printed."""
     result = self.result
     if result is None:
-      result = {"step": self.step, **evaluate_state(
-          self.eval_fn, self.state_r, self.eval_data)}
-      if self.val_data is not None:
-        result["validation"] = evaluate_state(self.eval_fn, self.state_r,
-                                              self.val_data)
+      try:
+        result = {"step": self.step, **self.run_eval(
+            self.eval_fn, f"evaluating step {self.step}")}
+        if self.val_data is not None:
+          result["validation"] = self.run_eval(
+              self.eval_fn, f"evaluating step {self.step} (validation)",
+              self.val_data)
+      except _EvaluationStopped:
+        raise self.finished_interrupt(self.stop.signum) from None
     timing = self.timing
     if timing is not None:
       result.update(timing)

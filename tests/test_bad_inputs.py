@@ -3,6 +3,7 @@ workdir as it was. With JAXCNN_WRITE_DOCS=1 this also writes the table in
 docs/bad-inputs.md from what the commands really printed."""
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -129,7 +130,23 @@ CASES = [
     ("no workdir to classify with",
      ["--workdir", "{tmp}/nowhere", "{image}"], 1,
      "workdir {tmp}/nowhere does not exist", "predict"),
+    # These two run on a copy of a workdir trained by TRAINED (16 steps).
+    ("run shorter than the step the workdir reached", TINY, 1,
+     "is at step 16, past this run's end at step 8 (train.num_steps=8)"),
+    ("resume with other data (data.train_limit)",
+     TINY + ["--set", "train.num_steps=16", "--set", "data.train_limit=256"], 1,
+     "a different config: data.train_limit: 0 -> 256 (and, derived from the "
+     "data: data.channel_mean"),
 ]
+TRAINED = ["--exp", "test", "--set", "train.num_steps=16"]
+ON_A_TRAINED_WORKDIR = {"run shorter than the step the workdir reached",
+                        "resume with other data (data.train_limit)"}
+
+
+def listing(workdir):
+  return sorted((str(p.relative_to(workdir)), p.read_bytes())
+                for p in pathlib.Path(workdir).rglob("*")
+                if p.is_file() and p.name != ".lock")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +157,12 @@ def trees(tmp_path_factory):
   (root / "foreign.json").write_text('{"name": "not a jaxcnn config"}')
   (root / "notes.txt").write_text("not an image")
   Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(root / "image.png")
+  trained = root / "trained"
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: train.main(TRAINED + ["--workdir", str(trained)]))
+  assert exit_info.value.code == 0
   return {
+      "trained": str(trained),
       "tmp": str(root),
       "nosplit": str(make_tree(root / "nosplit", skip_split="test")),
       "empty": str(make_tree(root / "empty", empty_class=True)),
@@ -189,18 +211,25 @@ def test_bad_input(name, argv, code, message, command, trees, tmp_path,
     paths.update(request.getfixturevalue("runs"))
   argv = [a.format(**paths) for a in argv]
   workdir = tmp_path / "w"
+  if name in ON_A_TRAINED_WORKDIR:
+    shutil.copytree(trees["trained"], workdir)
+    before = listing(workdir)
   if command == "train":
     argv += ["--workdir", str(workdir)]
   read = [paths[k] for k in ("run", "damaged") if k in paths]
-  before = [_tree_state(p) for p in read]
+  before_read = [_tree_state(p) for p in read]
   got_code, lines = run(argv, capsys,
                         importlib.import_module(f"jaxcnn.{command}"))
   assert got_code == code, lines
   errors = [l for l in lines if l.startswith("error: ")]
   assert len(errors) == 1 and not any("Traceback" in l for l in lines), lines
   assert message.format(**paths) in errors[0]
-  assert not workdir.exists()  # Nothing created.
-  assert [_tree_state(p) for p in read] == before  # Nothing changed.
+  paths = {**paths, "workdir": str(workdir)}
+  if name in ON_A_TRAINED_WORKDIR:
+    assert listing(workdir) == before  # Nothing changed.
+  else:
+    assert not workdir.exists()  # Nothing created.
+  assert [_tree_state(p) for p in read] == before_read  # Nothing changed.
   RESULTS.append((name, " ".join([f"python -m jaxcnn.{command}"] + argv),
                   code, errors[0], paths))
 
@@ -210,7 +239,7 @@ def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):
   workdir = tmp_path / "w"
   code, lines = run(TINY + ["--workdir", str(workdir)], capsys)
   assert code == 0, lines
-  listing = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  saved = sorted(p.name for p in (workdir / "checkpoints").iterdir())
 
   argv = TINY + ["--set", "model.activation=tanh", "--workdir", str(workdir)]
   code, lines = run(argv, capsys)
@@ -226,7 +255,7 @@ def test_bad_input_on_an_existing_workdir(tmp_path, capsys, trees):
   RESULTS.append(("workdir in use by another trainer",
                   " ".join(["python -m jaxcnn.train"] + argv), code, lines[-1],
                   {"tmp": str(tmp_path)}))
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == listing
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == saved
 
 
 EXPERIMENT_FILES = {

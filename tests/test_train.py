@@ -277,3 +277,157 @@ def test_train_help_lists_experiments_and_where_keys_are(capsys):
   assert "VGG-16 with BatchNorm on CIFAR-10: the seed recipe." in out
   assert "jaxcnn/defaults.py" in out and "--print_config" in out
   assert "config.json" in out
+
+
+def workdir_snapshot(workdir) -> dict:
+  """Every file of a workdir with its bytes (the lock file aside)."""
+  root = os.path.abspath(workdir)
+  out = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if name != ".lock":
+        out[os.path.relpath(path, root)] = open(path, "rb").read()
+  return out
+
+
+def test_refused_resume_names_what_changed_before_derived_fields(tmp_path):
+  # data.train_limit changes the data, so the channel statistics and
+  # train_size (filled in from the data) differ too: the change the user made
+  # must come first, the derived fields after, labelled as such.
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(
+      tiny_config("train.num_steps=8", "data.train_limit=256"), workdir)
+  before = workdir_snapshot(workdir)
+  with pytest.raises(trainer.TrainingError) as info:
+    trainer.train_and_evaluate(tiny_config("train.num_steps=8"), workdir)
+  message = str(info.value)
+  assert message.index("data.train_limit: 256 -> 0") < message.index(
+      "derived from the data") < message.index("data.channel_mean")
+  assert "data.train_size: 256 -> 512" in message
+  assert message.endswith(f"--workdir {workdir}_2")
+  assert workdir_snapshot(workdir) == before
+
+
+def test_resume_with_a_shorter_run_is_refused_and_changes_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config("train.num_steps=16"), workdir)
+  before = workdir_snapshot(workdir)
+  with pytest.raises(trainer.TrainingError,
+                     match=r"is at step 16, past this run's end at step 8 "
+                     r"\(train.num_steps=8\).*python -m jaxcnn.eval --workdir "):
+    trainer.train_and_evaluate(tiny_config("train.num_steps=8"), workdir)
+  assert workdir_snapshot(workdir) == before
+  # The same length (a finished run run again) still evaluates it.
+  assert trainer.train_and_evaluate(
+      tiny_config("train.num_steps=16"), workdir)["step"] == 16
+
+
+@pytest.mark.parametrize("tta", ["none", "mirror_translate"])
+def test_batchwise_eval_equals_the_scanned_eval(tta):
+  # The trainer evaluates one batch per call (to show progress and honour a
+  # signal): the figures must be those of the one-call scan, to the bit.
+  setup = trainer.build(tiny_config("train.num_steps=8"))
+  state = trainer.create_train_state(setup)
+  data = eval_step.place_eval_data(setup.data.test_images,
+                                   setup.data.test_labels, setup.devices, 48)
+  from jaxcnn import parallel
+  variables = parallel.replicate(trainer.variables_of(state, "ema"),
+                                 setup.devices)
+  args = (variables, data.images, data.labels, data.mask)
+  scanned = eval_step.summarize_eval(eval_step.make_eval_fn(
+      setup.model, setup.config, setup.devices, tta)(*args))
+  seen = []
+  batchwise = eval_step.summarize_eval(eval_step.BatchwiseEvalFn(
+      setup.model, setup.config, setup.devices, tta)(
+          *args, before_batch=lambda done, total: seen.append((done, total))))
+  assert seen == [(i, 5) for i in range(6)]  # 200 images, 4 x 12 per batch.
+  np.testing.assert_array_equal(batchwise.pop("confusion"),
+                                scanned.pop("confusion"))
+  assert batchwise == scanned
+
+
+@pytest.mark.parametrize("tta, signum", [
+    ("mirror_translate", "SIGINT"), ("none", "SIGTERM")])
+def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
+                                                     capsys, tta, signum):
+  # The signal arrives at the second batch of the last evaluation after
+  # training (train.final_tta's, else the final raw/EMA one): the run stops
+  # there, with 128 + signal, saying that its final checkpoint is written
+  # and how to evaluate it.
+  import signal as signal_lib
+  from jaxcnn import cli, train
+  sig = getattr(signal_lib, signum)
+  batches = []
+
+  class SignalledEval(eval_step.BatchwiseEvalFn):
+    def __init__(self, *args, tta="none"):
+      super().__init__(*args, tta=tta)
+      self.tta = tta
+
+    def __call__(self, *args, before_batch=None):
+      def hook(done, total):
+        if self.tta == tta and trainer_step[0] == 16:
+          batches.append(done)
+          if done == 1:
+            os.kill(os.getpid(), sig)
+        before_batch(done, total)
+      return super().__call__(*args, before_batch=hook)
+
+  trainer_step = [0]
+  real_evaluate = trainer._Loop.evaluate
+
+  def evaluate(self, at_end):
+    trainer_step[0] = self.step if at_end else 0
+    return real_evaluate(self, at_end)
+
+  monkeypatch.setattr(trainer, "BatchwiseEvalFn", SignalledEval)
+  monkeypatch.setattr(trainer._Loop, "evaluate", evaluate)
+  workdir = str(tmp_path / "run")
+  argv = ["--exp", "test", "--workdir", workdir, "--set", "train.num_steps=16",
+          "--set", f"train.final_tta={tta}", "--set", "train.eval_every_epochs=0"]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: train.main(argv))
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 128 + sig, err
+  assert batches == [0, 1], batches  # Stopped at the next batch.
+  assert checkpoint.saved_steps(workdir) == [16]
+  assert final_state(workdir)["step"] == 16
+  assert (f"stopped: {signum}: training is complete and its final checkpoint "
+          f"(step 16) is saved in {workdir}") in err
+  assert f"`python -m jaxcnn.eval --workdir {workdir}`" in err
+  if tta != "none":
+    assert f"--workdir {workdir} --tta {tta}`" in err
+  assert not reporting.read_metrics(workdir, "eval_tta")
+  assert "final: step" not in err
+
+
+def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
+    tmp_path, monkeypatch, capsys):
+  # Evaluations made slow on purpose: the bar's final rate must still be the
+  # training steps' (compile and evaluation excluded), each evaluation shows
+  # its batches, and status lines start lines of their own instead of being
+  # printed onto the bar's.
+  import re
+  import time as time_lib
+  real_run_eval = trainer._Loop.run_eval
+
+  def slow_run_eval(self, *args):
+    time_lib.sleep(1.5)
+    return real_run_eval(self, *args)
+
+  monkeypatch.setattr(trainer._Loop, "run_eval", slow_run_eval)
+  result = trainer.train_and_evaluate(
+      tiny_config("train.num_steps=32", "train.progress_bar=true",
+                  "train.log_every_steps=8"), str(tmp_path / "run"))
+  err = capsys.readouterr().err
+  value, unit = re.findall(r"(\d+(?:\.\d+)?)(s/step|step/s)", err)[-1]
+  sec_per_step = float(value) if unit == "s/step" else 1 / float(value)
+  # Two evaluations (steps 16 and 32) took 3 s; the training far less.
+  assert sec_per_step < (result["train_seconds"] + 1.0) / 32, (
+      sec_per_step, result["train_seconds"])
+  assert "evaluating step 16" in err and "batch" in err
+  for status in ("training tiny on synthetic", "compiled and ran",
+                 "step 16 (epoch 1.0): test accuracy", "final: step 32"):
+    at = err.index(status)
+    assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 60):at + 20])
