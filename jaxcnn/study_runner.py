@@ -115,7 +115,7 @@ def check_runs(study: Study, scale: str,
       raise ConfigError(
           f"{where} cannot run, so nothing was trained: "
           f"{type(e).__name__}: {text}"
-          + (f" (run the others with --members)" if len(runs) > 1 else "")
+          + (" (run the others with --members)" if len(runs) > 1 else "")
       ) from e
     setups.append(setup)
   return setups

@@ -7,7 +7,6 @@ raw accuracy is replaced), so that the best is known to be an early step,
 one that rotation removes from WORKDIR/checkpoints."""
 import jax
 import numpy as np
-import pytest
 
 from jaxcnn import checkpoint, config as config_lib, reporting, restore
 from jaxcnn import trainer

@@ -3,7 +3,6 @@ training preprocessed them, an image of another size is fitted to the
 model's input, the class names come from the saved config (or, for older
 workdirs, from the data source). One tiny run is shared by the module."""
 import json
-import os
 
 import jax
 import numpy as np
