@@ -185,7 +185,7 @@ def _legacy_data_fields(config: Config) -> Config:
   return config
 
 
-def _build_target(config: Config) -> dict:
+def build_target(config: Config) -> dict:
   """The abstract unreplicated state that training created for `config`,
   from the config alone (state.build_from_config)."""
   single = _legacy_data_fields(config)
@@ -207,7 +207,7 @@ def _incompatible(workdir, step: int, config: Config, why: str) -> CheckpointErr
 def _restore_target(workdir, step: int, config: Config, stored: dict) -> dict:
   """The restore target, checked against the stored arrays."""
   try:
-    target = _build_target(config)
+    target = build_target(config)
   except Exception as e:  # Any failure to build is a config this code rejects.
     raise _incompatible(workdir, step, config,
                         f"it does not build: {type(e).__name__}: {e}") from e

@@ -24,8 +24,8 @@ def script_validation(monkeypatch, accuracies):
   weights), in order; the test split's numbers are left as they are."""
   left = list(accuracies)
 
-  def scripted(eval_fn, state_r, eval_data):
-    results = REAL_EVALUATE(eval_fn, state_r, eval_data)
+  def scripted(eval_fn, state_r, eval_data, *rest):
+    results = REAL_EVALUATE(eval_fn, state_r, eval_data, *rest)
     if eval_data.count == VALIDATION:
       results["raw"]["accuracy"] = left.pop(0)
     return results

@@ -379,8 +379,11 @@ def test_folder_ignores_a_corrupt_cache_file(tree, tmp_path):
 # --- TFDS --------------------------------------------------------------------
 
 
-def test_tfds_under_mock_data():
+def test_tfds_under_mock_data(tmp_path):
+  # The TFDS path without network: what the loader returns, then the same
+  # source trained end to end (2 epochs of 48 images at batch 16).
   tfds = pytest.importorskip("tensorflow_datasets")
+  from jaxcnn import checkpoint, config as config_lib, trainer
   with tfds.testing.mock_data(num_examples=12):
     ds = data.load_dataset("tfds:cifar10", test_limit=5)
   assert ds.source == "tfds:cifar10"
@@ -390,6 +393,14 @@ def test_tfds_under_mock_data():
   assert ds.train_labels.dtype == np.int32
   assert ds.num_classes == 10
   assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
+  cfg = config_lib.apply_overrides(config_lib.load_experiment("test"), [
+      "data.source=tfds:cifar10", "train.batch_size=16", "train.num_epochs=2",
+      "train.log_every_steps=2"])
+  with tfds.testing.mock_data(num_examples=48):
+    result = trainer.train_and_evaluate(cfg, str(tmp_path / "tfds"))
+  assert result["step"] == 6
+  assert result["raw"]["count"] == 48
+  assert checkpoint.saved_steps(tmp_path / "tfds")[-1] == 6
 
 
 def test_tfds_prepare_failure_names_offline_options(tmp_path, monkeypatch):

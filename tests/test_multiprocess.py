@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxcnn import checkpoint, config as config_lib, trainer
+from jaxcnn import checkpoint, config as config_lib, restore, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["train.eval_every_epochs=1", "train.checkpoint_every_steps=8",
@@ -45,7 +45,7 @@ def run_two_processes(workdir, *overrides):
 def state_at(workdir, step=None):
   restored = checkpoint.restore_latest_good(
       workdir,
-      lambda c: trainer.create_train_state(trainer.build(c)).to_dict(),
+      restore.build_target,
       step=step)
   return jax.tree.map(np.asarray, restored.state)
 

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxcnn import checkpoint, config as config_lib, trainer
+from jaxcnn import checkpoint, config as config_lib, restore, trainer
 from jaxcnn.workdir_lock import WorkdirBusy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def state_leaves(workdir):
   """(step, leaves) of the latest checkpoint, read without moving anything."""
   restored = checkpoint.restore_latest_good(
       workdir,
-      lambda c: trainer.create_train_state(trainer.build(c)).to_dict())
+      restore.build_target)
   return restored.step, [np.asarray(x) for x in jax.tree.leaves(restored.state)]
 
 
