@@ -65,8 +65,11 @@ def make_manager(workdir, *, keep: int | None = 3, create: bool = True,
   if not create and not directory.is_dir():
     raise CheckpointError(f"no checkpoints in {workdir} ({directory} does not "
                           "exist)")
+  # The last `keep` steps (None: every step) through a preservation policy;
+  # orbax documents max_to_keep as deprecated in its favour.
+  policy = None if keep is None else ocp.checkpoint_managers.LatestN(n=keep)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=create,
+      preservation_policy=policy, create=create,
       enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options)
 
