@@ -21,5 +21,7 @@ $(VENV)/.installed: requirements.lock requirements.txt
 train: $(VENV)/.installed
 	$(PY) -m jaxcnn.train --exp $(EXP) $(ARGS)
 
+# Two pytest workers (pytest-xdist), one per core of the 2-core CI machine;
+# ARGS="-n 0 ..." runs in one process.
 test: $(VENV)/.installed
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PY) -m pytest -q $(ARGS)
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PY) -m pytest -q -n 2 $(ARGS)
