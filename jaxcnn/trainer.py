@@ -247,7 +247,7 @@ class _Loop:
     self.step = self.start_step = int(state.step)
     local = setup.local_devices
     self.state_r = parallel.replicate(state, local)
-    self.feed = TrainFeed.place(setup, self.step // setup.steps_per_epoch)
+    self.feed = TrainFeed.place(setup, setup.epoch_of(self.step))
     self.acc = self.feed.accumulator()
     # (steps per call, stem frozen) -> compiled train_fn.
     self.train_fns: dict[tuple[int, bool], Any] = {}
@@ -313,7 +313,7 @@ class _Loop:
         frozen_from is not None and step < frozen_from < step + n):
       n = 1  # Stop exactly at the end, and at the step the stem freezes.
     key = (n, frozen_from is not None and step >= frozen_from)
-    self.feed.at_epoch(step // setup.steps_per_epoch)
+    self.feed.at_epoch(setup.epoch_of(step))
     if key not in self.train_fns:
       self.train_fns[key] = make_train_fn(setup, *key)
     t0 = time.time()

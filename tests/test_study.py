@@ -12,6 +12,7 @@ import pytest
 
 from jaxcnn import config as config_lib, optim, parallel, reporting, stats, \
     studies, study, study_report, study_runner, trainer
+from jaxcnn import state as state_lib
 from jaxcnn.models import create_model
 
 
@@ -398,12 +399,13 @@ def test_every_study_builds_at_every_scale():
       runs = studies.member_configs(s, scale, 1, data="synthetic")
       for _, _, config in runs:  # Room for the full scale's 5,000 held out.
         config.data.synthetic_train_size = 8000
-      setups = study_runner.check_runs(s, scale, runs, datasets)
-      assert len(setups) == len(runs) > 0, (name, scale)
-      for (member, _, config), setup in zip(runs, setups):
-        assert setup.total_steps > 0, (name, scale, member.name)
+      resolved = study_runner.check_runs(s, scale, runs, datasets)
+      assert len(resolved) == len(runs) > 0, (name, scale)
+      for (member, _, config), full in zip(runs, resolved):
+        assert state_lib.run_steps(full).total_steps > 0, (
+            name, scale, member.name)
         if scale == "tiny":
-          assert setup.config.model.name == "tiny"
+          assert full.model.name == "tiny"
   lrn = studies.member_configs(studies.load("lrn"), "tiny", 1)
   assert [c.model.norm for _, _, c in lrn] == ["lrn", "none", "batchnorm"]
 
