@@ -19,12 +19,14 @@ def tiny_config(*overrides):
                                     list(overrides))
 
 
-def direct(model, variables, config, images, labels) -> dict:
-  """The figures of one plain model apply over the whole split, in float64."""
+def direct(model, variables, config, images, labels, tta="none") -> dict:
+  """The figures of one plain model apply over the whole split (of the
+  test-time augmentation's views), in float64."""
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
   x = augment.normalize(images, config.data.normalization, mean, std)
-  logits = np.asarray(model.apply(variables, x, train=False), np.float64)
+  logits = np.asarray(augment.tta_logits(
+      lambda x: model.apply(variables, x, train=False), x, tta), np.float64)
   pred = logits.argmax(-1)
   top5 = np.argsort(-logits, axis=-1)[:, :5]
   shifted = logits - logits.max(-1, keepdims=True)
@@ -38,23 +40,34 @@ def direct(model, variables, config, images, labels) -> dict:
           "confusion": confusion}
 
 
+def run_eval_cli(capsys, *argv) -> dict:
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: eval_cli.main(list(argv) + ["--json"]))
+  assert exit_info.value.code == 0
+  return json.loads(capsys.readouterr().out)
+
+
 def test_eval_prints_what_training_logged_and_both_equal_direct_apply(
     tmp_path, capsys):
   assert len(jax.local_devices()) == 4
   workdir = str(tmp_path / "run")
-  # 48 does not divide the 200 test images: the last batch is padded.
+  # 48 divides neither the 200 test nor the 100 validation images: the last
+  # batch is padded.
   trainer.train_and_evaluate(tiny_config(
       "optim.optimizer=adam", "optim.learning_rate=0.01",
       "train.num_steps=16", "train.eval_every_epochs=0",
+      "data.validation_size=100", "train.final_tta=mirror",
       "train.eval_batch_size=48", "train.num_devices=4"), workdir)
   logged = reporting.read_metrics(workdir, "eval")[-1]
-  assert logged["step"] == 16
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as exit_info:
-    cli.run_main(lambda: eval_cli.main(["--workdir", workdir, "--json"]))
-  assert exit_info.value.code == 0
-  report = json.loads(capsys.readouterr().out)
+  logged_tta = reporting.read_metrics(workdir, "eval_tta")[-1]
+  assert logged["step"] == logged_tta["step"] == 16
+  report = run_eval_cli(capsys, "--workdir", workdir)
   assert report["step"] == 16 and report["num_devices"] == 4
+  validation = run_eval_cli(capsys, "--workdir", workdir,
+                            "--split", "validation")["results"]
+  tta = run_eval_cli(capsys, "--workdir", workdir, "--tta", "mirror")
+  assert tta["tta"] == "mirror"
   config, state, _ = restore.load_checkpoint(workdir)
   data = load_from_config(config.data, config.seed)
   from jaxcnn.models import create_model
@@ -64,6 +77,14 @@ def test_eval_prints_what_training_logged_and_both_equal_direct_apply(
     # The same evaluator on the same devices: the same figures, to the bit.
     for k in ("accuracy", "loss", "top5_accuracy"):
       assert got[k] == logged[f"test_{k}_{w}"], (w, k)
+      assert validation[w][k] == logged[f"validation_{k}_{w}"], (w, k)
+      assert tta["results"][w][k] == logged_tta[f"test_{k}_{w}"], (w, k)
+    assert validation[w]["count"] == 100
+    mirrored = direct(model, trainer.variables_of(state, w), config,
+                      data.test_images, data.test_labels, "mirror")
+    assert tta["results"][w]["confusion"] == mirrored["confusion"].tolist()
+    assert tta["results"][w]["loss"] == pytest.approx(mirrored["loss"],
+                                                      rel=1e-4)
     want = direct(model, trainer.variables_of(state, w), config,
                   data.test_images, data.test_labels)
     assert got["count"] == len(data.test_labels) == 200
