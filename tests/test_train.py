@@ -377,3 +377,30 @@ def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
                  "step 16 (epoch 1.0): test accuracy", "final: step 32"):
     at = err.index(status)
     assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 60):at + 20])
+
+
+def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
+  # A training run, its evaluations and statistics included: the config is
+  # checked once, and one schedule and one freeze rule serve it all.
+  from jaxcnn import optim, state as state_lib
+  calls = {"check_config": 0, "make_schedule": 0, "freeze_rule": 0,
+           "build_from_config": 0}
+
+  def counted(module, name):
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+      calls[name] += 1
+      return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapper)
+
+  counted(state_lib, "check_config")
+  counted(state_lib, "build_from_config")
+  counted(optim, "make_schedule")
+  counted(optim, "freeze_rule")
+  trainer.train_and_evaluate(
+      tiny_config("train.num_steps=6", "train.num_devices=1",
+                  "train.collect_stats=true", "optim.freeze_filter=^conv1/"),
+      str(tmp_path / "run"))
+  assert calls == {"check_config": 1, "make_schedule": 1, "freeze_rule": 1,
+                   "build_from_config": 1}
