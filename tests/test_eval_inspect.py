@@ -1,7 +1,7 @@
 """`jaxcnn.eval` and `jaxcnn.inspect`: restoring a trained workdir on another
-device count, evaluation against a direct model apply, raw-vs-EMA numbers
-with known answers, every kept step, and every error leaving the workdir as
-it was. One tiny run (4 fake devices) is shared by the whole module."""
+device count, raw-vs-EMA numbers with known answers, every kept step, and
+every error leaving the workdir as it was (the evaluator against training's
+log and a direct model apply: tests/test_eval_step.py). One tiny run (4 fake devices) is shared by the whole module."""
 import glob
 import json
 import math
