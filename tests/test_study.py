@@ -174,14 +174,15 @@ def test_tiny_study_end_to_end(tmp_path):
 
 
 def steps_of(config):
-  """(steps_per_epoch, total_steps) of a run on synthetic data, as the
-  trainer computes them from the training set's size."""
+  """(steps_per_epoch, total_steps) of a run on synthetic data: state.
+  run_steps, given the training set's size without loading it."""
   n_train = config.data.synthetic_train_size
   if config.data.train_limit:
     n_train = min(n_train, config.data.train_limit)
-  steps_per_epoch = n_train // config.train.batch_size
-  return steps_per_epoch, (config.train.num_steps
-                           or config.train.num_epochs * steps_per_epoch)
+  sized = config.copy()
+  sized.data.train_size = n_train
+  steps = state_lib.run_steps(sized)
+  return steps.steps_per_epoch, steps.total_steps
 
 
 def trace_model(model_cfg, num_classes):
