@@ -166,10 +166,10 @@ class JaxBench:
     n = batch * batches
     images = np.resize(setup.data.train_images, (n,) + setup.data.image_shape)
     labels = np.resize(setup.data.train_labels, (n,))
-    data = eval_step.place_eval_data(images, labels, setup.devices, batch)
-    fn = eval_step.make_eval_fn(setup.model, setup.config, setup.devices)
+    evaluator = eval_step.Evaluator(setup.model, setup.config, setup.devices,
+                                    images, labels, batch_size=batch)
     variables = state_lib.variables_of(self.state, "raw")
-    return (lambda: fn(variables, data.images, data.labels, data.mask)), n
+    return (lambda: evaluator.totals(variables)), n
 
 
 def time_calls(fn: Callable[[], Any], calls: int) -> float:

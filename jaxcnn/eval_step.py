@@ -1,9 +1,11 @@
-"""The eval step: a pmap'd pass over a split placed on the devices, summing
-loss, top-1 and top-5 hits and the confusion matrix, with optional test-time
-augmentation; BatchwiseEvalFn, the same pass one batch per call (the
-trainer's: progress, and a signal honoured between batches); and
-evaluate_state, which runs either for the raw and the EMA weights of a
-(replicated) train state.
+"""The one evaluator, of the trainer and of `python -m jaxcnn.eval` (through
+jaxcnn.evaluation) alike: `Evaluator` places a split on the devices once,
+padded to whole batches with the padding masked out (each image counts
+exactly once, on any device count), and evaluates the raw and EMA weights of
+a train state, with optional test-time augmentation, one pmap'd batch per
+call, summing loss, top-1 and top-5 hits and the confusion matrix. Between
+batches the host shows progress and can stop the pass (a signal during the
+trainer's evaluations).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from jaxcnn import augment, parallel
 from jaxcnn.config import Config, ConfigError
+from jaxcnn.data import DataError
 from jaxcnn.state import TrainState, variables_of
 from jaxcnn.steps import cross_entropy
 
@@ -58,12 +61,15 @@ def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
       mask=parallel.shard(mask.reshape(shape)[rows], local), count=n)
 
 
-def _eval_body(model, config: Config, tta: str):
-  """(body, init): the scan body that adds one batch to the totals, and the
-  zero totals."""
+def _check_tta(tta: str) -> None:
   if tta not in augment.TTA_MODES:
     raise ConfigError(f"unknown test-time augmentation {tta!r}; use one of "
                       f"{', '.join(augment.TTA_MODES)}")
+
+
+def _eval_body(model, config: Config, tta: str):
+  """(body, init): adds one batch to the totals, and the zero totals."""
+  _check_tta(tta)
   num_classes = config.model.num_classes
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
@@ -96,32 +102,12 @@ def _eval_body(model, config: Config, tta: str):
   return body, init
 
 
-def make_eval_fn(model, config: Config, devices: list, tta: str = "none"):
-  """pmap'd (variables, images, labels, mask) -> summed loss, top-1, top-5
-  correct, count and confusion matrix [true, predicted] over the split.
-  `tta`: test-time augmentation, one of augment.TTA_MODES."""
-  body, init = _eval_body(model, config, tta)
+class _Pass:
+  """_eval_body over the placed batches, one batch per call; each device
+  adds its batches in order and the devices' totals are summed once at the
+  end."""
 
-  def run(variables, images, labels, mask):
-    totals, _ = jax.lax.scan(lambda t, b: (body(variables, t, b), None),
-                             init(), (images, labels, mask))
-    return jax.lax.psum(totals, AXIS)
-
-  return jax.pmap(run, axis_name=AXIS, devices=devices)
-
-
-class BatchwiseEvalFn:
-  """make_eval_fn's pass, one batch per call: between calls the host can
-  show progress and stop (a signal during the final evaluation). Called as
-  make_eval_fn's function is, plus `before_batch(done, total)`, called
-  before each batch and once at the end (done == total); what it raises
-  stops the pass.
-
-  Each device adds its batches in the order make_eval_fn's scan does and
-  the devices' totals are summed once at the end, so the figures are those
-  of make_eval_fn."""
-
-  def __init__(self, model, config: Config, devices: list, tta: str = "none"):
+  def __init__(self, model, config: Config, devices: list, tta: str):
     body, init = _eval_body(model, config, tta)
     self.local = parallel.local_part(devices)
 
@@ -134,14 +120,14 @@ class BatchwiseEvalFn:
                          devices=devices)
     self._init = jax.jit(init)
 
-  def __call__(self, variables, images, labels, mask, before_batch=None):
-    total = images.shape[1]
+  def __call__(self, variables, data: EvalData, before_batch=None):
+    total = data.images.shape[1]
     totals = parallel.replicate(jax.device_get(self._init()), self.local)
     for i in range(total):
       if before_batch is not None:
         before_batch(i, total)
-      totals = self._one(variables, images, labels, mask, totals,
-                         np.int32(i))
+      totals = self._one(variables, data.images, data.labels, data.mask,
+                         totals, np.int32(i))
       # One batch at a time: progress is real and a stop is prompt.
       jax.block_until_ready(totals)
     if before_batch is not None:
@@ -162,16 +148,71 @@ def summarize_eval(totals: dict) -> dict:
   }
 
 
-def evaluate_state(eval_fn, state_r: TrainState, eval_data: EvalData,
-                   before_batch=None) -> dict:
-  """{'raw': {...}, 'ema': {...}} for a replicated state. `before_batch(
-  name, done, total)` (a BatchwiseEvalFn only): progress and stopping."""
-  out = {}
-  for name in ("raw", "ema"):
-    hook = {} if before_batch is None else {
-        "before_batch": lambda done, total, name=name: before_batch(
-            name, done, total)}
-    totals = eval_fn(variables_of(state_r, name), eval_data.images,
-                     eval_data.labels, eval_data.mask, **hook)
-    out[name] = summarize_eval(totals)
-  return out
+WEIGHTS = ("raw", "ema")
+
+
+class Evaluator:
+  """Evaluates train states of one model and config on one split, data
+  parallel over `devices` (those of the pmap, of every process; this
+  process places its own rows). The split is placed once and each pass
+  (one per test-time augmentation) compiled once, then reused for every
+  state: the trainer's evaluations every few epochs, eval's --all_steps.
+
+  Called with a state, it returns {weights: {loss, accuracy, top5_accuracy,
+  count, confusion [true, predicted]}}: `weights` among WEIGHTS; `tta` one
+  of augment.TTA_MODES (default: the evaluator's); `before_batch(weights,
+  done, total)` is called before each batch and once at the end (done ==
+  total), and what it raises stops the pass; `replicated`: the state is the
+  trainer's, replicated over this process's devices (else it is replicated
+  here, after a check that the images fit the model)."""
+
+  def __init__(self, model, config: Config, devices: list, images: np.ndarray,
+               labels: np.ndarray, *, batch_size: int, tta: str = "none"):
+    _check_tta(tta)
+    self.model, self.config, self.devices, self.tta = model, config, devices, tta
+    self.batch_size = int(batch_size)
+    self.local = parallel.local_part(devices)
+    self.image_shape = tuple(int(d) for d in images.shape[1:])
+    self.data = place_eval_data(images, np.asarray(labels).astype(np.int32),
+                                devices, self.batch_size)
+    self.count = self.data.count
+    self.batches = int(self.data.images.shape[1])  # Per pass.
+    self._passes: dict[str, _Pass] = {}
+    self._checked = False
+
+  def totals(self, variables, tta: str | None = None,
+             before_batch=None) -> dict:
+    """The summed totals (on the devices) of replicated `variables`."""
+    tta = self.tta if tta is None else tta
+    if tta not in self._passes:
+      self._passes[tta] = _Pass(self.model, self.config, self.devices, tta)
+    return self._passes[tta](variables, self.data, before_batch)
+
+  def __call__(self, state: TrainState, weights=WEIGHTS, *,
+               tta: str | None = None, before_batch=None,
+               replicated: bool = False) -> dict[str, dict]:
+    out = {}
+    for name in weights:
+      variables = variables_of(state, name)
+      if not replicated:
+        if not self._checked:
+          self._check_fits(variables)
+        variables = parallel.replicate(variables, self.local)
+      hook = None if before_batch is None else (
+          lambda done, total, name=name: before_batch(name, done, total))
+      out[name] = summarize_eval(self.totals(variables, tta, hook))
+    return out
+
+  def _check_fits(self, variables: dict) -> None:
+    # A wrong image size would otherwise fail inside the compiled step with a
+    # shape error about some matmul.
+    x = jax.ShapeDtypeStruct((1,) + self.image_shape, np.float32)
+    try:
+      jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False),
+                     variables, x)
+    except Exception as e:
+      why = str(e).strip().splitlines()[0].split(" (https://")[0][:240]
+      raise DataError(
+          f"images of shape {self.image_shape} do not fit this checkpoint's "
+          f"model: {type(e).__name__}: {why}") from e
+    self._checked = True

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxcnn import augment, parallel
 from jaxcnn import state as state_lib
-from jaxcnn.eval_step import make_eval_fn, place_eval_data, summarize_eval
+from jaxcnn.eval_step import WEIGHTS, Evaluator
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
                          load_from_config)
@@ -28,7 +28,6 @@ from jaxcnn.restore import CheckpointReader, open_reader, pick_step
 # training images (data.validation_size), rebuilt from the saved config.
 EVAL_SPLITS = ("test", "validation", "train")
 
-WEIGHTS = ("raw", "ema")
 WEIGHT_CHOICES = ("raw", "ema", "both")
 
 
@@ -106,72 +105,44 @@ def _plain(summary: dict) -> dict:
   }
 
 
-class Evaluator:
-  """Evaluates states of one config on one split, data-parallel over the
-  local devices like training; the split is placed on the devices and the
-  eval step compiled once, then reused for every state (as `--all_steps`
-  needs). Each image counts exactly once: padding is masked out."""
+def make_evaluator(config: Config, images: np.ndarray, labels: np.ndarray,
+                   *, batch_size: int = 0, num_devices: int = 0,
+                   tta: str = "none") -> Evaluator:
+  """The trainer's evaluator (eval_step.Evaluator) for states of `config` on
+  one split, data-parallel over `num_devices` local devices (0: all) in
+  batches of `batch_size` (0: train.eval_batch_size): the figures training
+  logged, on any device count."""
+  available = len(jax.local_devices())
+  if num_devices > available:  # select_devices would blame train.num_devices.
+    raise parallel.DeviceError(
+        f"asked to evaluate on {num_devices} devices but only {available} "
+        f"local devices are available")
+  devices = parallel.select_devices(num_devices)
+  batch_size = int(batch_size or config.train.eval_batch_size)
+  if batch_size <= 0:
+    raise DataError(f"batch size must be positive, got {batch_size}")
+  model = create_model(config.model, bn_axis_name=parallel.AXIS)
+  return Evaluator(model, config, devices, images, labels,
+                   batch_size=batch_size, tta=tta)
 
-  def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray,
-               *, batch_size: int = 0, num_devices: int = 0,
-               tta: str = "none"):
-    self.config = config
-    available = len(jax.local_devices())
-    if num_devices > available:  # select_devices would blame train.num_devices.
-      raise parallel.DeviceError(
-          f"asked to evaluate on {num_devices} devices but only {available} "
-          f"local devices are available")
-    self.devices = parallel.select_devices(num_devices)
-    self.batch_size = int(batch_size or config.train.eval_batch_size)
-    if self.batch_size <= 0:
-      raise DataError(f"batch size must be positive, got {self.batch_size}")
-    self.model = create_model(config.model, bn_axis_name=parallel.AXIS)
-    self.image_shape = tuple(int(d) for d in images.shape[1:])
-    self.count = int(len(labels))
-    self._data = place_eval_data(images, labels.astype(np.int32),
-                                         self.devices, self.batch_size)
-    self._fn = make_eval_fn(self.model, config, self.devices, tta)
-    self._checked = False
 
-  def _check_fits(self, variables: dict) -> None:
-    # A wrong image size would otherwise fail inside the compiled step with a
-    # shape error about some matmul.
-    x = jax.ShapeDtypeStruct((1,) + self.image_shape, np.float32)
-    try:
-      jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False),
-                     variables, x)
-    except Exception as e:
-      why = str(e).strip().splitlines()[0].split(" (https://")[0][:240]
-      raise DataError(
-          f"images of shape {self.image_shape} do not fit this checkpoint's "
-          f"model: {type(e).__name__}: {why}") from e
-    self._checked = True
-
-  def __call__(self, state: state_lib.TrainState,
-               weights: str | Sequence[str] = "both") -> dict[str, dict]:
-    """{weights: {loss, accuracy, top5_accuracy, count, per_class_accuracy,
-    confusion}} as plain Python data."""
-    out = {}
-    for name in weights_list(weights):
-      variables = state_lib.variables_of(state, name)
-      if not self._checked:
-        self._check_fits(variables)
-      d = self._data
-      totals = self._fn(parallel.replicate(variables, self.devices),
-                        d.images, d.labels, d.mask)
-      out[name] = _plain(summarize_eval(totals))
-    return out
+def run_evaluator(evaluator: Evaluator, state: state_lib.TrainState,
+                  weights: str | Sequence[str] = "both") -> dict[str, dict]:
+  """{weights: {loss, accuracy, top5_accuracy, count, per_class_accuracy,
+  confusion}} of one (unreplicated) state, as plain Python data."""
+  return {name: _plain(summary) for name, summary in
+          evaluator(state, weights_list(weights)).items()}
 
 
 def evaluate(config: Config, state: state_lib.TrainState, dataset: Dataset, *,
              split: str = "test", batch_size: int = 0,
              weights: str | Sequence[str] = "both",
              num_devices: int = 0, tta: str = "none") -> dict[str, dict]:
-  """Evaluates one state on a split of `dataset` (see Evaluator)."""
+  """Evaluates one state on a split of `dataset` (see make_evaluator)."""
   images, labels = split_arrays(dataset, split)
-  evaluator = Evaluator(config, images, labels, batch_size=batch_size,
-                        num_devices=num_devices, tta=tta)
-  return evaluator(state, weights)
+  evaluator = make_evaluator(config, images, labels, batch_size=batch_size,
+                             num_devices=num_devices, tta=tta)
+  return run_evaluator(evaluator, state, weights)
 
 
 def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
@@ -209,9 +180,10 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
       if log and all_steps:
         log(f"evaluating step {s} on {dataset.source} ({split})")
       if evaluator is None:
-        evaluator = Evaluator(config, images, labels, batch_size=batch_size,
-                              num_devices=num_devices, tta=tta)
-      results = evaluator(state, chosen)
+        evaluator = make_evaluator(config, images, labels,
+                                   batch_size=batch_size,
+                                   num_devices=num_devices, tta=tta)
+      results = run_evaluator(evaluator, state, chosen)
       records.append({"step": s, **results})
   last = records[-1]
   return {

@@ -198,12 +198,14 @@ def freeze_rule(optim_cfg: Any, steps_per_epoch: int
 
 
 def frozen_from(optim_cfg: Any, paths: Sequence[str],
-                steps_per_epoch: int) -> Optional[int]:
+                steps_per_epoch: int, rule: Optional[tuple] = None
+                ) -> Optional[int]:
   """The first update from which `freeze` zeroes the updates of every
   parameter in `paths` ('/'-joined names): 0 when freeze_filter matches
   them all, the freeze_after_epochs step when each is matched by one of the
   two filters; None when some stays trainable (or `paths` is empty). Asks
-  the optimizer's own masks (freeze_rule), on a tree of those names."""
+  the optimizer's own masks (freeze_rule, or `rule`: one it built), on a
+  tree of those names."""
   if not paths:
     return None
   tree: dict = {}
@@ -213,7 +215,7 @@ def frozen_from(optim_cfg: Any, paths: Sequence[str],
     for name in parents:
       node = node.setdefault(name, {})
     node[leaf] = 0
-  always, after, after_steps = freeze_rule(optim_cfg, steps_per_epoch)
+  always, after, after_steps = rule or freeze_rule(optim_cfg, steps_per_epoch)
   always = jax.tree.leaves(always(tree))
   after = jax.tree.leaves(after(tree))
   if all(always):
@@ -380,15 +382,20 @@ def _normalize_kernels() -> optax.GradientTransformation:
 
 def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
                    total_steps: Optional[int] = None,
-                   batch_size: Optional[int] = None
+                   batch_size: Optional[int] = None,
+                   schedule: Optional[optax.Schedule] = None,
+                   rule: Optional[tuple] = None
                    ) -> optax.GradientTransformation:
   """The full chain (see the module docstring) for an `optim` config section.
 
   `update` must be given the params. `total_steps` is needed by the cosine
   and triangular schedules only, `batch_size` by hparam_units 'per_1024'.
+  `schedule` and `rule`: the ones make_schedule and freeze_rule build from
+  these arguments, when the caller has built them already.
   """
-  schedule = make_schedule(optim_cfg, steps_per_epoch, total_steps=total_steps,
-                           batch_size=batch_size)
+  if schedule is None:
+    schedule = make_schedule(optim_cfg, steps_per_epoch,
+                             total_steps=total_steps, batch_size=batch_size)
   name = config_field(optim_cfg, "optimizer")
   check(name in OPTIMIZERS,
          f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
@@ -432,7 +439,7 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
                               lambda tree: muon_mask(tree, pattern)))
   if (config_field(optim_cfg, "freeze_filter")
       or config_field(optim_cfg, "freeze_after_filter")):
-    links.append(freeze(*freeze_rule(optim_cfg, steps_per_epoch)))
+    links.append(freeze(*(rule or freeze_rule(optim_cfg, steps_per_epoch))))
   links.append(ema_of_params(float(config_field(optim_cfg, "ema_decay")),
                              bool(config_field(optim_cfg, "ema_ramp"))))
   return optax.chain(*links)

@@ -63,7 +63,7 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device):
       images, jax.random.fold_in(step_key, 0), global_batch=global_batch,
       offset=offset, crop=cfg.data.random_crop, padding=cfg.data.crop_padding,
       flip=cfg.data.random_flip, pad_mode=cfg.data.crop_pad_mode,
-      flip_mode=cfg.data.flip_mode, epoch=step // setup.steps_per_epoch,
+      flip_mode=cfg.data.flip_mode, epoch=setup.epoch_of(step),
       example_ids=idx, seed_key=flip_coins_key(cfg.seed))
   mean, std = setup.mean_std
   return augment.normalize(images, cfg.data.normalization, mean, std), labels

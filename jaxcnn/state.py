@@ -59,6 +59,38 @@ def variables_of(state: TrainState, weights: str) -> dict:
   raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSteps:
+  """A run's length in steps: the one place that derives it from a config
+  (see run_steps)."""
+  steps_per_epoch: int  # Whole batches of the training set: the rest dropped.
+  total_steps: int  # train.num_steps, else train.num_epochs epochs.
+
+  def epoch_of(self, step):
+    """The epoch (from 0) that step `step` (from 0) belongs to; an int, or an
+    array under a trace."""
+    return step // self.steps_per_epoch
+
+
+def run_steps(config: Config) -> RunSteps:
+  """Steps per epoch and total steps of a resolved config (its
+  data.train_size filled in): train.num_steps when set, else
+  train.num_epochs times the whole batches of an epoch."""
+  train_size = int(config.data.get("train_size") or 0)
+  batch = int(config.train.batch_size)
+  if batch <= 0:
+    raise ConfigError(f"train.batch_size must be positive, got {batch}")
+  steps_per_epoch = train_size // batch  # Drop the remainder.
+  if steps_per_epoch <= 0:
+    raise ConfigError(
+        f"data.train_size={train_size} holds no whole batch of "
+        f"train.batch_size={batch}" if train_size else
+        "the config's data.train_size is not filled in")
+  total = int(config.train.num_steps) or int(
+      config.train.num_epochs) * steps_per_epoch
+  return RunSteps(steps_per_epoch=steps_per_epoch, total_steps=total)
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything derived from a resolved config (and its data, in training)."""
@@ -68,12 +100,22 @@ class Setup:
   tx: optax.GradientTransformation
   schedule: Callable
   devices: list  # All devices the pmap spans (of every process).
-  steps_per_epoch: int
-  total_steps: int
+  steps: RunSteps
   # The step from which the optimizer has frozen every parameter of the
   # model's stem (its STEM_PARAMS), so the train step stops the gradient at
   # the stem's output; None: never (or the model has no stem to freeze).
   stem_frozen_from: int | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.steps.steps_per_epoch
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps.total_steps
+
+  def epoch_of(self, step):
+    return self.steps.epoch_of(step)
 
   @property
   def num_devices(self) -> int:
@@ -165,11 +207,13 @@ def resolve_with_data(config: Config, data: Dataset) -> Config:
   return config
 
 
-def build_from_config(config: Config, data: Dataset | None = None) -> Setup:
+def build_from_config(config: Config, data: Dataset | None = None, *,
+                      checked: bool = False) -> Setup:
   """Model, optimizer, schedule and step counts of a resolved config (one
   whose data fields are filled in: see resolve_with_data). Touches no
-  files."""
-  check_config(config)
+  files. `checked`: check_config has passed already (build's)."""
+  if not checked:
+    check_config(config)
   if not (config.data.train_size and config.data.image_shape
           and config.data.channel_mean):
     raise ConfigError("the config's data fields (data.train_size, "
@@ -177,8 +221,8 @@ def build_from_config(config: Config, data: Dataset | None = None) -> Setup:
   devices = parallel.select_devices(config.train.num_devices)
   parallel.per_device(config.train.batch_size, len(devices), "train.batch_size")
   batch = config.train.batch_size
-  steps_per_epoch = config.data.train_size // batch  # Drop the remainder.
-  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  steps = run_steps(config)
+  steps_per_epoch, total_steps = steps.steps_per_epoch, steps.total_steps
   if config.train.steps_per_dispatch > steps_per_epoch:
     raise ConfigError(
         f"train.steps_per_dispatch={config.train.steps_per_dispatch} exceeds "
@@ -186,13 +230,18 @@ def build_from_config(config: Config, data: Dataset | None = None) -> Setup:
   model = create_model(config.model, bn_axis_name=parallel.AXIS)
   schedule = optim.make_schedule(config.optim, steps_per_epoch,
                                  total_steps=total_steps, batch_size=batch)
+  # The schedule and the freeze rule, built once, serve the optimizer, the
+  # trainer's logging and the stem's freeze step.
+  rule = optim.freeze_rule(config.optim, steps_per_epoch)
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
-                            total_steps=total_steps, batch_size=batch)
+                            total_steps=total_steps, batch_size=batch,
+                            schedule=schedule, rule=rule)
   stem_frozen_from = optim.frozen_from(
-      config.optim, getattr(model, "STEM_PARAMS", ()), steps_per_epoch)
+      config.optim, getattr(model, "STEM_PARAMS", ()), steps_per_epoch,
+      rule=rule)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
-               devices=devices, steps_per_epoch=steps_per_epoch,
-               total_steps=total_steps, stem_frozen_from=stem_frozen_from)
+               devices=devices, steps=steps,
+               stem_frozen_from=stem_frozen_from)
 
 
 def build(config: Config, data: Dataset | None = None) -> Setup:
@@ -205,7 +254,8 @@ def build(config: Config, data: Dataset | None = None) -> Setup:
   check_config(config)
   if data is None:
     data = load_from_config(config.data, config.seed)
-  return build_from_config(resolve_with_data(config, data), data)
+  return build_from_config(resolve_with_data(config, data), data,
+                           checked=True)
 
 
 def create_train_state(setup: Setup) -> TrainState:

@@ -148,7 +148,7 @@ def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False):
     return new_state, accumulate(acc, metrics, state.step)
 
   def run(state, acc, train_x, train_y, perm2):
-    base = (state.step // setup.steps_per_epoch) * setup.steps_per_epoch
+    base = setup.epoch_of(state.step) * setup.steps_per_epoch
     if num_steps == 1:
       return one_step(state, acc, train_x, train_y, perm2, base)
 

@@ -41,16 +41,19 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
 
   `data` replaces the base experiment's data source (see `member_configs`).
   """
+  from jaxcnn import state as state_lib
   from jaxcnn import trainer
   say = say or (lambda text: print(text, file=sys.stderr, flush=True))
   runs = member_configs(study, scale, seeds, data, only)
   datasets: dict[str, Any] = {}  # Members on the same data load it once.
-  setups = check_runs(study, scale, runs, datasets)
+  resolved = check_runs(study, scale, runs, datasets)
   out = {}
-  for i, ((member, seed, config), setup) in enumerate(zip(runs, setups), 1):
+  for i, ((member, seed, config), full) in enumerate(zip(runs, resolved), 1):
     workdir = workdir_of(root, study, member, seed)
     key = _data_key(config)
-    status = member_status(workdir, setup.total_steps)
+    # The run's own setup is built by train_and_evaluate, once; the step
+    # count needs none.
+    status = member_status(workdir, state_lib.run_steps(full).total_steps)
     label = f"[{i}/{len(runs)}] {member.name} seed {seed}"
     if status == "done" or (status == "failed" and not retry_failed):
       say(f"{label}: {status}, skipped")
@@ -81,7 +84,9 @@ def check_runs(study: Study, scale: str,
   config checks, model, optimizer and schedule, and the shapes of its
   initial state through jax.eval_shape: nothing is computed), so a member
   that cannot run stops the study at once instead of hours into it.
-  Returns the runs' trainer Setups. `datasets` caches the data by
+  Returns the runs' resolved configs (the data's fields filled in: what
+  state.run_steps counts the steps of); the Setups built to check them are
+  let go. `datasets` caches the data by
   `_data_key`; the runs load it from there.
 
   A data problem (no data, a bad folder) propagates as it is: it is not a
@@ -91,7 +96,7 @@ def check_runs(study: Study, scale: str,
   from jaxcnn import state as state_lib
   from jaxcnn import trainer
   from jaxcnn.data import load_from_config
-  setups, traced = [], set()
+  resolved, traced = [], set()
   for member, seed, config in runs:
     key = _data_key(config)
     if key not in datasets:
@@ -117,8 +122,8 @@ def check_runs(study: Study, scale: str,
           f"{type(e).__name__}: {text}"
           + (" (run the others with --members)" if len(runs) > 1 else "")
       ) from e
-    setups.append(setup)
-  return setups
+    resolved.append(setup.config)
+  return resolved
 
 
 def _data_key(config: Config) -> str:

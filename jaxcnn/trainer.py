@@ -5,7 +5,7 @@ Where the parts live:
   state.py      TrainState; build: config + data -> model, optimizer, schedule
   pipeline.py   the epoch order and the on-device input pipeline
   steps.py      the pure train step, its pmap'd dispatch, TrainFeed
-  eval_step.py  the eval step
+  eval_step.py  the evaluator (eval's too)
   checkpoint.py saving, and the order in which a run resumes
 This module resumes a run, then loops: dispatch k steps, and between
 dispatches log, collect statistics, evaluate, save and stop when asked, each
@@ -27,7 +27,7 @@ import numpy as np
 from jaxcnn import checkpoint, parallel, reporting
 from jaxcnn.config import Config, diff
 from jaxcnn.data import Dataset
-from jaxcnn.eval_step import BatchwiseEvalFn, evaluate_state, place_eval_data
+from jaxcnn.eval_step import Evaluator
 # The names callers know the trainer by (python -m jaxcnn.train, tests).
 from jaxcnn.state import (Setup, TrainState, build,  # noqa: F401
                           create_train_state, variables_of)
@@ -247,21 +247,22 @@ class _Loop:
     self.step = self.start_step = int(state.step)
     local = setup.local_devices
     self.state_r = parallel.replicate(state, local)
-    self.feed = TrainFeed.place(setup, self.step // setup.steps_per_epoch)
+    self.feed = TrainFeed.place(setup, setup.epoch_of(self.step))
     self.acc = self.feed.accumulator()
     # (steps per call, stem frozen) -> compiled train_fn.
     self.train_fns: dict[tuple[int, bool], Any] = {}
-    self.eval_data = place_eval_data(
-        setup.data.test_images, setup.data.test_labels, setup.devices,
-        config.train.eval_batch_size)
-    self.eval_fn = BatchwiseEvalFn(setup.model, config, setup.devices)
+    # The evaluator of `python -m jaxcnn.eval` too: it prints these figures.
+    self.test_eval = Evaluator(
+        setup.model, config, setup.devices, setup.data.test_images,
+        setup.data.test_labels, batch_size=config.train.eval_batch_size)
     # The validation split (data.validation_size > 0), evaluated beside the
     # test split; the best checkpoint (WORKDIR/best) is chosen on it.
-    self.val_data = self.best_manager = self.best_value = None
+    self.val_eval = self.best_manager = self.best_value = None
     if len(setup.data.validation_labels):
-      self.val_data = place_eval_data(
-          setup.data.validation_images, setup.data.validation_labels,
-          setup.devices, config.train.eval_batch_size)
+      self.val_eval = Evaluator(
+          setup.model, config, setup.devices, setup.data.validation_images,
+          setup.data.validation_labels,
+          batch_size=config.train.eval_batch_size)
       self.best_manager = checkpoint.make_best_manager(workdir)
       self.best_value = max(checkpoint.best_values(workdir).values(),
                             default=None)
@@ -295,7 +296,7 @@ class _Loop:
     self.say(f"training {config.model.name} on {setup.data.source}: "
              f"{len(setup.data.train_labels)} train / "
              + (f"{len(setup.data.validation_labels)} validation / "
-                if self.val_data is not None else "")
+                if self.val_eval is not None else "")
              + f"{len(setup.data.test_labels)} test images, "
              f"{setup.num_devices} {setup.devices[0].platform} device(s), "
              f"batch {config.train.batch_size}, {setup.steps_per_epoch} "
@@ -313,7 +314,7 @@ class _Loop:
         frozen_from is not None and step < frozen_from < step + n):
       n = 1  # Stop exactly at the end, and at the step the stem freezes.
     key = (n, frozen_from is not None and step >= frozen_from)
-    self.feed.at_epoch(step // setup.steps_per_epoch)
+    self.feed.at_epoch(setup.epoch_of(step))
     if key not in self.train_fns:
       self.train_fns[key] = make_train_fn(setup, *key)
     t0 = time.time()
@@ -401,12 +402,13 @@ class _Loop:
     with self.clock.paused(), self.progress.paused():
       yield
 
-  def run_eval(self, eval_fn, what: str, data=None) -> dict:
-    """evaluate_state on `data` (default: the test split) with progress over
-    its batches (raw, then EMA) when the bar is on; a signal stops it
-    between batches (_EvaluationStopped)."""
-    data = self.eval_data if data is None else data
-    batches = int(data.images.shape[1])
+  def run_eval(self, what: str, evaluator: Evaluator | None = None,
+               tta: str = "none") -> dict:
+    """The raw and EMA figures of `evaluator` (default: the test split's)
+    with progress over its batches (raw, then EMA) when the bar is on; a
+    signal stops it between batches (_EvaluationStopped)."""
+    evaluator = self.test_eval if evaluator is None else evaluator
+    batches = evaluator.batches
     offset = {"raw": 0, "ema": batches}
     bar = self.progress.sub_bar(what, 2 * batches)
 
@@ -416,7 +418,8 @@ class _Loop:
       bar.update(offset[name] + done)
 
     try:
-      return evaluate_state(eval_fn, self.state_r, data, before_batch)
+      return evaluator(self.state_r, tta=tta, before_batch=before_batch,
+                       replicated=True)
     finally:
       bar.close()
 
@@ -472,12 +475,11 @@ class _Loop:
     validation_accuracy_raw, ..."""
     step, spe = self.step, self.setup.steps_per_epoch
     with self.paused():
-      results = self.run_eval(self.eval_fn, f"evaluating step {step}")
+      results = self.run_eval(f"evaluating step {step}")
       splits = {"test": results}
-      if self.val_data is not None:
+      if self.val_eval is not None:
         splits["validation"] = self.run_eval(
-            self.eval_fn, f"evaluating step {step} (validation)",
-            self.val_data)
+            f"evaluating step {step} (validation)", self.val_eval)
       self.writer.write(
           "eval", step, epoch=step / spe,
           **{f"{split}_{k}_{w}": r[w][k] for split, r in splits.items()
@@ -508,8 +510,7 @@ class _Loop:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
     setup, step = self.setup, self.step
     tta = setup.config.train.final_tta
-    tta_fn = BatchwiseEvalFn(setup.model, setup.config, setup.devices, tta=tta)
-    results = self.run_eval(tta_fn, f"evaluating with TTA ({tta})")
+    results = self.run_eval(f"evaluating with TTA ({tta})", tta=tta)
     self.writer.write("eval_tta", step, tta=tta,
                       **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
                          for k in ("accuracy", "loss", "top5_accuracy")})
@@ -545,11 +546,10 @@ class _Loop:
     if result is None:
       try:
         result = {"step": self.step, **self.run_eval(
-            self.eval_fn, f"evaluating step {self.step}")}
-        if self.val_data is not None:
+            f"evaluating step {self.step}")}
+        if self.val_eval is not None:
           result["validation"] = self.run_eval(
-              self.eval_fn, f"evaluating step {self.step} (validation)",
-              self.val_data)
+              f"evaluating step {self.step} (validation)", self.val_eval)
       except _EvaluationStopped:
         raise self.finished_interrupt(self.stop.signum) from None
     timing = self.timing

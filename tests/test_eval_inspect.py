@@ -1,7 +1,7 @@
 """`jaxcnn.eval` and `jaxcnn.inspect`: restoring a trained workdir on another
-device count, evaluation against a direct model apply, raw-vs-EMA numbers
-with known answers, every kept step, and every error leaving the workdir as
-it was. One tiny run (4 fake devices) is shared by the whole module."""
+device count, raw-vs-EMA numbers with known answers, every kept step, and
+every error leaving the workdir as it was (the evaluator against training's
+log and a direct model apply: tests/test_eval_step.py). One tiny run (4 fake devices) is shared by the whole module."""
 import glob
 import json
 import math
@@ -98,41 +98,6 @@ def test_one_device_reproduces_training_on_four(trained):
     assert got["loss"] == pytest.approx(result[w]["loss"], rel=1e-5)
   # Well off chance, so equal counts mean something.
   assert result["ema"]["accuracy"] > 0.15
-
-
-def test_eval_equals_direct_apply(trained):
-  workdir, _ = trained
-  config, state, step = restore.load_checkpoint(workdir)
-  assert step == 48 and int(state.step) == 48
-  data = load_from_config(config.data, config.seed)
-  # 48 does not divide the 200 test images: the last batch is padded.
-  got = evaluation.evaluate(config, state, data, batch_size=48, num_devices=4)
-  model = create_model(config.model)
-  mean = np.asarray(config.data.channel_mean, np.float32)
-  std = np.asarray(config.data.channel_std, np.float32)
-  x = augment.normalize(data.test_images, config.data.normalization, mean, std)
-  y = data.test_labels
-  for w in ("raw", "ema"):
-    logits = np.asarray(model.apply(trainer.variables_of(state, w), x,
-                                    train=False), np.float64)
-    pred = logits.argmax(-1)
-    top5 = np.argsort(-logits, axis=-1)[:, :5]
-    shifted = logits - logits.max(-1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    confusion = np.zeros((10, 10), np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    r = got[w]
-    assert r["count"] == len(y)
-    assert r["accuracy"] == pytest.approx(np.mean(pred == y))
-    assert r["top5_accuracy"] == pytest.approx(np.mean((top5 == y[:, None]).any(-1)))
-    assert r["loss"] == pytest.approx(-np.mean(logp[np.arange(len(y)), y]),
-                                      rel=1e-4)
-    assert r["confusion"] == confusion.tolist()
-    rows = confusion.sum(1)
-    assert r["per_class_accuracy"] == pytest.approx(
-        [confusion[i, i] / rows[i] for i in range(10)])
-  assert got["raw"]["confusion"] != got["ema"]["confusion"] or \
-      got["raw"]["loss"] != got["ema"]["loss"]
 
 
 def test_train_split_is_the_training_images(trained):

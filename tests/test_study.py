@@ -12,6 +12,7 @@ import pytest
 
 from jaxcnn import config as config_lib, optim, parallel, reporting, stats, \
     studies, study, study_report, study_runner, trainer
+from jaxcnn import state as state_lib
 from jaxcnn.models import create_model
 
 
@@ -173,14 +174,15 @@ def test_tiny_study_end_to_end(tmp_path):
 
 
 def steps_of(config):
-  """(steps_per_epoch, total_steps) of a run on synthetic data, as the
-  trainer computes them from the training set's size."""
+  """(steps_per_epoch, total_steps) of a run on synthetic data: state.
+  run_steps, given the training set's size without loading it."""
   n_train = config.data.synthetic_train_size
   if config.data.train_limit:
     n_train = min(n_train, config.data.train_limit)
-  steps_per_epoch = n_train // config.train.batch_size
-  return steps_per_epoch, (config.train.num_steps
-                           or config.train.num_epochs * steps_per_epoch)
+  sized = config.copy()
+  sized.data.train_size = n_train
+  steps = state_lib.run_steps(sized)
+  return steps.steps_per_epoch, steps.total_steps
 
 
 def trace_model(model_cfg, num_classes):
@@ -398,12 +400,13 @@ def test_every_study_builds_at_every_scale():
       runs = studies.member_configs(s, scale, 1, data="synthetic")
       for _, _, config in runs:  # Room for the full scale's 5,000 held out.
         config.data.synthetic_train_size = 8000
-      setups = study_runner.check_runs(s, scale, runs, datasets)
-      assert len(setups) == len(runs) > 0, (name, scale)
-      for (member, _, config), setup in zip(runs, setups):
-        assert setup.total_steps > 0, (name, scale, member.name)
+      resolved = study_runner.check_runs(s, scale, runs, datasets)
+      assert len(resolved) == len(runs) > 0, (name, scale)
+      for (member, _, config), full in zip(runs, resolved):
+        assert state_lib.run_steps(full).total_steps > 0, (
+            name, scale, member.name)
         if scale == "tiny":
-          assert setup.config.model.name == "tiny"
+          assert full.model.name == "tiny"
   lrn = studies.member_configs(studies.load("lrn"), "tiny", 1)
   assert [c.model.norm for _, _, c in lrn] == ["lrn", "none", "batchnorm"]
 

@@ -144,34 +144,6 @@ def test_outputs_metrics_and_eval_counts_every_image(tmp_path):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
-def test_eval_equals_direct_apply(tmp_path):
-  cfg = tiny_config("train.num_steps=8")
-  setup = trainer.build(cfg)
-  state = trainer.create_train_state(setup)
-  devices = setup.devices
-  data = setup.data
-  eval_data = eval_step.place_eval_data(data.test_images, data.test_labels,
-                                        devices, 48)
-  fn = eval_step.make_eval_fn(setup.model, setup.config, devices)
-  from jaxcnn import augment, parallel
-  got = eval_step.summarize_eval(fn(parallel.replicate(
-      trainer.variables_of(state, "raw"), devices), eval_data.images,
-      eval_data.labels, eval_data.mask))
-  mean, std = setup.mean_std
-  x = augment.normalize(data.test_images, "channel", mean, std)
-  logits = np.asarray(setup.model.apply(trainer.variables_of(state, "raw"), x,
-                                        train=False))
-  pred = logits.argmax(-1)
-  assert got["count"] == len(data.test_labels)
-  assert got["accuracy"] == pytest.approx(np.mean(pred == data.test_labels))
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
-      -1, keepdims=True)) - logits.max(-1, keepdims=True)
-  loss = -np.mean(logp[np.arange(len(pred)), data.test_labels])
-  assert got["loss"] == pytest.approx(loss, rel=1e-4)
-  np.testing.assert_array_equal(got["confusion"].sum(1),
-                                np.bincount(data.test_labels, minlength=10))
-
-
 def test_batch_not_divisible_by_devices():
   with pytest.raises(DeviceError, match="batch_size=30 does not divide evenly "
                      "over 4 devices"):
@@ -308,30 +280,6 @@ def test_resume_with_a_shorter_run_is_refused_and_changes_nothing(tmp_path):
       tiny_config("train.num_steps=16"), workdir)["step"] == 16
 
 
-@pytest.mark.parametrize("tta", ["none", "mirror_translate"])
-def test_batchwise_eval_equals_the_scanned_eval(tta):
-  # The trainer evaluates one batch per call (to show progress and honour a
-  # signal): the figures must be those of the one-call scan, to the bit.
-  setup = trainer.build(tiny_config("train.num_steps=8"))
-  state = trainer.create_train_state(setup)
-  data = eval_step.place_eval_data(setup.data.test_images,
-                                   setup.data.test_labels, setup.devices, 48)
-  from jaxcnn import parallel
-  variables = parallel.replicate(trainer.variables_of(state, "ema"),
-                                 setup.devices)
-  args = (variables, data.images, data.labels, data.mask)
-  scanned = eval_step.summarize_eval(eval_step.make_eval_fn(
-      setup.model, setup.config, setup.devices, tta)(*args))
-  seen = []
-  batchwise = eval_step.summarize_eval(eval_step.BatchwiseEvalFn(
-      setup.model, setup.config, setup.devices, tta)(
-          *args, before_batch=lambda done, total: seen.append((done, total))))
-  assert seen == [(i, 5) for i in range(6)]  # 200 images, 4 x 12 per batch.
-  np.testing.assert_array_equal(batchwise.pop("confusion"),
-                                scanned.pop("confusion"))
-  assert batchwise == scanned
-
-
 @pytest.mark.parametrize("tta, signum", [
     ("mirror_translate", "SIGINT"), ("none", "SIGTERM")])
 def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
@@ -345,19 +293,16 @@ def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
   sig = getattr(signal_lib, signum)
   batches = []
 
-  class SignalledEval(eval_step.BatchwiseEvalFn):
-    def __init__(self, *args, tta="none"):
-      super().__init__(*args, tta=tta)
-      self.tta = tta
+  real_call = eval_step.Evaluator.__call__
 
-    def __call__(self, *args, before_batch=None):
-      def hook(done, total):
-        if self.tta == tta and trainer_step[0] == 16:
-          batches.append(done)
-          if done == 1:
-            os.kill(os.getpid(), sig)
-        before_batch(done, total)
-      return super().__call__(*args, before_batch=hook)
+  def signalled_call(self, state, *args, tta=None, before_batch=None, **kw):
+    def hook(name, done, total):
+      if (tta or "none") == wanted_tta and trainer_step[0] == 16:
+        batches.append(done)
+        if done == 1:
+          os.kill(os.getpid(), sig)
+      before_batch(name, done, total)
+    return real_call(self, state, *args, tta=tta, before_batch=hook, **kw)
 
   trainer_step = [0]
   real_evaluate = trainer._Loop.evaluate
@@ -366,7 +311,8 @@ def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
     trainer_step[0] = self.step if at_end else 0
     return real_evaluate(self, at_end)
 
-  monkeypatch.setattr(trainer, "BatchwiseEvalFn", SignalledEval)
+  wanted_tta = tta
+  monkeypatch.setattr(eval_step.Evaluator, "__call__", signalled_call)
   monkeypatch.setattr(trainer._Loop, "evaluate", evaluate)
   workdir = str(tmp_path / "run")
   argv = ["--exp", "test", "--workdir", workdir, "--set", "train.num_steps=16",
@@ -416,3 +362,30 @@ def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
                  "step 16 (epoch 1.0): test accuracy", "final: step 32"):
     at = err.index(status)
     assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 60):at + 20])
+
+
+def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
+  # A training run, its evaluations and statistics included: the config is
+  # checked once, and one schedule and one freeze rule serve it all.
+  from jaxcnn import optim, state as state_lib
+  calls = {"check_config": 0, "make_schedule": 0, "freeze_rule": 0,
+           "build_from_config": 0}
+
+  def counted(module, name):
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+      calls[name] += 1
+      return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapper)
+
+  counted(state_lib, "check_config")
+  counted(state_lib, "build_from_config")
+  counted(optim, "make_schedule")
+  counted(optim, "freeze_rule")
+  trainer.train_and_evaluate(
+      tiny_config("train.num_steps=6", "train.num_devices=1",
+                  "train.collect_stats=true", "optim.freeze_filter=^conv1/"),
+      str(tmp_path / "run"))
+  assert calls == {"check_config": 1, "make_schedule": 1, "freeze_rule": 1,
+                   "build_from_config": 1}

@@ -1,0 +1,156 @@
+"""jaxcnn.eval_step.Evaluator, the one evaluator of the trainer and of
+`python -m jaxcnn.eval`: the eval command prints the figures training
+logged, and both are those of a direct model apply; every image counts once
+on any device count; progress between batches, and a stop."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import augment, cli, config as config_lib, eval_step, reporting
+from jaxcnn import parallel, restore, trainer
+from jaxcnn import eval as eval_cli
+from jaxcnn.data import load_from_config
+
+
+def tiny_config(*overrides):
+  return config_lib.apply_overrides(config_lib.load_experiment("test"),
+                                    list(overrides))
+
+
+def direct(model, variables, config, images, labels, tta="none") -> dict:
+  """The figures of one plain model apply over the whole split (of the
+  test-time augmentation's views), in float64."""
+  mean = np.asarray(config.data.channel_mean, np.float32)
+  std = np.asarray(config.data.channel_std, np.float32)
+  x = augment.normalize(images, config.data.normalization, mean, std)
+  logits = np.asarray(augment.tta_logits(
+      lambda x: model.apply(variables, x, train=False), x, tta), np.float64)
+  pred = logits.argmax(-1)
+  top5 = np.argsort(-logits, axis=-1)[:, :5]
+  shifted = logits - logits.max(-1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  n = config.model.num_classes
+  confusion = np.zeros((n, n), np.int64)
+  np.add.at(confusion, (labels, pred), 1)
+  return {"accuracy": np.mean(pred == labels),
+          "top5_accuracy": np.mean((top5 == labels[:, None]).any(-1)),
+          "loss": -np.mean(logp[np.arange(len(labels)), labels]),
+          "confusion": confusion}
+
+
+def run_eval_cli(capsys, *argv) -> dict:
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: eval_cli.main(list(argv) + ["--json"]))
+  assert exit_info.value.code == 0
+  return json.loads(capsys.readouterr().out)
+
+
+def test_eval_prints_what_training_logged_and_both_equal_direct_apply(
+    tmp_path, capsys):
+  assert len(jax.local_devices()) == 4
+  workdir = str(tmp_path / "run")
+  # 48 divides neither the 200 test nor the 100 validation images: the last
+  # batch is padded.
+  trainer.train_and_evaluate(tiny_config(
+      "optim.optimizer=adam", "optim.learning_rate=0.01",
+      "train.num_steps=16", "train.eval_every_epochs=0",
+      "data.validation_size=100", "train.final_tta=mirror",
+      "train.eval_batch_size=48", "train.num_devices=4"), workdir)
+  logged = reporting.read_metrics(workdir, "eval")[-1]
+  logged_tta = reporting.read_metrics(workdir, "eval_tta")[-1]
+  assert logged["step"] == logged_tta["step"] == 16
+  report = run_eval_cli(capsys, "--workdir", workdir)
+  assert report["step"] == 16 and report["num_devices"] == 4
+  validation = run_eval_cli(capsys, "--workdir", workdir,
+                            "--split", "validation")["results"]
+  tta = run_eval_cli(capsys, "--workdir", workdir, "--tta", "mirror")
+  assert tta["tta"] == "mirror"
+  config, state, _ = restore.load_checkpoint(workdir)
+  data = load_from_config(config.data, config.seed)
+  from jaxcnn.models import create_model
+  model = create_model(config.model)
+  for w in ("raw", "ema"):
+    got = report["results"][w]
+    # The same evaluator on the same devices: the same figures, to the bit.
+    for k in ("accuracy", "loss", "top5_accuracy"):
+      assert got[k] == logged[f"test_{k}_{w}"], (w, k)
+      assert validation[w][k] == logged[f"validation_{k}_{w}"], (w, k)
+      assert tta["results"][w][k] == logged_tta[f"test_{k}_{w}"], (w, k)
+    assert validation[w]["count"] == 100
+    mirrored = direct(model, trainer.variables_of(state, w), config,
+                      data.test_images, data.test_labels, "mirror")
+    assert tta["results"][w]["confusion"] == mirrored["confusion"].tolist()
+    assert tta["results"][w]["loss"] == pytest.approx(mirrored["loss"],
+                                                      rel=1e-4)
+    want = direct(model, trainer.variables_of(state, w), config,
+                  data.test_images, data.test_labels)
+    assert got["count"] == len(data.test_labels) == 200
+    assert got["accuracy"] == pytest.approx(want["accuracy"])
+    assert got["top5_accuracy"] == pytest.approx(want["top5_accuracy"])
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    assert got["confusion"] == want["confusion"].tolist()
+    rows = want["confusion"].sum(1)
+    assert got["per_class_accuracy"] == pytest.approx(
+        [want["confusion"][i, i] / rows[i] for i in range(10)])
+  raw, ema = report["results"]["raw"], report["results"]["ema"]
+  assert raw["confusion"] != ema["confusion"] or raw["loss"] != ema["loss"]
+
+
+@pytest.fixture(scope="module")
+def fresh():
+  setup = trainer.build(tiny_config("train.num_steps=8"))
+  return setup, trainer.create_train_state(setup)
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_every_image_counts_once_on_any_device_count(fresh, devices):
+  setup, state = fresh
+  data = setup.data
+  want = direct(setup.model, trainer.variables_of(state, "ema"), setup.config,
+                data.test_images, data.test_labels)
+  evaluator = eval_step.Evaluator(
+      setup.model, setup.config, jax.local_devices()[:devices],
+      data.test_images, data.test_labels, batch_size=48)
+  got = evaluator(state, ("ema",))["ema"]
+  assert got["count"] == evaluator.count == 200
+  np.testing.assert_array_equal(got["confusion"], want["confusion"])
+  assert got["accuracy"] == pytest.approx(want["accuracy"])
+  assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_progress_between_batches_and_a_stop(fresh):
+  setup, state = fresh
+  data = setup.data
+  evaluator = eval_step.Evaluator(
+      setup.model, setup.config, setup.devices, data.test_images,
+      data.test_labels, batch_size=48)
+  assert evaluator.batches == 5  # 200 images, 4 x 12 per batch.
+  seen = []
+  evaluator(state, before_batch=lambda *a: seen.append(a))
+  assert seen == [(w, i, 5) for w in ("raw", "ema") for i in range(6)]
+
+  class Stop(Exception):
+    pass
+
+  def stop_at_two(name, done, total):
+    seen.append((name, done))
+    if done == 2:
+      raise Stop
+
+  seen.clear()
+  state_r = parallel.replicate(state, setup.local_devices)
+  with pytest.raises(Stop):
+    evaluator(state_r, tta="mirror", before_batch=stop_at_two,
+              replicated=True)
+  assert seen == [("raw", 0), ("raw", 1), ("raw", 2)]
+
+
+def test_an_unknown_tta_is_refused(fresh):
+  setup, _ = fresh
+  with pytest.raises(config_lib.ConfigError, match="test-time augmentation"):
+    eval_step.Evaluator(setup.model, setup.config, setup.devices,
+                        setup.data.test_images, setup.data.test_labels,
+                        batch_size=48, tta="sideways")
