@@ -183,12 +183,14 @@ FILLED_FROM_DATA = ("train_size", "image_shape", "class_names")
 
 def load_saved_config(path: str | os.PathLike) -> Config:
   """A config that jaxcnn saved (WORKDIR/config.json), to train again: the
-  saved fields over today's defaults (a field added since takes its
+  saved fields, translated from an older schema (legacy.upgrade), over
+  today's defaults (a field added since takes its
   default), the data's fields cleared (FILLED_FROM_DATA). Raises
   ConfigError, naming the file, when it cannot be read or is no such
   config."""
   # jaxcnn.defaults imports this module.
   from jaxcnn.defaults import base_config, with_defaults
+  from jaxcnn.legacy import upgrade
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
@@ -205,7 +207,8 @@ def load_saved_config(path: str | os.PathLike) -> Config:
         f"{path} is not a config saved by jaxcnn (it has no "
         f"{', '.join(missing)} section); give an experiment name or a "
         "WORKDIR/config.json")
-  config = with_defaults(Config.from_dict(saved))
+  # An older schema's fields translated to today's (jaxcnn/legacy.py).
+  config = with_defaults(Config.from_dict(upgrade(saved)))
   defaults = base_config().data
   for key in FILLED_FROM_DATA:
     config.data[key] = defaults[key]

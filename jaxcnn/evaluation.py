@@ -21,6 +21,7 @@ from jaxcnn.eval_step import make_eval_fn, place_eval_data, summarize_eval
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
                          load_from_config)
+from jaxcnn import models
 from jaxcnn.models import create_model
 from jaxcnn.restore import CheckpointReader, open_reader, pick_step
 
@@ -233,10 +234,6 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
 
 
 def model_text(config: Config) -> str:
-  m = config.model
-  extra = f"-{m.depth}" if m.name == "vgg" else ""
-  width = f" x{m.width:g}" if float(m.width) != 1.0 else ""
-  if m.name == "speednet":  # Its activation is GELU whatever the config says.
-    widths = "/".join(str(w) for w in m.get("speednet_widths", ()))
-    return f"speednet {widths}{width} (batchnorm, gelu)"
-  return f"{m.name}{extra}{width} ({m.norm}, {m.activation})"
+  """The model's one line, as its own file describes it (its spec's
+  `describe`: jaxcnn/models/)."""
+  return models.model_text(config.model)

@@ -96,6 +96,10 @@ def main(argv=None) -> int:
   if args.data_dir is not None:
     overrides.append(f"data.data_dir={args.data_dir}")
   config = config_lib.apply_overrides(config, overrides)
+  from jaxcnn import models
+  # `--set model.vgg.depth=11` on another model would change nothing.
+  models.check_overridden_sections(
+      config.model, [o.split("=", 1)[0].strip() for o in overrides])
   if args.print_config:
     print(config.to_json())
     return 0

@@ -137,7 +137,8 @@ def test_vgg16_bn_param_count():
   # fc1, fc2: 2 * (512*512 + 512)                           =    525,312
   # logits: 512*10 + 10                                     =      5,130
   #                                                   total = 15,249,354
-  model = create_model(model_config(name="vgg", depth=16, norm="batchnorm"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=16),
+                                    norm="batchnorm"))
   variables = init_shapes(model)
   assert count_params(variables["params"]) == 15_249_354
   # Running mean and variance, one per channel each.
@@ -150,7 +151,8 @@ def test_vgg11_bn_param_count():
   # BN: 2 * (64 + 128 + 2*256 + 4*512)                      =      5,504
   # fc1, fc2, logits as VGG-16                              =    530,442
   #                                                   total =  9,753,674
-  model = create_model(model_config(name="vgg", depth=11, norm="batchnorm"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=11),
+                                    norm="batchnorm"))
   assert count_params(init_shapes(model)["params"]) == 9_753_674
 
 
@@ -162,7 +164,7 @@ def test_vgg13_5x5_block_param_count_and_shapes():
   # BN: 2 * (64 + 128 + 256 + 512 + 512)                  =      2,944
   # fc1, fc2, logits as VGG-16                            =    530,442
   #                                                 total = 11,392,586
-  model = create_model(model_config(name="vgg", depth=13, vgg_block="5x5"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=13, block="5x5")))
   variables = init_shapes(model)
   assert count_params(variables["params"]) == 11_392_586
   kernels = {name: leaf["kernel"].shape
@@ -174,7 +176,7 @@ def test_vgg13_5x5_block_param_count_and_shapes():
   # The 3x3 VGG-13 it replaces: 9 * (3*64 + 64*64 + 64*128 + 128*128
   # + 128*256 + 256*256 + 256*512 + 3*512*512) = 9 * 1,044,672 = 9,402,048
   # conv weights, i.e. 18C^2 against 25C^2 per block.
-  plain = create_model(model_config(name="vgg", depth=13))
+  plain = create_model(model_config(name="vgg", vgg=dict(depth=13)))
   plain_convs = sum(int(np.prod(leaf["kernel"].shape))
                     for name, leaf in init_shapes(plain)["params"].items()
                     if name.startswith("conv"))
@@ -192,7 +194,8 @@ def test_vgg_5x5_block_keeps_an_odd_conv_as_3x3():
       (3, 512), (3, 512), POOL, (3, 512), (3, 512), POOL]
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
                   jnp.float32)
-  model = create_model(model_config(name="vgg", depth=16, vgg_block="5x5",
+  model = create_model(model_config(name="vgg",
+                                    vgg=dict(depth=16, block="5x5"),
                                     width=0.125))
   variables = synthetic_variables(model)
   logits = model.apply(variables, x, train=False)
@@ -202,7 +205,8 @@ def test_vgg_5x5_block_keeps_an_odd_conv_as_3x3():
 def test_vgg16_without_bn_has_conv_biases():
   # BN's scale+bias (2 per channel) become one conv bias per channel:
   # 15,249,354 - 4,224 = 15,245,130.
-  model = create_model(model_config(name="vgg", depth=16, norm="none"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=16),
+                                    norm="none"))
   variables = init_shapes(model)
   assert set(variables) == {"params"}
   assert count_params(variables["params"]) == 15_245_130
@@ -217,7 +221,7 @@ def test_param_names_for_weight_decay_regexes():
       f"{layer}/{p}" for layer in ("conv1", "conv2", "fc384", "fc192", "logits")
       for p in ("kernel", "bias")} | {
       f"bn{i}/{p}" for i in (1, 2) for p in ("scale", "bias")}
-  vgg = paths(create_model(model_config(name="vgg", depth=16)))
+  vgg = paths(create_model(model_config(name="vgg", vgg=dict(depth=16))))
   assert {"conv1_1/kernel", "bn1_1/scale", "conv5_3/kernel", "bn5_3/bias",
           "fc1/kernel", "fc2/bias", "logits/kernel"} <= vgg
   assert "conv1_1/bias" not in vgg  # BN follows, so no conv bias.
@@ -227,7 +231,7 @@ def test_param_names_for_weight_decay_regexes():
 
 SMALL_CONFIGS = {
     "alexnet": dict(name="alexnet", width=0.25, norm="lrn", dropout=0.5),
-    "vgg": dict(name="vgg", depth=16, width=0.125),
+    "vgg": dict(name="vgg", vgg=dict(depth=16), width=0.125),
     "tiny": dict(name="tiny", dropout=0.5),
     "speednet": dict(name="speednet", width=0.125, bn_scale=False),
 }
@@ -372,7 +376,7 @@ def test_vgg16_same_output_with_every_conv_impl():
 
 def test_vgg_5x5_block_same_output_with_every_conv_impl():
   # Its 5x5 convs on 4x4 maps and below go to the shifted form on CPU.
-  cfg = dict(SMALL_CONFIGS["vgg"], depth=13, vgg_block="5x5")
+  cfg = dict(SMALL_CONFIGS["vgg"], vgg=dict(depth=13, block="5x5"))
   variables = synthetic_variables(create_model(model_config(**cfg)))
   logits = {impl: jax.jit(lambda v, x, m=create_model(
                 model_config(**cfg, conv_impl=impl)): m.apply(
@@ -403,12 +407,12 @@ def test_max_pool_2x2_matches_flax_max_pool(shape):
 @pytest.mark.parametrize("overrides,mentions", [
     (dict(name="resnet"), "model.name='resnet'"),
     (dict(activation="swish"), "model.activation='swish'"),
-    (dict(name="vgg", depth=17), "model.depth=17"),
+    (dict(name="vgg", vgg=dict(depth=17)), "model.vgg.depth=17"),
     (dict(name="vgg", norm="lrn"), "model.norm='lrn'"),
     (dict(name="alexnet", norm="layernorm"), "model.norm='layernorm'"),
     (dict(dtype="float16"), "model.dtype='float16'"),
     (dict(conv_impl="winograd"), "model.conv_impl='winograd'"),
-    (dict(name="vgg", vgg_block="7x7"), "model.vgg_block='7x7'"),
+    (dict(name="vgg", vgg=dict(block="7x7")), "model.vgg.block='7x7'"),
     (dict(width=0.0), "model.width=0.0"),
     (dict(dropout=1.0), "model.dropout=1.0"),
 ])
@@ -422,9 +426,10 @@ def test_bad_config_raises_model_config_error(overrides, mentions):
 def test_alexnet_ignores_vgg_depth():
   # A depth vgg would refuse (and a vgg block kind) leaves alexnet as it is:
   # built, with exactly the default alexnet's variables.
-  with pytest.raises(ModelConfigError, match="model.depth=17"):
-    create_model(model_config(name="vgg", depth=17))
-  odd = create_model(model_config(name="alexnet", depth=17, vgg_block="5x5"))
+  with pytest.raises(ModelConfigError, match="model.vgg.depth=17"):
+    create_model(model_config(name="vgg", vgg=dict(depth=17)))
+  odd = create_model(model_config(name="alexnet",
+                                  vgg=dict(depth=17, block="5x5")))
   plain = create_model(model_config(name="alexnet"))
   assert type(odd) is type(plain)
   odd_shapes, plain_shapes = init_shapes(odd), init_shapes(plain)
