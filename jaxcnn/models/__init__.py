@@ -139,10 +139,10 @@ def create_model(model_cfg: Mapping[str, Any], *,
   cfg.update((k, v) for k, v in model_cfg.items() if k in COMMON_FIELDS)
   name = cfg["name"]
   spec = get_spec(name)
-  _check_choice("activation", cfg["activation"], tuple(layers.ACTIVATIONS))
-  _check_choice("norm", cfg["norm"], spec.norms, f" by {name}")
-  _check_choice("dtype", cfg["dtype"], tuple(DTYPES))
-  _check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
+  check_choice("activation", cfg["activation"], tuple(layers.ACTIVATIONS))
+  check_choice("norm", cfg["norm"], spec.norms, f" by {name}")
+  check_choice("dtype", cfg["dtype"], tuple(DTYPES))
+  check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
   if not cfg["width"] > 0:
     raise ModelConfigError(f"model.width={cfg['width']!r} must be > 0")
   if not 0 <= cfg["dropout"] < 1:
@@ -162,8 +162,6 @@ def create_model(model_cfg: Mapping[str, Any], *,
       bn_momentum=float(cfg["bn_momentum"]), bn_scale=bool(cfg["bn_scale"]))
   return spec.build(common, own_section(model_cfg, name))
 
-
-_check_choice = check_choice
 
 
 def check_overridden_sections(model_cfg: Mapping[str, Any], keys) -> None:
