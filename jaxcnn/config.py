@@ -341,8 +341,12 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     node = config
     for i, part in enumerate(parts):
       if not isinstance(node, Config) or part not in node:
+        from jaxcnn.legacy import renamed_key
+        new = renamed_key(key)  # A key older jaxcnn had.
         near = difflib.get_close_matches(key, flat_keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
+        if new in flat_keys:
+          hint = f"; it is now {new}"
         raise ConfigError(f"unknown config key {key!r}{hint}")
       if i < len(parts) - 1:
         node = node[part]

@@ -48,6 +48,17 @@ def _upgrade_model(saved: dict) -> dict:
   return saved
 
 
+# Override keys (`--set KEY=...`) of fields that moved, old -> new, so that
+# an old command line gets told the new name.
+RENAMED_KEYS = {f"model.{old}": f"model.{section}.{field}"
+                for old, (section, field) in _FLAT_MODEL_FIELDS.items()}
+
+
+def renamed_key(key: str) -> str | None:
+  """Today's name of a config key that an older jaxcnn had, or None."""
+  return RENAMED_KEYS.get(key)
+
+
 # The translation steps, oldest first.
 STEPS: tuple[Callable[[dict], dict], ...] = (
     _upgrade_model,

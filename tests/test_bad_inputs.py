@@ -90,7 +90,7 @@ CASES = [
      "19"),
     ("flat model field of the old schema",
      TINY + ["--set", "model.depth=11"], 2,
-     "unknown config key 'model.depth'; did you mean model.vgg.depth"),
+     "unknown config key 'model.depth'; it is now model.vgg.depth"),
     ("unknown activation", TINY + ["--set", "model.activation=swish"], 2, "swish"),
     ("unknown optimizer", TINY + ["--set", "optim.optimizer=lion"], 2, "lion"),
     ("unknown schedule", TINY + ["--set", "optim.schedule=linear"], 2, "linear"),

@@ -190,3 +190,12 @@ def test_old_workdir_trains_on_from_its_checkpoint(tmp_path, capsys):
   assert exit_info.value.code == 0, err
   assert "steps 16->32" in err
   assert reporting.read_metrics(workdir, "eval")[-1]["step"] == 32
+
+
+@pytest.mark.parametrize("old,new", sorted(legacy.RENAMED_KEYS.items()))
+def test_an_old_override_key_names_its_new_one(old, new):
+  config = config_lib.load_experiment("test")
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.apply_overrides(config, [f"{old}=1"])
+  assert str(error.value) == f"unknown config key {old!r}; it is now {new}"
+  assert new in dict(config.flat_items())
