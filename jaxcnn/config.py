@@ -256,8 +256,11 @@ def _check_known_fields(config: Config, path: pathlib.Path) -> None:
   known = [k for k, _ in base_config().flat_items()]
   for key, _ in config.flat_items():
     if key not in known and not any(key.startswith(k + ".") for k in known):
+      from jaxcnn.legacy import renamed_key
       near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
       hint = f"; did you mean {', '.join(near)}?" if near else ""
+      if renamed_key(key) in known:
+        hint = f"; it is now {renamed_key(key)}"
       raise ConfigError(f"{path}: get_config() sets {key!r}, which is not a "
                         f"config field (see jaxcnn/defaults.py){hint}")
 

@@ -199,3 +199,15 @@ def test_an_old_override_key_names_its_new_one(old, new):
     config_lib.apply_overrides(config, [f"{old}=1"])
   assert str(error.value) == f"unknown config key {old!r}; it is now {new}"
   assert new in dict(config.flat_items())
+
+
+def test_an_experiment_file_setting_an_old_field_names_its_new_one(tmp_path):
+  path = tmp_path / "old_style.py"
+  path.write_text("from jaxcnn.config import load_experiment\n"
+                  "def get_config():\n  c = load_experiment('vgg')\n"
+                  "  c.model.depth = 11\n  return c\n")
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.load_experiment(str(path))
+  assert str(error.value) == (
+      f"{path}: get_config() sets 'model.depth', which is not a config field "
+      "(see jaxcnn/defaults.py); it is now model.vgg.depth")
