@@ -15,13 +15,12 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxcnn import augment, parallel
+from jaxcnn import augment, models, parallel
 from jaxcnn import state as state_lib
 from jaxcnn.eval_step import make_eval_fn, place_eval_data, summarize_eval
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
                          load_from_config)
-from jaxcnn import models
 from jaxcnn.models import create_model
 from jaxcnn.restore import CheckpointReader, open_reader, pick_step
 

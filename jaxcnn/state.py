@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import augment, optim, parallel
+from jaxcnn import augment, models, optim, parallel
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import Dataset, channel_stats, load_from_config
-from jaxcnn import models
 from jaxcnn.models import create_model
 
 
@@ -72,8 +71,9 @@ class Setup:
   steps_per_epoch: int
   total_steps: int
   # The step from which the optimizer has frozen every parameter of the
-  # model's stem (its spec's stem_params), so the train step stops the gradient at
-  # the stem's output; None: never (or the model has no stem to freeze).
+  # model's stem (its spec's stem_params), so the train step stops the
+  # gradient at the stem's output; None: never (or the model has no stem to
+  # freeze).
   stem_frozen_from: int | None = None
 
   @property
@@ -212,8 +212,8 @@ def build(config: Config, data: Dataset | None = None) -> Setup:
 def create_train_state(setup: Setup) -> TrainState:
   """A fresh, unreplicated state on the default device. A model with a
   data-dependent init (its spec's `data_init`: speednet's whitening layer)
-  computes it from `setup.data`; built from the config alone, it keeps its plain init (the
-  shapes are the same: enough for a restore target).
+  computes it from `setup.data`; built from the config alone, it keeps its
+  plain init (the shapes are the same: enough for a restore target).
 
   The init and the assembly of the state are each one compiled program:
   run op by op, every initializer and every optimizer slot compiled a small
@@ -255,9 +255,10 @@ def create_train_state(setup: Setup) -> TrainState:
 
 def init_sample(setup: Setup, count: int) -> np.ndarray:
   """A seeded random sample of `count` normalized training images (all of
-  them if there are fewer), for a data-dependent init (a folder's images come sorted by class: its
-  first ones are one class). Concrete values even when called under a trace
-  (jax.eval_shape, or jit in the benchmark): computed eagerly."""
+  them if there are fewer), for a data-dependent init (a folder's images
+  come sorted by class: its first ones are one class). Concrete values even
+  when called under a trace (jax.eval_shape, or jit in the benchmark):
+  computed eagerly."""
   cfg = setup.config
   images = setup.data.train_images
   count = min(len(images), int(count))

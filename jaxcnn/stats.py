@@ -43,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import augment, parallel
-from jaxcnn import models
+from jaxcnn import augment, models, parallel
 from jaxcnn.models import layers
 from jaxcnn.models.spec import numbered_order
 

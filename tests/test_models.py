@@ -164,7 +164,8 @@ def test_vgg13_5x5_block_param_count_and_shapes():
   # BN: 2 * (64 + 128 + 256 + 512 + 512)                  =      2,944
   # fc1, fc2, logits as VGG-16                            =    530,442
   #                                                 total = 11,392,586
-  model = create_model(model_config(name="vgg", vgg=dict(depth=13, block="5x5")))
+  model = create_model(model_config(name="vgg",
+                                    vgg=dict(depth=13, block="5x5")))
   variables = init_shapes(model)
   assert count_params(variables["params"]) == 11_392_586
   kernels = {name: leaf["kernel"].shape
