@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.throughput import MODELS, JaxBench, make_config
+from jaxcnn import models
 from jaxcnn.models import cpu_kernels
 from jaxcnn import steps
 from jaxcnn.steps import smoothed_cross_entropy
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
   if "stem frozen" in wanted:
     frozen = JaxBench.create(make_config(args.model, args.batch, "float32", 1,
                                          max(2 * args.batch, 2048), []))
-    if hasattr(frozen.setup.model, "STEM_PARAMS"):
+    if models.stem_params(frozen.setup.config.model):
       frozen.train_fn = steps.make_train_fn(frozen.setup, 1, stem_frozen=True)
       frozen.run(1)  # Compiles.
       benches["stem frozen"] = frozen

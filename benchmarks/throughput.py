@@ -41,10 +41,10 @@ from jaxcnn.models import cpu_kernels, forward_flops
 # name -> (experiment, config overrides). The experiments' own recipes, so
 # the optimizer chain is the one their training runs use.
 MODELS = {
-    "vgg11": ("vgg", ["model.depth=11"]),
-    "vgg13": ("vgg", ["model.depth=13"]),
-    "vgg16": ("vgg", ["model.depth=16"]),
-    "vgg19": ("vgg", ["model.depth=19"]),
+    "vgg11": ("vgg", ["model.vgg.depth=11"]),
+    "vgg13": ("vgg", ["model.vgg.depth=13"]),
+    "vgg16": ("vgg", ["model.vgg.depth=16"]),
+    "vgg19": ("vgg", ["model.vgg.depth=19"]),
     "alexnet": ("alexnet", []),
     "speednet": ("speedrun_airbench94", []),  # airbench94's recipe (batch 1024).
     "tiny": ("test", []),  # For smoke tests: milliseconds per step.
@@ -201,10 +201,10 @@ class TorchBench:
     if on_gpu:
       torch.backends.cudnn.benchmark = True
     m = config.model
-    module = torch_models.create(m.name, depth=m.depth,
+    module = torch_models.create(m.name, depth=m.vgg.depth,
                                  num_classes=m.num_classes, dropout=m.dropout,
                                  widths=tuple(round(w * m.width) for w in
-                                              m.speednet_widths),
+                                              m.speednet.widths),
                                  bn_momentum=m.bn_momentum)
     # NHWC suits oneDNN and cuDNN tensor cores both; measured faster on this
     # 2-core CPU for both models (docs/performance.md).

@@ -48,8 +48,8 @@ DECAY_PER_STEP = 2e-6 * BATCH  # Its wd: lr * (wd / lr) for every SGD group.
 
 def get_config():
   c = load_experiment("speedrun_airbench94")
-  c.model.logit_scale = 1.0 / 256
-  c.model.head_init_std = 1.0
+  c.model.speednet.logit_scale = 1.0 / 256
+  c.model.speednet.head_init_std = 1.0
   c.optim.optimizer = "muon"
   c.optim.hparam_units = "step"
   c.optim.learning_rate = 0.24  # Muon's.

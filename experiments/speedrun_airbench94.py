@@ -36,11 +36,11 @@ def get_config():
   c.data.flip_mode = "alternate"
   # --- Model.
   c.model.name = "speednet"
-  c.model.speednet_widths = (64, 256, 256)
+  c.model.speednet.widths = (64, 256, 256)
   c.model.bn_momentum = 0.4  # PyTorch momentum 0.6: statistics of recent batches.
   c.model.bn_scale = False
-  c.model.logit_scale = 1.0 / 9.0
-  c.model.whiten_images = 5000
+  c.model.speednet.logit_scale = 1.0 / 9.0
+  c.model.speednet.whiten_images = 5000
   c.model.dropout = 0.0
   # --- Optimizer: airbench94's hyperparameters in its decoupled units.
   c.optim.optimizer = "nesterov"

@@ -16,7 +16,7 @@ from jaxcnn.defaults import base_config
 def get_config():
   c = base_config()
   c.model.name = "vgg"
-  c.model.depth = 16
+  c.model.vgg.depth = 16
   c.model.dropout = 0.5
   c.optim.optimizer = "momentum"
   c.optim.learning_rate = 0.05

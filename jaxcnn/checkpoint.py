@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from jaxcnn.config import Config
 from jaxcnn.defaults import with_defaults
+from jaxcnn.legacy import upgrade
 
 
 class CheckpointError(RuntimeError):
@@ -210,8 +211,8 @@ def _abstract(tree: Any) -> Any:
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
-  """The config saved with `step`; a field added to jaxcnn since takes its
-  default."""
+  """The config saved with `step`, translated from an older schema
+  (legacy.upgrade); a field added to jaxcnn since takes its default."""
   step_dir, workdir = _step_dir(manager, step)
   check_step_files(step_dir, workdir, step)
   try:
@@ -221,7 +222,7 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
     raise UnreadableCheckpoint(
         f"cannot read the config of checkpoint step {step} in "
         f"{manager.directory}: {type(e).__name__}: {_first_line(e)}") from e
-  return with_defaults(Config.from_dict(restored.config))
+  return with_defaults(Config.from_dict(upgrade(restored.config)))
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int):

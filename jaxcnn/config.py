@@ -183,12 +183,14 @@ FILLED_FROM_DATA = ("train_size", "image_shape", "class_names")
 
 def load_saved_config(path: str | os.PathLike) -> Config:
   """A config that jaxcnn saved (WORKDIR/config.json), to train again: the
-  saved fields over today's defaults (a field added since takes its
+  saved fields, translated from an older schema (legacy.upgrade), over
+  today's defaults (a field added since takes its
   default), the data's fields cleared (FILLED_FROM_DATA). Raises
   ConfigError, naming the file, when it cannot be read or is no such
   config."""
   # jaxcnn.defaults imports this module.
   from jaxcnn.defaults import base_config, with_defaults
+  from jaxcnn.legacy import upgrade
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
@@ -205,7 +207,8 @@ def load_saved_config(path: str | os.PathLike) -> Config:
         f"{path} is not a config saved by jaxcnn (it has no "
         f"{', '.join(missing)} section); give an experiment name or a "
         "WORKDIR/config.json")
-  config = with_defaults(Config.from_dict(saved))
+  # An older schema's fields translated to today's (jaxcnn/legacy.py).
+  config = with_defaults(Config.from_dict(upgrade(saved)))
   defaults = base_config().data
   for key in FILLED_FROM_DATA:
     config.data[key] = defaults[key]
@@ -253,8 +256,11 @@ def _check_known_fields(config: Config, path: pathlib.Path) -> None:
   known = [k for k, _ in base_config().flat_items()]
   for key, _ in config.flat_items():
     if key not in known and not any(key.startswith(k + ".") for k in known):
+      from jaxcnn.legacy import renamed_key
       near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
       hint = f"; did you mean {', '.join(near)}?" if near else ""
+      if renamed_key(key) in known:
+        hint = f"; it is now {renamed_key(key)}"
       raise ConfigError(f"{path}: get_config() sets {key!r}, which is not a "
                         f"config field (see jaxcnn/defaults.py){hint}")
 
@@ -338,8 +344,12 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     node = config
     for i, part in enumerate(parts):
       if not isinstance(node, Config) or part not in node:
+        from jaxcnn.legacy import renamed_key
+        new = renamed_key(key)  # A key older jaxcnn had.
         near = difflib.get_close_matches(key, flat_keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
+        if new in flat_keys:
+          hint = f"; it is now {new}"
         raise ConfigError(f"unknown config key {key!r}{hint}")
       if i < len(parts) - 1:
         node = node[part]

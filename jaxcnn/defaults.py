@@ -61,11 +61,9 @@ def base_config() -> Config:
 
   # --- Model ----------------------------------------------------------------
   c.model = Config(
-      name="vgg",  # 'vgg' | 'alexnet' | 'speednet' | 'tiny' (tests only)
-      depth=16,  # VGG depth: 11 | 13 | 16 | 19.
-      # VGG block: '3x3' | '5x5' (each pair of 3x3 convs in a block becomes
-      # one 5x5 conv; see jaxcnn/models/vgg.py).
-      vgg_block="3x3",
+      # A registered model (jaxcnn/models/__init__.py REGISTRY): 'vgg' |
+      # 'alexnet' | 'speednet' | 'tiny' (tests only).
+      name="vgg",
       width=1.0,  # Channel multiplier (0.25 gives a CPU-sized VGG).
       activation="relu",  # relu | leaky_relu | elu | tanh | sigmoid | gelu
       norm="batchnorm",  # batchnorm | lrn | none (lrn: alexnet and tiny)
@@ -78,18 +76,16 @@ def base_config() -> Config:
       # and whether it learns a scale (False: only its bias is trained).
       bn_momentum=0.9,
       bn_scale=True,
-      # speednet only (jaxcnn/models/speednet.py): channels of its three conv
-      # groups (times `width`), the factor on its logits, whether its first
-      # layer is the frozen 2x2 patch-whitening layer (False: an ordinary
-      # trainable conv) and how many training images that is computed from.
-      speednet_widths=(64, 256, 256),
-      logit_scale=1.0 / 9.0,
-      # speednet: standard deviation of the head's initial kernel (PyTorch's
-      # default init rescaled to exactly this); 0 keeps PyTorch's default.
-      head_init_std=0.0,
-      whiten=True,
-      whiten_images=5000,
   )
+  # One section per registered model with fields of its own, named after
+  # it, its defaults and their meaning in the model's file: model.vgg
+  # (depth, block: jaxcnn/models/vgg.py), model.speednet (widths,
+  # logit_scale, head_init_std, whiten, whiten_images:
+  # jaxcnn/models/speednet.py), model.alexnet (its LRN constants:
+  # jaxcnn/models/alexnet.py). Only the section of model.name is read.
+  from jaxcnn.models import own_config_defaults  # It imports this module.
+  for name, fields in own_config_defaults().items():
+    c.model[name] = Config(**fields)
 
   # --- Optimizer --------------------------------------------------------------
   c.optim = Config(

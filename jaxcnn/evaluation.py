@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxcnn import augment, parallel
+from jaxcnn import augment, models, parallel
 from jaxcnn import state as state_lib
 from jaxcnn.eval_step import WEIGHTS, Evaluator
 from jaxcnn.config import Config, ConfigError
@@ -205,10 +205,6 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
 
 
 def model_text(config: Config) -> str:
-  m = config.model
-  extra = f"-{m.depth}" if m.name == "vgg" else ""
-  width = f" x{m.width:g}" if float(m.width) != 1.0 else ""
-  if m.name == "speednet":  # Its activation is GELU whatever the config says.
-    widths = "/".join(str(w) for w in m.get("speednet_widths", ()))
-    return f"speednet {widths}{width} (batchnorm, gelu)"
-  return f"{m.name}{extra}{width} ({m.norm}, {m.activation})"
+  """The model's one line, as its own file describes it (its spec's
+  `describe`: jaxcnn/models/)."""
+  return models.model_text(config.model)

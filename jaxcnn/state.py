@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import augment, optim, parallel
+from jaxcnn import augment, models, optim, parallel
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import Dataset, channel_stats, load_from_config
 from jaxcnn.models import create_model
@@ -102,8 +102,9 @@ class Setup:
   devices: list  # All devices the pmap spans (of every process).
   steps: RunSteps
   # The step from which the optimizer has frozen every parameter of the
-  # model's stem (its STEM_PARAMS), so the train step stops the gradient at
-  # the stem's output; None: never (or the model has no stem to freeze).
+  # model's stem (its spec's stem_params), so the train step stops the
+  # gradient at the stem's output; None: never (or the model has no stem to
+  # freeze).
   stem_frozen_from: int | None = None
 
   @property
@@ -237,7 +238,7 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
                             total_steps=total_steps, batch_size=batch,
                             schedule=schedule, rule=rule)
   stem_frozen_from = optim.frozen_from(
-      config.optim, getattr(model, "STEM_PARAMS", ()), steps_per_epoch,
+      config.optim, models.stem_params(config.model), steps_per_epoch,
       rule=rule)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
@@ -260,9 +261,9 @@ def build(config: Config, data: Dataset | None = None) -> Setup:
 
 def create_train_state(setup: Setup) -> TrainState:
   """A fresh, unreplicated state on the default device. A model with a
-  data-dependent init (speednet's whitening layer) computes it from
-  `setup.data`; built from the config alone, it keeps its plain init (the
-  shapes are the same: enough for a restore target).
+  data-dependent init (its spec's `data_init`: speednet's whitening layer)
+  computes it from `setup.data`; built from the config alone, it keeps its
+  plain init (the shapes are the same: enough for a restore target).
 
   The init and the assembly of the state are each one compiled program:
   run op by op, every initializer and every optimizer slot compiled a small
@@ -278,8 +279,11 @@ def create_train_state(setup: Setup) -> TrainState:
 
   variables = jax.jit(init)(init_key, sample)
   params = variables["params"]
-  if hasattr(setup.model, "init_from_data") and setup.data is not None:
-    params = setup.model.init_from_data(params, init_sample(setup))
+  hook = models.data_init(setup.config.model)
+  if hook is not None and setup.data is not None:
+    init, own = hook
+    params = init.apply(setup.model, params,
+                        init_sample(setup, init.num_images(own)))
   batch_stats = variables.get("batch_stats", {})
 
   def assemble(params, batch_stats, rng):
@@ -299,14 +303,15 @@ def create_train_state(setup: Setup) -> TrainState:
   return jax.jit(assemble)(params, batch_stats, dropout_key)
 
 
-def init_sample(setup: Setup) -> np.ndarray:
-  """A seeded random sample of model.whiten_images normalized training images,
-  for a data-dependent init (a folder's images come sorted by class: its
-  first ones are one class). Concrete values even when called under a trace
-  (jax.eval_shape, or jit in the benchmark): computed eagerly."""
+def init_sample(setup: Setup, count: int) -> np.ndarray:
+  """A seeded random sample of `count` normalized training images (all of
+  them if there are fewer), for a data-dependent init (a folder's images
+  come sorted by class: its first ones are one class). Concrete values even
+  when called under a trace (jax.eval_shape, or jit in the benchmark):
+  computed eagerly."""
   cfg = setup.config
   images = setup.data.train_images
-  count = min(len(images), int(cfg.model.whiten_images))
+  count = min(len(images), int(count))
   pick = np.sort(np.random.default_rng([cfg.seed, 1]).choice(
       len(images), count, replace=False))
   mean, std = setup.mean_std

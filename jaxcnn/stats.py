@@ -38,15 +38,14 @@ result does not depend on the device count.
 """
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import augment, parallel
+from jaxcnn import augment, models, parallel
 from jaxcnn.models import layers
+from jaxcnn.models.spec import numbered_order
 
 AXIS = parallel.AXIS
 # 128 images: enough positions per channel for the conv layers, and on a
@@ -64,33 +63,25 @@ def _cross_entropy(logits, labels):
 
 def activation_layers(model_name: str, module_names) -> list[tuple[str, str]]:
   """(layer label, module whose output is the pre-activation) for each layer
-  followed by the activation function.
-
-  In VGG and the tiny net a conv is followed by its BatchNorm and then the
-  activation, so the pre-activation is the BatchNorm's output when there is
-  one. In the AlexNet-like net BatchNorm (like LRN) comes after the activation
-  and the pooling, so there it is the conv's own output.
-  """
-  names = set(module_names)
-  out = []
-  for name in sorted(names, key=layer_order):
-    if not re.fullmatch(r"(conv\S*|fc\S*)", name):
-      continue
-    bn = "bn" + name[len("conv"):] if name.startswith("conv") else None
-    if model_name != "alexnet" and bn in names:
-      out.append((name, bn))
-    else:
-      out.append((name, name))
-  return out
+  followed by the activation function, in layer order: what the model's
+  spec says (its `stats_layers`, jaxcnn/models/). In VGG and the tiny net a
+  conv is followed by its BatchNorm and then the activation, so the
+  pre-activation is the BatchNorm's output when there is one; in the
+  AlexNet-like net BatchNorm (like LRN) comes after the activation and the
+  pooling, so there it is the conv's own output."""
+  return list(models.get_spec(model_name).stats_layers(list(module_names)))
 
 
 def layer_order(name: str):
-  # conv before fc, then by the numbers in the name (conv2_10 after conv2_9).
-  kind = 0 if name.startswith("conv") else 1 if name.startswith("fc") else 2
-  numbers = tuple(int(n) for n in re.findall(r"\d+", name))
-  # fc384 before fc192 in the AlexNet-like net: order fc layers as built.
-  if name.startswith("fc") and name in ("fc384", "fc192"):
-    numbers = (0,) if name == "fc384" else (1,)
+  """Sort key of a layer label: conv before fc, then by the numbers in the
+  name (conv2_10 after conv2_9), except labels a registered model lists in
+  its spec's `layer_order` (alexnet's fc384 before fc192), which keep that
+  order."""
+  kind, numbers, _ = numbered_order(name)
+  for spec in models.REGISTRY.values():
+    if name in spec.layer_order:
+      numbers = (spec.layer_order.index(name),)
+      break
   return kind, numbers, name
 
 

@@ -14,8 +14,9 @@ from jaxcnn import cli
 
 
 def _epilog() -> str:
-  """The experiments there are and where the --set keys are documented:
-  read from experiments/ and jaxcnn/defaults.py when --help asks."""
+  """The experiments and models there are and where the --set keys are
+  documented: read from experiments/, the model registry and
+  jaxcnn/defaults.py when --help asks."""
   from jaxcnn.config import experiment_summaries
   summaries = experiment_summaries()
   width = max((len(n) for n in summaries), default=0)
@@ -25,6 +26,14 @@ def _epilog() -> str:
   for name, doc in summaries.items():
     lines += textwrap.wrap(doc, 79, initial_indent=f"  {name:<{width}}  ",
                            subsequent_indent=" " * (width + 4)) or [f"  {name}"]
+  from jaxcnn import models
+  lines += ["", "models (--set model.name=NAME; each one's own fields, "
+            "model.NAME.*, are in", "jaxcnn/models/NAME.py):"]
+  width = max(len(n) for n in models.REGISTRY)
+  for name, spec in models.REGISTRY.items():
+    lines += textwrap.wrap(spec.summary, 79,
+                           initial_indent=f"  {name:<{width}}  ",
+                           subsequent_indent=" " * (width + 4))
   lines += [
       "",
       "--set KEY=VALUE: every key is a field of the config, documented with "
@@ -96,6 +105,10 @@ def main(argv=None) -> int:
   if args.data_dir is not None:
     overrides.append(f"data.data_dir={args.data_dir}")
   config = config_lib.apply_overrides(config, overrides)
+  from jaxcnn import models
+  # `--set model.vgg.depth=11` on another model would change nothing.
+  models.check_overridden_sections(
+      config.model, [o.split("=", 1)[0].strip() for o in overrides])
   if args.print_config:
     print(config.to_json())
     return 0

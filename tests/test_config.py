@@ -70,8 +70,8 @@ def test_experiment_by_path(tmp_path):
 
 def test_diff_names_changed_fields():
   a = config_lib.load_experiment("vgg")
-  b = config_lib.apply_overrides(a, ["model.depth=11"])
-  assert config_lib.diff(a, b) == ["model.depth: 16 -> 11"]
+  b = config_lib.apply_overrides(a, ["model.vgg.depth=11"])
+  assert config_lib.diff(a, b) == ["model.vgg.depth: 16 -> 11"]
 
 
 def test_epochs_override_replaces_the_experiments_step_count():

@@ -51,7 +51,7 @@ RUNS = {
         "train.batch_size=64", "train.num_epochs=0", "train.num_steps=12",
         "train.eval_batch_size=64", "train.log_every_steps=4",
         "train.checkpoint_every_steps=6", "train.progress_bar=false",
-        "model.whiten_images=256", "optim.lookahead_start_epochs=0",
+        "model.speednet.whiten_images=256", "optim.lookahead_start_epochs=0",
         "optim.freeze_after_epochs=1"]),
 }
 

@@ -137,7 +137,8 @@ def test_vgg16_bn_param_count():
   # fc1, fc2: 2 * (512*512 + 512)                           =    525,312
   # logits: 512*10 + 10                                     =      5,130
   #                                                   total = 15,249,354
-  model = create_model(model_config(name="vgg", depth=16, norm="batchnorm"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=16),
+                                    norm="batchnorm"))
   variables = init_shapes(model)
   assert count_params(variables["params"]) == 15_249_354
   # Running mean and variance, one per channel each.
@@ -150,7 +151,8 @@ def test_vgg11_bn_param_count():
   # BN: 2 * (64 + 128 + 2*256 + 4*512)                      =      5,504
   # fc1, fc2, logits as VGG-16                              =    530,442
   #                                                   total =  9,753,674
-  model = create_model(model_config(name="vgg", depth=11, norm="batchnorm"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=11),
+                                    norm="batchnorm"))
   assert count_params(init_shapes(model)["params"]) == 9_753_674
 
 
@@ -162,7 +164,8 @@ def test_vgg13_5x5_block_param_count_and_shapes():
   # BN: 2 * (64 + 128 + 256 + 512 + 512)                  =      2,944
   # fc1, fc2, logits as VGG-16                            =    530,442
   #                                                 total = 11,392,586
-  model = create_model(model_config(name="vgg", depth=13, vgg_block="5x5"))
+  model = create_model(model_config(name="vgg",
+                                    vgg=dict(depth=13, block="5x5")))
   variables = init_shapes(model)
   assert count_params(variables["params"]) == 11_392_586
   kernels = {name: leaf["kernel"].shape
@@ -174,7 +177,7 @@ def test_vgg13_5x5_block_param_count_and_shapes():
   # The 3x3 VGG-13 it replaces: 9 * (3*64 + 64*64 + 64*128 + 128*128
   # + 128*256 + 256*256 + 256*512 + 3*512*512) = 9 * 1,044,672 = 9,402,048
   # conv weights, i.e. 18C^2 against 25C^2 per block.
-  plain = create_model(model_config(name="vgg", depth=13))
+  plain = create_model(model_config(name="vgg", vgg=dict(depth=13)))
   plain_convs = sum(int(np.prod(leaf["kernel"].shape))
                     for name, leaf in init_shapes(plain)["params"].items()
                     if name.startswith("conv"))
@@ -192,7 +195,8 @@ def test_vgg_5x5_block_keeps_an_odd_conv_as_3x3():
       (3, 512), (3, 512), POOL, (3, 512), (3, 512), POOL]
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
                   jnp.float32)
-  model = create_model(model_config(name="vgg", depth=16, vgg_block="5x5",
+  model = create_model(model_config(name="vgg",
+                                    vgg=dict(depth=16, block="5x5"),
                                     width=0.125))
   variables = synthetic_variables(model)
   logits = model.apply(variables, x, train=False)
@@ -202,7 +206,8 @@ def test_vgg_5x5_block_keeps_an_odd_conv_as_3x3():
 def test_vgg16_without_bn_has_conv_biases():
   # BN's scale+bias (2 per channel) become one conv bias per channel:
   # 15,249,354 - 4,224 = 15,245,130.
-  model = create_model(model_config(name="vgg", depth=16, norm="none"))
+  model = create_model(model_config(name="vgg", vgg=dict(depth=16),
+                                    norm="none"))
   variables = init_shapes(model)
   assert set(variables) == {"params"}
   assert count_params(variables["params"]) == 15_245_130
@@ -217,7 +222,7 @@ def test_param_names_for_weight_decay_regexes():
       f"{layer}/{p}" for layer in ("conv1", "conv2", "fc384", "fc192", "logits")
       for p in ("kernel", "bias")} | {
       f"bn{i}/{p}" for i in (1, 2) for p in ("scale", "bias")}
-  vgg = paths(create_model(model_config(name="vgg", depth=16)))
+  vgg = paths(create_model(model_config(name="vgg", vgg=dict(depth=16))))
   assert {"conv1_1/kernel", "bn1_1/scale", "conv5_3/kernel", "bn5_3/bias",
           "fc1/kernel", "fc2/bias", "logits/kernel"} <= vgg
   assert "conv1_1/bias" not in vgg  # BN follows, so no conv bias.
@@ -227,7 +232,7 @@ def test_param_names_for_weight_decay_regexes():
 
 SMALL_CONFIGS = {
     "alexnet": dict(name="alexnet", width=0.25, norm="lrn", dropout=0.5),
-    "vgg": dict(name="vgg", depth=16, width=0.125),
+    "vgg": dict(name="vgg", vgg=dict(depth=16), width=0.125),
     "tiny": dict(name="tiny", dropout=0.5),
     "speednet": dict(name="speednet", width=0.125, bn_scale=False),
 }
@@ -372,7 +377,7 @@ def test_vgg16_same_output_with_every_conv_impl():
 
 def test_vgg_5x5_block_same_output_with_every_conv_impl():
   # Its 5x5 convs on 4x4 maps and below go to the shifted form on CPU.
-  cfg = dict(SMALL_CONFIGS["vgg"], depth=13, vgg_block="5x5")
+  cfg = dict(SMALL_CONFIGS["vgg"], vgg=dict(depth=13, block="5x5"))
   variables = synthetic_variables(create_model(model_config(**cfg)))
   logits = {impl: jax.jit(lambda v, x, m=create_model(
                 model_config(**cfg, conv_impl=impl)): m.apply(
@@ -403,12 +408,12 @@ def test_max_pool_2x2_matches_flax_max_pool(shape):
 @pytest.mark.parametrize("overrides,mentions", [
     (dict(name="resnet"), "model.name='resnet'"),
     (dict(activation="swish"), "model.activation='swish'"),
-    (dict(name="vgg", depth=17), "model.depth=17"),
+    (dict(name="vgg", vgg=dict(depth=17)), "model.vgg.depth=17"),
     (dict(name="vgg", norm="lrn"), "model.norm='lrn'"),
     (dict(name="alexnet", norm="layernorm"), "model.norm='layernorm'"),
     (dict(dtype="float16"), "model.dtype='float16'"),
     (dict(conv_impl="winograd"), "model.conv_impl='winograd'"),
-    (dict(name="vgg", vgg_block="7x7"), "model.vgg_block='7x7'"),
+    (dict(name="vgg", vgg=dict(block="7x7")), "model.vgg.block='7x7'"),
     (dict(width=0.0), "model.width=0.0"),
     (dict(dropout=1.0), "model.dropout=1.0"),
 ])
@@ -422,9 +427,10 @@ def test_bad_config_raises_model_config_error(overrides, mentions):
 def test_alexnet_ignores_vgg_depth():
   # A depth vgg would refuse (and a vgg block kind) leaves alexnet as it is:
   # built, with exactly the default alexnet's variables.
-  with pytest.raises(ModelConfigError, match="model.depth=17"):
-    create_model(model_config(name="vgg", depth=17))
-  odd = create_model(model_config(name="alexnet", depth=17, vgg_block="5x5"))
+  with pytest.raises(ModelConfigError, match="model.vgg.depth=17"):
+    create_model(model_config(name="vgg", vgg=dict(depth=17)))
+  odd = create_model(model_config(name="alexnet",
+                                  vgg=dict(depth=17, block="5x5")))
   plain = create_model(model_config(name="alexnet"))
   assert type(odd) is type(plain)
   odd_shapes, plain_shapes = init_shapes(odd), init_shapes(plain)
@@ -470,3 +476,232 @@ def test_batchnorm_under_pmap_matches_one_device_on_whole_batch():
   _, unsynced_vars = per_device(single)(variables, x_per_device)
   assert not np.allclose(unsynced_vars["batch_stats"]["bn1"]["mean"][0],
                          want_vars["batch_stats"]["bn1"]["mean"], atol=1e-3)
+
+
+# --- The registry: what each model file declares ------------------------------
+
+from jaxcnn import models as models_lib  # noqa: E402
+from jaxcnn import stats  # noqa: E402
+
+
+def test_registry_holds_every_model_file():
+  assert tuple(models_lib.REGISTRY) == models_lib.MODEL_FILES == MODEL_NAMES
+  for name, spec in models_lib.REGISTRY.items():
+    assert spec.name == name and spec.norms and spec.summary
+    assert "\n" not in spec.summary
+
+
+def test_config_has_common_fields_and_one_section_per_model_with_own_fields():
+  model = base_config().model
+  common = [k for k in model if not isinstance(model[k], type(model))]
+  assert tuple(common) == models_lib.COMMON_FIELDS
+  sections = {k: model[k].to_dict() for k in model if k not in common}
+  # tiny has no fields of its own, so no section.
+  assert set(sections) == {"alexnet", "vgg", "speednet"}
+  assert sections["vgg"] == {"depth": 16, "block": "3x3"}
+  assert sections["speednet"] == {
+      "widths": [64, 256, 256], "logit_scale": 1.0 / 9.0,
+      "head_init_std": 0.0, "whiten": True, "whiten_images": 5000}
+  # The TF tutorial's tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75).
+  assert sections["alexnet"] == {"lrn_depth_radius": 4, "lrn_bias": 1.0,
+                                 "lrn_alpha": 0.001 / 9.0, "lrn_beta": 0.75}
+  for name, section in sections.items():
+    assert section == {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in models_lib.REGISTRY[name].config.items()}
+
+
+def test_unknown_model_name_lists_the_registered_ones():
+  with pytest.raises(ModelConfigError) as error:
+    create_model(model_config(name="vg"))
+  assert str(error.value) == (
+      "model.name='vg' is not a registered model; choose one of 'alexnet', "
+      "'vgg', 'speednet', 'tiny'; did you mean 'vgg'?")
+
+
+def test_unknown_field_of_a_models_section_is_refused():
+  with pytest.raises(ModelConfigError) as error:
+    create_model(model_config(name="vgg", vgg=dict(dept=11)))
+  message = str(error.value)
+  assert "model.vgg.dept is not a field of vgg" in message
+  assert "did you mean model.vgg.depth?" in message and "\n" not in message
+
+
+def test_alexnet_lrn_constants_come_from_its_section():
+  default = create_model(model_config(**SMALL_CONFIGS["alexnet"]))
+  assert (default.lrn_depth_radius, default.lrn_bias, default.lrn_alpha,
+          default.lrn_beta) == (4, 1.0, 0.001 / 9.0, 0.75)
+  other = create_model(model_config(
+      **SMALL_CONFIGS["alexnet"],
+      alexnet=dict(lrn_depth_radius=2, lrn_alpha=0.3)))
+  assert (other.lrn_depth_radius, other.lrn_alpha) == (2, 0.3)
+  variables = small_variables("alexnet")
+  a = default.apply(variables, SMALL_INPUT, train=False)
+  b = other.apply(variables, SMALL_INPUT, train=False)
+  assert not np.allclose(a, b)  # LRN really reads them.
+  with pytest.raises(ModelConfigError, match="model.alexnet.lrn_bias=0.0"):
+    create_model(model_config(name="alexnet", alexnet=dict(lrn_bias=0.0)))
+
+
+def module_names(model):
+  """The top-level modules of one traced forward pass (what the statistics
+  collector reads)."""
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  variables = init_shapes(model)
+  _, captured = jax.eval_shape(
+      lambda v: model.apply(v, x, train=False, capture_intermediates=True,
+                            mutable=["intermediates"]), variables)
+  return list(captured["intermediates"].keys())
+
+
+VGG11_CONVS = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1",
+               "conv4_2", "conv5_1", "conv5_2"]
+
+
+@pytest.mark.parametrize("cfg,want", [
+    # BatchNorm after the activation and the pooling: the layer's own output.
+    (dict(name="alexnet", norm="lrn"),
+     [(n, n) for n in ("conv1", "conv2", "fc384", "fc192")]),
+    (dict(name="alexnet", norm="batchnorm"),
+     [(n, n) for n in ("conv1", "conv2", "fc384", "fc192")]),
+    # conv -> BatchNorm -> activation: the BatchNorm's output.
+    (dict(name="vgg", vgg=dict(depth=11), width=0.125),
+     [(c, "bn" + c[4:]) for c in VGG11_CONVS] + [("fc1", "fc1"),
+                                                  ("fc2", "fc2")]),
+    (dict(name="vgg", vgg=dict(depth=11), width=0.125, norm="none"),
+     [(c, c) for c in VGG11_CONVS] + [("fc1", "fc1"), ("fc2", "fc2")]),
+    (dict(name="tiny"), [("conv1", "bn1"), ("conv2", "bn2")]),
+    (dict(name="tiny", norm="lrn"), [("conv1", "conv1"), ("conv2", "conv2")]),
+    # Its convs sit inside the groups: no top-level layer to look at.
+    (dict(name="speednet", width=0.125), []),
+])
+def test_stats_layers_are_listed_by_the_model(cfg, want):
+  model = create_model(model_config(**cfg))
+  names = module_names(model)
+  assert stats.activation_layers(cfg["name"], names) == want
+  # In the order of the layers, as the per-layer tables sort them.
+  labels = [label for label, _ in want]
+  assert sorted(reversed(labels), key=stats.layer_order) == labels
+
+
+@pytest.mark.parametrize("cfg,want", [
+    (dict(name="vgg"), "vgg-16 (batchnorm, relu)"),
+    (dict(name="vgg", vgg=dict(depth=13, block="5x5"), width=0.5),
+     "vgg-13 5x5 x0.5 (batchnorm, relu)"),
+    (dict(name="alexnet", norm="lrn", activation="tanh"),
+     "alexnet (lrn, tanh)"),
+    (dict(name="speednet", width=0.125, activation="relu"),
+     "speednet 64/256/256 x0.125 (batchnorm, gelu)"),
+    (dict(name="tiny", norm="none"), "tiny (none, relu)"),
+])
+def test_model_text_is_the_models_own_line(cfg, want):
+  from jaxcnn import evaluation
+  config = base_config()
+  for key, value in cfg.items():
+    config.model[key] = value
+  assert models_lib.model_text(config.model) == want
+  assert evaluation.model_text(config) == want
+
+
+def test_hooks_are_declared_by_the_model():
+  speednet_spec = models_lib.REGISTRY["speednet"]
+  assert speednet_spec.stem_params == ("whiten/kernel", "whiten/bias")
+  assert speednet_spec.data_init.num_images({"whiten_images": 7}) == 7
+  for name in ("alexnet", "vgg", "tiny"):
+    spec = models_lib.REGISTRY[name]
+    assert spec.stem_params == () and spec.data_init is None
+  assert models_lib.stem_params({"name": "tiny"}) == ()
+
+
+# --- Adding a model: one file and its registration ----------------------------
+
+
+class Throwaway(layers.ModelBase):
+  """A model defined here only: conv -> relu -> mean -> logits."""
+  features: int = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool, stem_frozen: bool = False):
+    x = nn.relu(nn.Conv(layers.scaled(self.features, self.width), (3, 3),
+                        name="conv1")(x))
+    if stem_frozen:
+      x = jax.lax.stop_gradient(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="logits")(x)
+
+
+SEEN_BY_INIT = []
+
+
+def _throwaway_init(model, params, images):
+  # A data-dependent init: conv1's bias starts at minus the images' mean.
+  SEEN_BY_INIT.append(images.shape)
+  bias = jnp.full_like(params["conv1"]["bias"], -float(np.mean(images)))
+  return {**params, "conv1": {**params["conv1"], "bias": bias}}
+
+
+def _build_throwaway(common, own):
+  if own["features"] < 1:
+    raise ModelConfigError(
+        f"model.throwaway.features={own['features']!r} must be >= 1")
+  return Throwaway(features=own["features"], **common.module_kwargs)
+
+
+THROWAWAY = models_lib.ModelSpec(
+    name="throwaway", summary="a model defined in a test",
+    norms=("none",), build=_build_throwaway,
+    describe=lambda m: f"throwaway {m['throwaway']['features']}",
+    config=dict(features=4, init_images=32),
+    data_init=models_lib.DataInit(
+        num_images=lambda own: own["init_images"], apply=_throwaway_init),
+    stem_params=("conv1/kernel", "conv1/bias"))
+
+
+@pytest.fixture
+def throwaway():
+  models_lib.register(THROWAWAY)
+  SEEN_BY_INIT.clear()
+  try:
+    yield THROWAWAY
+  finally:
+    models_lib.unregister("throwaway")
+
+
+def test_a_registered_model_trains_through_the_normal_path(throwaway,
+                                                           tmp_path):
+  from jaxcnn import config as config_lib, evaluation, reporting, trainer
+  assert "throwaway" in models_lib.MODEL_NAMES
+  # Its section is in the defaults, so --set reaches it, typed.
+  config = config_lib.apply_overrides(config_lib.load_experiment("test"), [
+      "model.name=throwaway", "model.norm=none", "model.throwaway.features=6",
+      "train.num_steps=6", "train.log_every_steps=3",
+      "train.collect_stats=true", "train.progress_bar=false"])
+  assert config.model.throwaway.to_dict() == {"features": 6,
+                                              "init_images": 32}
+  with pytest.raises(config_lib.ConfigError, match="expected an integer"):
+    config_lib.apply_overrides(config, ["model.throwaway.features=many"])
+  setup = trainer.build(config)
+  assert isinstance(setup.model, Throwaway) and setup.model.features == 6
+  # conv1 3*3*3*6 + 6 = 168; logits 6*10 + 10 = 70.
+  state = trainer.create_train_state(setup)
+  assert count_params(state.params) == 238
+  assert SEEN_BY_INIT == [(32, 32, 32, 3)]
+  np.testing.assert_allclose(
+      state.params["conv1"]["bias"],
+      -np.mean(state_lib_init_sample(setup, 32)), rtol=1e-6)
+  assert models_lib.stem_params(config.model) == THROWAWAY.stem_params
+
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert int(result["step"]) == 6
+  assert evaluation.model_text(config) == "throwaway 6"
+  # The statistics found its layer through the registry.
+  record = reporting.read_metrics(tmp_path / "run", "stats")[-1]
+  assert "dead_fraction/conv1" in record and "grad_norm/logits" in record
+  # Its own checks are one line too.
+  with pytest.raises(ModelConfigError, match="model.throwaway.features=0"):
+    create_model(model_config(name="throwaway", norm="none",
+                              throwaway=dict(features=0)))
+
+
+def state_lib_init_sample(setup, count):
+  from jaxcnn import state as state_lib
+  return state_lib.init_sample(setup, count)

@@ -489,7 +489,8 @@ def test_flops_count_matches_the_vgg16_arithmetic():
   # (the shifted form on tiny maps skips padding taps; the count is the
   # nominal one either way) plus the head's 529,408.
   for block, convs in (("3x3", 228_261_888), ("5x5", 188_416_000)):
-    model = create_model(model_config(name="vgg", depth=13, vgg_block=block))
+    model = create_model(model_config(name="vgg",
+                                      vgg=dict(depth=13, block=block)))
     assert forward_flops(model, (32, 32, 3)) == 2 * (convs + 529_408), block
 
 

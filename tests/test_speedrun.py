@@ -89,7 +89,8 @@ def test_speednet_init_from_data_sets_the_frozen_whitening_layer():
   assert np.all(np.asarray(grads["whiten"]["kernel"]) == 0)
   assert np.any(np.asarray(grads["whiten"]["bias"]) != 0)
   # whiten=False: an ordinary trainable first layer, untouched by the data.
-  plain = create_model({"name": "speednet", "width": 0.125, "whiten": False})
+  plain = create_model({"name": "speednet", "width": 0.125,
+                        "speednet": {"whiten": False}})
   p2 = jax.eval_shape(lambda x: plain.init({"params": jax.random.key(0)}, x,
                                            train=False), images[:2])["params"]
   assert plain.init_from_data(p2, images) is p2
@@ -393,7 +394,7 @@ def test_speedrun_muon_rates_are_airbench94_muons():
 
 def test_speednet_head_init_std():
   model = create_model({"name": "speednet", "width": 0.125,
-                        "head_init_std": 1.0})
+                        "speednet": {"head_init_std": 1.0}})
   head = jax.jit(lambda: model.init({"params": jax.random.key(1)},
                                     jnp.zeros((1, 32, 32, 3)), train=False)
                  )()["params"]["head"]["kernel"]
@@ -406,8 +407,8 @@ def test_speednet_head_init_std():
   np.testing.assert_allclose(scaled / 0.3 * jnp.std(default), default,
                              rtol=1e-5, atol=1e-7)
   assert float(jnp.std(default)) == pytest.approx(1 / math.sqrt(768), rel=0.1)
-  with pytest.raises(ValueError, match="model.head_init_std"):
-    create_model({"name": "speednet", "head_init_std": -1.0})
+  with pytest.raises(ValueError, match="model.speednet.head_init_std"):
+    create_model({"name": "speednet", "speednet": {"head_init_std": -1.0}})
 
 
 def test_lookahead_equals_its_formula():
@@ -453,7 +454,7 @@ def speedrun_small(*overrides, base="speedrun_airbench94"):
       "model.width=0.125", "train.batch_size=128", "train.num_steps=0",
       "train.num_epochs=6", "train.eval_batch_size=250",
       "train.log_every_steps=8", "train.progress_bar=false",
-      "model.whiten_images=500", "optim.lookahead_start_epochs=2",
+      "model.speednet.whiten_images=500", "optim.lookahead_start_epochs=2",
       "optim.freeze_after_epochs=1", *overrides])
 
 
@@ -480,14 +481,14 @@ def test_frozen_stem_step_equals_the_full_step():
   config = speedrun_small(
       "data.source=synthetic", "data.synthetic_train_size=256",
       "data.synthetic_test_size=64", "train.batch_size=64",
-      "model.whiten_images=64", "optim.freeze_after_epochs=0")
+      "model.speednet.whiten_images=64", "optim.freeze_after_epochs=0")
   setup = trainer.build(config)
   assert setup.stem_frozen_from == 0
   later = trainer.build(config_lib.apply_overrides(
       config, ["optim.freeze_after_epochs=2"]))
   assert later.stem_frozen_from == 2 * later.steps_per_epoch == 8
   assert trainer.build(config_lib.apply_overrides(
-      config, ["model.whiten=false", "optim.freeze_filter=",
+      config, ["model.speednet.whiten=false", "optim.freeze_filter=",
                "optim.freeze_after_filter="])).stem_frozen_from is None
   state = jax.tree.map(np.asarray,
                        jax.jit(lambda: trainer.create_train_state(setup))())

@@ -234,6 +234,10 @@ def test_train_help_lists_experiments_and_where_keys_are(capsys):
   assert "VGG-16 with BatchNorm on CIFAR-10: the seed recipe." in out
   assert "jaxcnn/defaults.py" in out and "--print_config" in out
   assert "config.json" in out
+  # The registered models, each with its own one line.
+  from jaxcnn import models
+  for name, spec in models.REGISTRY.items():
+    assert f"\n  {name:<8}  {spec.summary}" in out
 
 
 def workdir_snapshot(workdir) -> dict:

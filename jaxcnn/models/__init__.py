@@ -1,5 +1,15 @@
 """Models, built from the `model` section of a config by `create_model`.
 
+Each model is one file here (alexnet.py, vgg.py, speednet.py, tiny.py) that
+defines its Flax module and a `SPEC` (jaxcnn.models.spec.ModelSpec: its own
+config section, norms, build function, description, statistics layers and
+hooks); `REGISTRY` maps each `model.name` to its spec, filled below by
+importing the model files. `register` adds one more (a new model file is
+added to MODEL_FILES; a test registers a throwaway model). The config's
+`model` section holds the common fields and one subsection per model with
+fields of its own (`model.vgg.depth`), filled from the registry in
+jaxcnn/defaults.py.
+
 Every model is called as `model(x, train)` on float NHWC images (already
 normalised, any square size; 32 for CIFAR-10) and returns float32 logits
 [B, num_classes]. The trainer uses them as
@@ -21,7 +31,8 @@ float32, and BatchNorm statistics, LRN and the logits layer compute in float32.
 """
 from __future__ import annotations
 
-import math
+import difflib
+import importlib
 from typing import Any, Mapping
 
 import jax
@@ -29,33 +40,86 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxcnn.defaults import base_config
 from jaxcnn.models import layers
-from jaxcnn.models.alexnet import AlexNetLike
-from jaxcnn.models.speednet import SpeedNet
-from jaxcnn.models.tiny import TinyCNN
-from jaxcnn.models.vgg import BLOCK_KINDS, LAYERS_BY_DEPTH, VGG
+from jaxcnn.models.spec import (Common, DataInit, ModelConfigError, ModelSpec,
+                                check_choice)
 
-MODEL_NAMES = ("alexnet", "vgg", "speednet", "tiny")
-NORMS_BY_MODEL = {
-    "alexnet": ("lrn", "batchnorm", "none"),
-    "vgg": ("batchnorm", "none"),
-    "speednet": ("batchnorm",),
-    "tiny": ("batchnorm", "lrn", "none"),
-}
+# The model files registered at import, in the order `--help` lists them.
+MODEL_FILES = ("alexnet", "vgg", "speednet", "tiny")
+REGISTRY: dict[str, ModelSpec] = {}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The common fields of the `model` section (jaxcnn/defaults.py); every other
+# key of the section is a registered model's own subsection.
+COMMON_FIELDS = ("name", "width", "activation", "norm", "dropout",
+                 "num_classes", "dtype", "conv_impl", "bn_momentum",
+                 "bn_scale")
 
 
-class ModelConfigError(ValueError):
-  """A `model` config field names something that does not exist."""
+def register(spec: ModelSpec) -> ModelSpec:
+  """Adds `spec` to REGISTRY under spec.name (replacing one of that name)."""
+  if spec.name in COMMON_FIELDS:
+    raise ValueError(f"a model may not be named after the common field "
+                     f"model.{spec.name}")
+  REGISTRY[spec.name] = spec
+  return spec
 
 
-def _check_choice(field: str, value: Any, choices, context: str = "") -> None:
-  if value not in choices:
-    listed = ", ".join(repr(c) for c in choices)
+def unregister(name: str) -> None:
+  REGISTRY.pop(name, None)
+
+
+for _file in MODEL_FILES:
+  register(importlib.import_module(f"jaxcnn.models.{_file}").SPEC)
+del _file
+
+
+def model_names() -> tuple[str, ...]:
+  return tuple(REGISTRY)
+
+
+def __getattr__(attr: str):
+  # MODEL_NAMES follows the registry (a model registered later included).
+  if attr == "MODEL_NAMES":
+    return model_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def get_spec(name: str) -> ModelSpec:
+  """The registered spec of `name`; an unknown name is a one-line
+  ModelConfigError listing the registered ones (with a did-you-mean)."""
+  spec = REGISTRY.get(name)
+  if spec is None:
+    near = difflib.get_close_matches(str(name), list(REGISTRY), n=1,
+                                     cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
     raise ModelConfigError(
-        f"model.{field}={value!r} is not supported{context}; "
-        f"choose one of {listed}")
+        f"model.name={name!r} is not a registered model; choose one of "
+        f"{', '.join(repr(n) for n in REGISTRY)}{hint}")
+  return spec
+
+
+def own_config_defaults() -> dict[str, dict]:
+  """{model name: its own section's defaults} for every registered model
+  with fields of its own (what jaxcnn/defaults.py adds to `model`)."""
+  return {name: dict(spec.config) for name, spec in REGISTRY.items()
+          if spec.config}
+
+
+def own_section(model_cfg: Mapping[str, Any], name: str) -> dict:
+  """The model's own section of `model_cfg`, its defaults under it."""
+  spec = get_spec(name)
+  given = model_cfg.get(name) or {}
+  given = dict(given.items()) if hasattr(given, "items") else {}
+  unknown = sorted(set(given) - set(spec.config))
+  if unknown:
+    near = difflib.get_close_matches(unknown[0], list(spec.config), n=1,
+                                     cutoff=0.5)
+    hint = f"; did you mean model.{name}.{near[0]}?" if near else ""
+    raise ModelConfigError(
+        f"model.{name}.{unknown[0]} is not a field of {name}"
+        + (f" (its fields: {', '.join(spec.config)})" if spec.config else
+           " (it has no fields of its own)") + hint)
+  return {**spec.config, **given}
 
 
 def create_model(model_cfg: Mapping[str, Any], *,
@@ -63,22 +127,22 @@ def create_model(model_cfg: Mapping[str, Any], *,
   """Builds the model that `model_cfg` (the config's `model` section) names.
 
   `bn_axis_name`: the pmap axis over which BatchNorm averages its batch
-  statistics (synchronised BN); None for a single device. `depth` and
-  `vgg_block` matter only to vgg and `conv_impl` only to the convs of vgg and
-  tiny; alexnet ignores all three. Raises ModelConfigError for any value that
-  does not exist.
+  statistics (synchronised BN); None for a single device. The common fields
+  are checked here; the model's own section (`model.<name>`) by its build
+  function; the other models' sections are not read. Raises
+  ModelConfigError for any value that does not exist.
   """
   # Fields the caller leaves out take their defaults (handy for a plain dict).
-  cfg = {**base_config().model.to_dict(), **dict(model_cfg.items())}
+  from jaxcnn.defaults import base_config  # jaxcnn.defaults imports this.
+  defaults = base_config().model
+  cfg = {k: defaults[k] for k in COMMON_FIELDS}
+  cfg.update((k, v) for k, v in model_cfg.items() if k in COMMON_FIELDS)
   name = cfg["name"]
-  _check_choice("name", name, MODEL_NAMES)
-  _check_choice("activation", cfg["activation"], tuple(layers.ACTIVATIONS))
-  _check_choice("norm", cfg["norm"], NORMS_BY_MODEL[name], f" by {name}")
-  _check_choice("dtype", cfg["dtype"], tuple(DTYPES))
-  _check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
-  if name == "vgg":
-    _check_choice("depth", cfg["depth"], tuple(LAYERS_BY_DEPTH), " by vgg")
-    _check_choice("vgg_block", cfg["vgg_block"], BLOCK_KINDS)
+  spec = get_spec(name)
+  check_choice("activation", cfg["activation"], tuple(layers.ACTIVATIONS))
+  check_choice("norm", cfg["norm"], spec.norms, f" by {name}")
+  check_choice("dtype", cfg["dtype"], tuple(DTYPES))
+  check_choice("conv_impl", cfg["conv_impl"], layers.CONV_IMPLS)
   if not cfg["width"] > 0:
     raise ModelConfigError(f"model.width={cfg['width']!r} must be > 0")
   if not 0 <= cfg["dropout"] < 1:
@@ -90,40 +154,53 @@ def create_model(model_cfg: Mapping[str, Any], *,
   if not 0 <= cfg["bn_momentum"] < 1:
     raise ModelConfigError(
         f"model.bn_momentum={cfg['bn_momentum']!r} must be in [0, 1)")
+  common = Common(
+      name=name, width=float(cfg["width"]), activation=cfg["activation"],
+      norm=cfg["norm"], dropout=float(cfg["dropout"]),
+      num_classes=cfg["num_classes"], dtype=DTYPES[cfg["dtype"]],
+      conv_impl=cfg["conv_impl"], bn_axis_name=bn_axis_name,
+      bn_momentum=float(cfg["bn_momentum"]), bn_scale=bool(cfg["bn_scale"]))
+  return spec.build(common, own_section(model_cfg, name))
 
-  bn = dict(bn_axis_name=bn_axis_name, bn_momentum=float(cfg["bn_momentum"]),
-            bn_scale=bool(cfg["bn_scale"]))
-  if name == "speednet":
-    widths = tuple(cfg["speednet_widths"])
-    if len(widths) != 3 or not all(isinstance(w, int) and w > 0
-                                   for w in widths):
+
+
+def check_overridden_sections(model_cfg: Mapping[str, Any], keys) -> None:
+  """Refuses an override (`--set`) of another model's own field: with
+  model.name 'tiny', `model.vgg.depth=11` would change nothing. `keys`:
+  the overridden keys ('model.vgg.depth')."""
+  name = model_cfg.get("name")
+  for key in keys:
+    parts = key.split(".")
+    if (len(parts) >= 3 and parts[0] == "model" and parts[1] in REGISTRY
+        and parts[1] != name):
       raise ModelConfigError(
-          f"model.speednet_widths={widths!r} must be three positive integers")
-    if not (isinstance(cfg["whiten_images"], int) and cfg["whiten_images"] > 0):
-      raise ModelConfigError(
-          f"model.whiten_images={cfg['whiten_images']!r} must be a positive "
-          "integer")
-    head_std = float(cfg["head_init_std"])
-    if not (math.isfinite(head_std) and head_std >= 0):
-      raise ModelConfigError(
-          f"model.head_init_std={cfg['head_init_std']!r} must be >= 0 (0: "
-          "PyTorch's default init)")
-    return SpeedNet(num_classes=cfg["num_classes"], width=float(cfg["width"]),
-                    widths=widths, logit_scale=float(cfg["logit_scale"]),
-                    head_init_std=head_std,
-                    whiten=bool(cfg["whiten"]),
-                    dtype=DTYPES[cfg["dtype"]], conv_impl=cfg["conv_impl"],
-                    **bn)
-  common = dict(num_classes=cfg["num_classes"], width=float(cfg["width"]),
-                activation=cfg["activation"], norm=cfg["norm"],
-                dropout=float(cfg["dropout"]), dtype=DTYPES[cfg["dtype"]],
-                **bn)
-  if name == "alexnet":
-    return AlexNetLike(**common)
-  if name == "vgg":
-    return VGG(depth=cfg["depth"], block=cfg["vgg_block"],
-               conv_impl=cfg["conv_impl"], **common)
-  return TinyCNN(conv_impl=cfg["conv_impl"], **common)
+          f"{key} is a field of model {parts[1]!r}, but model.name is "
+          f"{name!r}: it would change nothing (set model.name={parts[1]} "
+          "to use it)")
+
+
+def model_text(model_cfg: Mapping[str, Any]) -> str:
+  """The model's one-line description (eval, inspect and predict print it),
+  written by the model's own `describe`; a section saved without the
+  model's own fields takes their defaults."""
+  name = model_cfg["name"]
+  spec = get_spec(name)
+  section = {k: v for k, v in model_cfg.items()}
+  if spec.config:
+    section[name] = own_section(model_cfg, name)
+  return spec.describe(section)
+
+
+def stem_params(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+  return get_spec(model_cfg["name"]).stem_params
+
+
+def data_init(model_cfg: Mapping[str, Any]) -> tuple[DataInit, dict] | None:
+  """(the model's data-dependent init, its own section), or None."""
+  spec = get_spec(model_cfg["name"])
+  if spec.data_init is None:
+    return None
+  return spec.data_init, own_section(model_cfg, spec.name)
 
 
 def count_params(params) -> int:

@@ -16,6 +16,17 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn.models import layers
+from jaxcnn.models.spec import (Common, ModelConfigError, ModelSpec,
+                                check_finite, conv_then_bn_layers, width_text)
+
+# The tutorial's LRN (tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0,
+# beta=0.75)): config `model.alexnet.lrn_*`, used with norm 'lrn'.
+CONFIG = dict(
+    lrn_depth_radius=4,  # Channels on each side in the window.
+    lrn_bias=1.0,
+    lrn_alpha=0.001 / 9.0,
+    lrn_beta=0.75,
+)
 
 
 class AlexNetLike(layers.ModelBase):
@@ -25,12 +36,16 @@ class AlexNetLike(layers.ModelBase):
   activation: str = "relu"
   norm: str = "lrn"
   dropout: float = 0.0
+  lrn_depth_radius: int = 4
+  lrn_bias: float = 1.0
+  lrn_alpha: float = 0.001 / 9.0
+  lrn_beta: float = 0.75
 
   def _normalize(self, x, train: bool, index: int):
     if self.norm == "lrn":
       return layers.LocalResponseNorm(
-          depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
-          name=f"norm{index}")(x)
+          depth_radius=self.lrn_depth_radius, bias=self.lrn_bias,
+          alpha=self.lrn_alpha, beta=self.lrn_beta, name=f"norm{index}")(x)
     if self.norm == "batchnorm":
       return self.bn(x, train, f"bn{index}")
     return x
@@ -76,3 +91,42 @@ class AlexNetLike(layers.ModelBase):
                       bias_init=nn.initializers.zeros_init(),
                       dtype=jnp.float32, name="logits")(x)
     return logits
+
+
+def build(common: Common, own: dict) -> AlexNetLike:
+  radius = own["lrn_depth_radius"]
+  if not (isinstance(radius, int) and not isinstance(radius, bool)
+          and radius >= 0):
+    raise ModelConfigError(
+        f"model.alexnet.lrn_depth_radius={radius!r} must be an integer >= 0")
+  bias = check_finite("alexnet.lrn_bias", own["lrn_bias"])
+  if bias <= 0:
+    raise ModelConfigError(
+        f"model.alexnet.lrn_bias={own['lrn_bias']!r} must be > 0")
+  return AlexNetLike(
+      activation=common.activation, norm=common.norm,
+      dropout=common.dropout, lrn_depth_radius=radius, lrn_bias=bias,
+      lrn_alpha=check_finite("alexnet.lrn_alpha", own["lrn_alpha"], 0.0),
+      lrn_beta=check_finite("alexnet.lrn_beta", own["lrn_beta"]),
+      **common.module_kwargs)
+
+
+def describe(m) -> str:
+  return f"alexnet{width_text(m)} ({m['norm']}, {m['activation']})"
+
+
+def stats_layers(module_names):
+  # BatchNorm (like LRN) comes after the activation and the pooling here, so
+  # every pre-activation is the conv's or dense layer's own output.
+  return [(name, name) for name, _ in conv_then_bn_layers(module_names)
+          if name in ("conv1", "conv2")] + [
+              (name, name) for name in ("fc384", "fc192")
+              if name in module_names]
+
+
+SPEC = ModelSpec(
+    name="alexnet",
+    summary="the AlexNet-like net of the TensorFlow CIFAR-10 tutorial",
+    norms=("lrn", "batchnorm", "none"),
+    config=CONFIG, build=build, describe=describe,
+    stats_layers=stats_layers, layer_order=("fc384", "fc192"))

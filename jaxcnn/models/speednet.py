@@ -8,10 +8,10 @@ Jordan 2024, arXiv 2404.00498), written for jaxcnn.
   max-pool 3 -> linear (no bias) -> x logit_scale (1/9)             3 -> 1
 
 The whitening filters are computed from the training images by
-`whitening_kernel` (`init_from_data`, which the trainer calls once at
-initialisation): the eigenvectors of the 2x2x3 patch second-moment matrix,
-each divided by the square root of its eigenvalue, and their negatives, so a
-GELU after them keeps both signs. The kernel is held out of the gradient
+`whitening_kernel` (`init_from_data`, the model's data-dependent init, which
+the trainer calls once at initialisation): the eigenvectors of the 2x2x3
+patch second-moment matrix, each divided by the square root of its
+eigenvalue, and their negatives, so a GELU after them keeps both signs. The kernel is held out of the gradient
 (`stop_gradient`); config `optim.freeze_filter` keeps weight decay and
 momentum off it too. Every 3x3 conv starts as the identity on its first
 input-many output channels (Dirac init) over PyTorch's default uniform init,
@@ -30,9 +30,26 @@ import numpy as np
 from flax import linen as nn
 
 from jaxcnn.models import layers
+from jaxcnn.models.spec import (Common, DataInit, ModelConfigError, ModelSpec,
+                                check_finite, check_positive_int, width_text)
 
 WHITEN_SIZE = 2  # Patch size of the whitening layer.
 WHITEN_EPS = 5e-4  # Added to each eigenvalue before the square root.
+
+# Config `model.speednet.*`.
+CONFIG = dict(
+    # Channels of the three conv groups (times model.width).
+    widths=(64, 256, 256),
+    logit_scale=1.0 / 9.0,  # The factor on the logits.
+    # Standard deviation of the head's initial kernel (PyTorch's default
+    # init rescaled to exactly this); 0 keeps PyTorch's default.
+    head_init_std=0.0,
+    # Whether the first layer is the frozen 2x2 patch-whitening layer
+    # (False: an ordinary trainable conv), and how many training images
+    # its filters are computed from.
+    whiten=True,
+    whiten_images=5000,
+)
 
 # PyTorch's default conv and linear init: uniform(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
@@ -161,12 +178,6 @@ class SpeedNet(layers.ModelBase):
   head_init_std: float = 0.0  # 0: PyTorch's default; else unit_std_head_init.
   whiten: bool = True
   conv_impl: str = "auto"
-  # The parameters before the first conv group. Once the optimizer freezes
-  # all of them (state.Setup.stem_frozen_from), the train step calls the
-  # model with stem_frozen=True: no gradient flows into the stem, so the
-  # first conv's input gradient is not computed (PyTorch's autograd skips it
-  # by itself once they stop requiring gradients).
-  STEM_PARAMS = ("whiten/kernel", "whiten/bias")
 
   @nn.compact
   def __call__(self, x, train: bool, stem_frozen: bool = False):
@@ -191,7 +202,7 @@ class SpeedNet(layers.ModelBase):
   def init_from_data(self, params: dict, images_NxHxWxC: np.ndarray) -> dict:
     """`params` with the whitening kernel computed from `images`
     (normalised float training images: the trainer passes a seeded sample of
-    model.whiten_images of them); as they are with `whiten=False`."""
+    model.speednet.whiten_images of them); as they are with `whiten=False`."""
     if not self.whiten:
       return params
     kernel = whitening_kernel(np.asarray(images_NxHxWxC))
@@ -200,3 +211,47 @@ class SpeedNet(layers.ModelBase):
       raise ValueError(f"whitening kernel {kernel.shape} != {old.shape}")
     whiten = {**params["whiten"], "kernel": jnp.asarray(kernel, old.dtype)}
     return {**params, "whiten": whiten}
+
+
+# The parameters before the first conv group. Once the optimizer freezes all
+# of them (state.Setup.stem_frozen_from), the train step calls the model with
+# stem_frozen=True: no gradient flows into the stem, so the first conv's
+# input gradient is not computed (PyTorch's autograd skips it by itself once
+# they stop requiring gradients).
+STEM_PARAMS = ("whiten/kernel", "whiten/bias")
+
+
+def build(common: Common, own: dict) -> SpeedNet:
+  widths = tuple(own["widths"])
+  if len(widths) != 3 or not all(
+      isinstance(w, int) and not isinstance(w, bool) and w > 0
+      for w in widths):
+    raise ModelConfigError(
+        f"model.speednet.widths={widths!r} must be three positive integers")
+  check_positive_int("speednet.whiten_images", own["whiten_images"])
+  head_std = check_finite("speednet.head_init_std", own["head_init_std"], 0.0,
+                          " (0: PyTorch's default init)")
+  return SpeedNet(widths=widths,
+                  logit_scale=check_finite("speednet.logit_scale",
+                                           own["logit_scale"]),
+                  head_init_std=head_std, whiten=bool(own["whiten"]),
+                  conv_impl=common.conv_impl, **common.module_kwargs)
+
+
+def describe(m) -> str:
+  # Its activation is GELU whatever the config says.
+  widths = "/".join(str(w) for w in m["speednet"]["widths"])
+  return f"speednet {widths}{width_text(m)} (batchnorm, gelu)"
+
+
+SPEC = ModelSpec(
+    name="speednet",
+    summary="the VGG-like net of the CIFAR-10 speed records (airbench94)",
+    norms=("batchnorm",), config=CONFIG, build=build, describe=describe,
+    # stats_layers: the default finds no top-level conv* or fc* module here
+    # (the convs are inside the groups), so the per-layer activation
+    # statistics are left out; gradient and weight statistics remain.
+    data_init=DataInit(num_images=lambda own: int(own["whiten_images"]),
+                       apply=lambda model, params, images:
+                       model.init_from_data(params, images)),
+    stem_params=STEM_PARAMS)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn.models import layers
+from jaxcnn.models.spec import Common, ModelSpec, width_text
 
 
 class TinyCNN(layers.ModelBase):
@@ -42,3 +43,15 @@ class TinyCNN(layers.ModelBase):
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="logits")(x)
+
+
+def build(common: Common, own: dict) -> TinyCNN:
+  return TinyCNN(activation=common.activation, norm=common.norm,
+                 dropout=common.dropout, conv_impl=common.conv_impl,
+                 **common.module_kwargs)
+
+
+SPEC = ModelSpec(
+    name="tiny", summary="two small convs, for tests (milliseconds a step)",
+    norms=("batchnorm", "lrn", "none"), build=build,
+    describe=lambda m: f"tiny{width_text(m)} ({m['norm']}, {m['activation']})")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn.models import layers
+from jaxcnn.models.spec import Common, ModelSpec, check_choice, width_text
 
 POOL = "M"
 LAYERS_BY_DEPTH: dict[int, tuple] = {
@@ -34,6 +35,14 @@ LAYERS_BY_DEPTH: dict[int, tuple] = {
 }
 HEAD_FEATURES = 512
 BLOCK_KINDS = ("3x3", "5x5")
+
+# Config `model.vgg.*`.
+CONFIG = dict(
+    depth=16,  # 11 | 13 | 16 | 19.
+    # '3x3' | '5x5' (each pair of 3x3 convs in a block becomes one 5x5
+    # conv; see `conv_plan`).
+    block="3x3",
+)
 
 
 def conv_plan(depth: int, block: str = "3x3") -> list:
@@ -107,3 +116,24 @@ class VGG(layers.ModelBase):
       x = act(nn.Dense(head_features, dtype=self.dtype, name=name)(x))
     # The logits layer computes in float32 whatever the compute dtype.
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="logits")(x)
+
+
+def build(common: Common, own: dict) -> VGG:
+  check_choice("vgg.depth", own["depth"], tuple(LAYERS_BY_DEPTH), " by vgg")
+  check_choice("vgg.block", own["block"], BLOCK_KINDS, " by vgg")
+  return VGG(depth=own["depth"], block=own["block"],
+             activation=common.activation, norm=common.norm,
+             dropout=common.dropout, conv_impl=common.conv_impl,
+             **common.module_kwargs)
+
+
+def describe(m) -> str:
+  block = "" if m["vgg"]["block"] == "3x3" else f" {m['vgg']['block']}"
+  return (f"vgg-{m['vgg']['depth']}{block}{width_text(m)} "
+          f"({m['norm']}, {m['activation']})")
+
+
+SPEC = ModelSpec(
+    name="vgg", summary="VGG-11/13/16/19 for 32x32 images",
+    norms=("batchnorm", "none"), config=CONFIG, build=build,
+    describe=describe)

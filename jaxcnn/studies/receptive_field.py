@@ -5,8 +5,8 @@ from jaxcnn.studies import Member, Study
 def _members(scale):
   # VGG-13 has exactly two 3x3 convs in each of its five blocks; the other
   # member replaces each pair by one 5x5 conv (same receptive field).
-  return [Member("two_3x3", ("model.depth=13",)),
-          Member("one_5x5", ("model.depth=13", "model.vgg_block=5x5"))]
+  return [Member("two_3x3", ("model.vgg.depth=13",)),
+          Member("one_5x5", ("model.vgg.depth=13", "model.vgg.block=5x5"))]
 
 
 STUDY = Study(

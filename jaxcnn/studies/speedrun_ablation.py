@@ -5,7 +5,7 @@ from jaxcnn.studies import Member, Study
 # What removing each technique means; every other setting stays the recipe's.
 ABLATIONS = (
     ("recipe", ()),
-    ("no_whitening", ("model.whiten=false", "optim.freeze_filter=",
+    ("no_whitening", ("model.speednet.whiten=false", "optim.freeze_filter=",
                       "optim.freeze_after_filter=")),
     ("no_label_smoothing", ("train.label_smoothing=0.0",)),
     ("bn_with_scale", ("model.bn_scale=true",)),
@@ -32,7 +32,8 @@ ABLATIONS = (
         "optim.weight_decay_filter=bias$|^head/",
         "optim.triangle_start=1.0", "optim.triangle_peak=0.0",
         "optim.triangle_end=0.0", "optim.lookahead_every_steps=0",
-        f"model.logit_scale={1 / 256}", "model.head_init_std=1.0")),
+        f"model.speednet.logit_scale={1 / 256}",
+        "model.speednet.head_init_std=1.0")),
 )
 
 
