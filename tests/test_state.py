@@ -80,7 +80,7 @@ def test_setup_is_built_once(monkeypatch):
           "model.width=0.125", "data.source=synthetic",
           "data.synthetic_train_size=512", "data.synthetic_test_size=64",
           "train.batch_size=64", "train.num_epochs=0", "train.num_steps=12",
-          "train.eval_batch_size=64", "model.whiten_images=256",
+          "train.eval_batch_size=64", "model.speednet.whiten_images=256",
           "optim.freeze_after_epochs=1"])
   assert config.optim.freeze_filter or config.optim.freeze_after_filter
   setup = trainer.build(config)
