@@ -64,7 +64,7 @@ def get_config():
             schedule=Config(schedule="triangular", triangle_start=1.0,
                             triangle_peak=0.0, triangle_end=0.0,
                             length_epochs=WHITEN_BIAS_EPOCHS), **sgd),
-      group("bn_biases", r"(^|/)bn[^/]*/bias$", "nesterov", BIAS_LR,
+      group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", BIAS_LR,
             weight_decay=WD / BIAS_LR, **sgd),
       group("head", r"^head/kernel$", "nesterov", HEAD_LR,
             weight_decay=WD / HEAD_LR, **sgd),

@@ -57,7 +57,7 @@ def get_config():
             frozen_from_epochs=0, **sgd),
       group("whiten_bias", r"^whiten/bias$", "nesterov", 11.5,
             frozen_from_epochs=3.0, **sgd),
-      group("bn_biases", r"(^|/)bn[^/]*/bias$", "nesterov", 11.5 * 64, **sgd),
+      group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", 11.5 * 64, **sgd),
       group("rest", r".*", "nesterov", 11.5, **sgd),
   )
   c.optim.schedule = "triangular"

@@ -15,7 +15,7 @@ def get_config():
   c.model.name = "tiny"
   c.model.dropout = 0.1
   c.optim.groups = (
-      group("kernels", r"kernel", "momentum", 0.05, weight_decay=5e-4),
+      group("kernel", r"kernel", "momentum", 0.05, weight_decay=5e-4),
       group("rest", r".*", "momentum", 0.05),
   )
   c.optim.schedule = "cosine"

@@ -21,7 +21,7 @@ def get_config():
   c.model.dropout = 0.5
   c.optim.groups = (
       # L2 weight decay on the conv and fully-connected kernels only.
-      group("kernels", r"kernel", "momentum", 0.05, momentum=0.9,
+      group("kernel", r"kernel", "momentum", 0.05, momentum=0.9,
             weight_decay=5e-4),
       group("rest", r".*", "momentum", 0.05, momentum=0.9),
   )

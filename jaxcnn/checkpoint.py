@@ -29,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxcnn.config import Config
+from jaxcnn import legacy
 from jaxcnn.defaults import with_defaults
 
 
@@ -226,12 +227,28 @@ def _step_dir(manager: ocp.CheckpointManager, step: int):
   return directory / str(step), directory.parent
 
 
+def stored_opt_names(manager: ocp.CheckpointManager, step: int) -> set[str]:
+  """The '/'-joined names of the optimizer-state arrays stored at `step`
+  (from the checkpoint's metadata)."""
+  step_dir, _ = _step_dir(manager, step)
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      pathlib.Path(step_dir).resolve() / "state")
+  return legacy.opt_state_names(metadata)
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int,
                   like_state: dict) -> dict:
   """Restores `state` of `step` into the structure, shapes and dtypes of
   `like_state` (concrete arrays or ShapeDtypeStructs). A failure names the
   damaged files."""
   try:
+    if stored_opt_names(manager, step) != legacy.opt_state_names(like_state):
+      # Written by an older chain (before parameter groups): restored
+      # untyped, its optimizer state carried over by parameter.
+      raw = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(),
+          config=ocp.args.JsonRestore()))
+      return legacy.convert_state(raw.state, like_state, raw.config)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -113,7 +113,7 @@ def base_config() -> Config:
       # gives the group that optimizer's options (shared ones keep their
       # values). Default: momentum 0.9 at 0.05, L2 5e-4 on the kernels.
       groups=(
-          group("kernels", r"kernel", "momentum", 0.05, weight_decay=5e-4),
+          group("kernel", r"kernel", "momentum", 0.05, weight_decay=5e-4),
           group("rest", r".*", "momentum", 0.05),
       ),
       # constant | exponential | step | inverse_time | cosine | triangular

@@ -53,6 +53,15 @@ def _match(patterns: list[str]) -> str:
   return "^" + "".join(f"(?=.*(?:{p}))" for p in patterns)
 
 
+def _name_of(pattern: str) -> str:
+  """A group name read off a path regex: '^whiten/kernel$' -> 'whiten_kernel',
+  '(^|/)bn[^/]*/bias$' -> 'bn_bias', 'kernel' -> 'kernel'."""
+  import re
+  text = pattern.replace("(^|/)", "").replace("[^/]*", "")
+  words = re.findall(r"[A-Za-z0-9]+", text.replace("\\d", ""))
+  return "_".join(words) or "group"
+
+
 def old_optim_to_groups(optim: dict,
                         paths: list[str] | None = None) -> list[dict]:
   """The groups that train as the old flat fields did.
@@ -86,9 +95,14 @@ def old_optim_to_groups(optim: dict,
   def common(**kw) -> dict:
     return {"units": units, "weight_decay_mode": mode, **kw}
 
-  if old["freeze_filter"]:
-    groups.append({"name": "frozen", "match": old["freeze_filter"],
+  wd_filter = old["weight_decay_filter"]
+  split_by_decay = (wd > 0 or l1 > 0) and bool(wd_filter)  # None, '': all.
+  if old["freeze_filter"]:  # Never updated: its other fields do nothing.
+    groups.append({"name": _name_of(old["freeze_filter"]),
+                   "match": old["freeze_filter"],
                    "optimizer": opt, "lr": lr, "frozen_from_epochs": 0,
+                   "weight_decay": 0.0 if split_by_decay else wd,
+                   "l1": 0.0 if split_by_decay else l1,
                    **common(), **_options(opt, old)})
   # (tag, regex) of the properties that split the parameters.
   props = []
@@ -99,8 +113,7 @@ def old_optim_to_groups(optim: dict,
   bias_scale = float(old["bias_lr_scale"])
   if bias_scale != 1.0:
     props.append(("bias", old["bias_lr_filter"] or ""))
-  wd_filter = old["weight_decay_filter"]
-  if (wd > 0 or l1 > 0) and wd_filter:  # None or '' selected every parameter.
+  if split_by_decay:
     props.append(("decay", wd_filter))
   for n in range(2 ** len(props)):
     says = [not (n >> (len(props) - 1 - i)) & 1 for i in range(len(props))]
@@ -119,7 +132,8 @@ def old_optim_to_groups(optim: dict,
       g_l1 /= scale
       if units == "step":
         g_wd /= scale
-    g = {"name": "_".join(yes) or "rest", "match": _match(list(yes.values())),
+    g = {"name": "_".join(_name_of(p) for p in yes.values()) or "rest",
+         "match": _match(list(yes.values())),
          "optimizer": g_opt, "lr": g_lr, "weight_decay": g_wd, "l1": g_l1,
          "frozen_from_epochs": (float(old["freeze_after_epochs"])
                                 if "frozen_later" in yes else None),
@@ -134,6 +148,11 @@ def old_optim_to_groups(optim: dict,
         kept.append(g)
         taken |= mine
     groups = kept
+  seen: dict[str, int] = {}
+  for g in groups:  # Names unique: a repeated one gets a number.
+    n = seen[g["name"]] = seen.get(g["name"], 0) + 1
+    if n > 1:
+      g["name"] = f"{g['name']}_{n}"
   return groups
 
 
@@ -185,3 +204,109 @@ def upgrade(saved: dict) -> dict:
   for step in STEPS:
     saved = step(saved)
   return saved
+
+
+# --- The optimizer state of older checkpoints ----------------------------------
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """('/'-joined path, leaf) of every leaf: dict keys, indices and
+  NamedTuple fields as plain names, so that a typed state and orbax's
+  untyped one (dicts and lists) name their leaves alike."""
+  import jax
+  return [("/".join(_key_name(k) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _field_and_param(name: str, params: set[str]) -> tuple[str, str] | None:
+  """('trace', 'conv1/kernel') of an optimizer-state leaf named
+  'opt_state/.../trace/conv1/kernel': the state field just before the
+  longest parameter path the name ends with."""
+  parts = name.split("/")
+  for i in range(1, len(parts)):
+    if "/".join(parts[i:]) in params:
+      return parts[i - 1], "/".join(parts[i:])
+  return None
+
+
+def opt_state_names(state: Any) -> set[str]:
+  return {n for n, _ in _named_leaves(state) if n.startswith("opt_state/")}
+
+
+# How each optimizer-state field scales with the gradient: the old
+# bias_lr_scale s multiplied the gradient, today's groups multiply the rate
+# instead, so a carried-over trace is divided by s, a second moment by s^2.
+_GRADIENT_POWER = {"trace": 1, "mu": 1, "nu": 2, "sum_of_squares": 2}
+
+
+def gradient_scales(saved: dict, params: set[str]) -> dict[str, float]:
+  """{parameter path: s} for the parameters whose gradient an old config's
+  bias_lr_scale s multiplied (nothing for a config in today's schema)."""
+  import re
+  optim = saved.get("optim") if isinstance(saved, dict) else None
+  if not isinstance(optim, dict) or "groups" in optim:
+    return {}
+  old = {**OLD_OPTIM_DEFAULTS, **optim}
+  scale = float(old["bias_lr_scale"])
+  if scale == 1.0:
+    return {}
+  regex = re.compile(old["bias_lr_filter"] or "")
+  return {p: scale for p in params if regex.search(p)}
+
+
+def convert_state(raw: dict, like: dict, saved_config: dict | None = None
+                  ) -> dict:
+  """An old checkpoint's state (`raw`, untyped, as orbax restores it without
+  a target) in the structure of `like` (today's state for the same config;
+  arrays or shapes). Everything but the optimizer state is taken by name.
+  The optimizer state's per-parameter leaves (momentum traces, Adam
+  moments, the EMA of the parameters) are carried over by (state field,
+  parameter path), whatever chain held them; its counters (scalar
+  integers) are the step, as every counter of the old chains counted the
+  updates; a leaf the old state lacks starts at zero. `saved_config`: the
+  config saved with the state, as saved (an old bias_lr_scale rescales the
+  carried-over moments: gradient_scales)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  old = dict(_named_leaves(raw))
+  params = {n[len("params/"):] for n in old if n.startswith("params/")}
+  by_field: dict[tuple[str, str], Any] = {}
+  for name, leaf in old.items():
+    if name.startswith("opt_state/"):
+      key = _field_and_param(name, params)
+      if key is not None:
+        by_field.setdefault(key, leaf)
+  step = np.asarray(old["step"])
+  scales = gradient_scales(saved_config or {}, params)
+  leaves = []
+  for name, spec in _named_leaves(like):
+    shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
+    if not name.startswith("opt_state/"):
+      value = old.get(name)
+      if value is None:
+        raise ValueError(f"the checkpoint has no {name}")
+    else:
+      key = _field_and_param(name, params)
+      if key is not None and key in by_field:
+        value = by_field[key]
+        power = _GRADIENT_POWER.get(key[0], 0)
+        if key[1] in scales and power:
+          value = np.asarray(value) / np.float32(scales[key[1]] ** power)
+      elif shape == () and np.issubdtype(dtype, np.integer):
+        value = step
+      else:
+        value = np.zeros(shape, dtype)
+    value = np.asarray(value)
+    if value.shape != shape:
+      raise ValueError(f"{name}: the checkpoint's shape {value.shape} is "
+                       f"not {shape}")
+    leaves.append(jnp.asarray(value, dtype))
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)

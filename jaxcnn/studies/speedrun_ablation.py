@@ -32,7 +32,7 @@ ABLATIONS = (
     ("no_label_smoothing", ("train.label_smoothing=0.0",)),
     ("bn_with_scale", ("model.bn_scale=true",)),
     ("bn_momentum_0.9", ("model.bn_momentum=0.9",)),
-    ("no_bias_lr_scale", ("optim.groups.bn_biases.lr=11.5",)),
+    ("no_bias_lr_scale", ("optim.groups.bn_bias.lr=11.5",)),
     ("momentum_not_nesterov", ("optim.groups.*.optimizer=momentum",)),
     ("cosine_not_triangular", ("optim.schedule=cosine",)),
     ("no_lookahead", ("optim.lookahead_every_steps=0",)),
@@ -57,7 +57,7 @@ ABLATIONS = (
 # group to every kernel comes before these and is replaced by them.)
 _SGD = dict(units="per_1024", momentum=0.85, weight_decay=0.0153)
 TINY_GROUPS = groups.override((
-    groups.group("bn_biases", r"(^|/)bn[^/]*/bias$", "nesterov", 11.5 * 64,
+    groups.group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", 11.5 * 64,
                  **_SGD),
     groups.group("rest", r".*", "nesterov", 11.5, **_SGD)))
 TINY_MUON_GROUPS = groups.override((
