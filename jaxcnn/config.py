@@ -370,6 +370,11 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
       if not isinstance(node, Config) or part not in node:
         near = difflib.get_close_matches(key, flat_keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
+        moved = _MOVED_TO_GROUPS.get(key)
+        if moved:
+          hint = (f"; the optimizer's fields are per parameter group now: "
+                  f"set optim.groups.<index, name or *>.{moved} (see "
+                  "jaxcnn/defaults.py)")
         raise ConfigError(f"unknown config key {key!r}{hint}")
       if i < len(parts) - 1:
         node = node[part]
@@ -381,6 +386,25 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     given.add(key)
   _resolve_run_length(config, given)
   return config
+
+
+# The flat optimizer fields that became group fields (jaxcnn/legacy.py
+# translates saved configs): old key -> the group field.
+_MOVED_TO_GROUPS = {
+    "optim.optimizer": "optimizer", "optim.learning_rate": "lr",
+    "optim.momentum": "momentum", "optim.b1": "b1", "optim.b2": "b2",
+    "optim.eps": "eps", "optim.rmsprop_decay": "decay",
+    "optim.hparam_units": "units", "optim.weight_decay": "weight_decay",
+    "optim.weight_decay_mode": "weight_decay_mode", "optim.l1": "l1",
+    "optim.weight_decay_filter": "match", "optim.bias_lr_filter": "match",
+    "optim.bias_lr_scale": "lr", "optim.muon_filter": "match",
+    "optim.muon_ns_steps": "ns_steps", "optim.muon_normalize": "normalize",
+    "optim.muon_rest": "optimizer", "optim.muon_rest_lr_scale": "lr",
+    "optim.muon_rest_momentum": "momentum",
+    "optim.freeze_filter": "frozen_from_epochs",
+    "optim.freeze_after_filter": "frozen_from_epochs",
+    "optim.freeze_after_epochs": "frozen_from_epochs",
+}
 
 
 def _set_in_groups(groups: tuple, key: str, rest: list[str],

@@ -308,7 +308,8 @@ def group_schedule_config(optim_cfg: Any, g: Any) -> dict:
             f"schedule fields: {', '.join(SCHEDULE_FIELDS)}")
       out[k] = v
   out.update(learning_rate=g.lr, hparam_units=g.units, optimizer=g.optimizer,
-             momentum=g.get("momentum", 0.0), weight_decay=g.weight_decay)
+             momentum=g.get("momentum", 0.0), weight_decay=g.weight_decay,
+             where=_where(g))
   return out
 
 

@@ -201,8 +201,10 @@ def step_hparams(optim_cfg: Any, batch_size: Optional[int]
   if units == "step":
     return lr, wd
   name = config_field(optim_cfg, "optimizer")
+  where = optim_cfg.get("where", "optim") if hasattr(optim_cfg, "get") \
+      else "optim"
   check(name in ("momentum", "nesterov"),
-         f"optim.hparam_units='per_1024' is defined for momentum and "
+         f"{where}: units 'per_1024' are defined for momentum and "
          f"nesterov, not {name!r}")
   check(batch_size is not None and batch_size > 0,
          "optim.hparam_units='per_1024' needs the batch size")
