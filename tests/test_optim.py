@@ -465,3 +465,139 @@ def test_config_errors(fields, total_steps, match):
 def test_bad_steps_per_epoch():
   with pytest.raises(optim.OptimConfigError, match="steps_per_epoch"):
     optim.make_run_schedule(optim_cfg(), 0)
+
+
+# --- Parameter groups -----------------------------------------------------------
+
+
+def groups_cfg(*groups_, **fields):
+  cfg = base_config().optim
+  cfg.groups = tuple(groups_)
+  for key, value in {"schedule": "constant", "warmup_epochs": 0.0,
+                     **fields}.items():
+    cfg[key] = value
+  return cfg
+
+
+def test_two_groups_equal_the_two_optimizers_on_their_parameters():
+  """A two-group chain (adam on the fc layer, nesterov with L2 on the rest)
+  is the two optax optimizers, each applied to its own parameters alone."""
+  params, grads_list = make_params(), make_grads(4)
+  cfg = groups_cfg(
+      groups.group("fc", r"^fc384/", "adam", 0.01, b1=0.8),
+      groups.group("rest", r".*", "nesterov", 0.1, momentum=0.7,
+                   weight_decay=0.01))
+  ours, _, _ = run_chain(optim.make_optimizer(cfg, 10), params, grads_list)
+  fc, _, _ = run_chain(optax.adam(0.01, b1=0.8), params["fc384"],
+                       [g["fc384"] for g in grads_list])
+  conv, _, _ = run_chain(
+      optax.chain(optax.add_decayed_weights(0.01),
+                  optax.sgd(0.1, momentum=0.7, nesterov=True)),
+      params["conv1"], [g["conv1"] for g in grads_list])
+  tree_allclose(ours["fc384"], fc)
+  tree_allclose(ours["conv1"], conv)
+
+
+def test_first_match_wins_and_labels():
+  g = (groups.group("a", r"kernel", "sgd", 0.1),
+       groups.group("b", r"^conv1/", "sgd", 0.2),
+       groups.group("rest", r".*", "sgd", 0.3))
+  assert optim.label_paths(g, PATHS) == {
+      "conv1/bias": "b", "conv1/kernel": "a", "fc384/bias": "rest",
+      "fc384/kernel": "a"}
+
+
+def test_group_schedule_ends_early_and_frozen_from_epochs():
+  """The whitening bias of airbench94_muon: its rate falls linearly to 0
+  over its own 3 epochs (30 steps), then it is frozen; the other group's
+  rate falls over the run (100 steps)."""
+  wb = Config(schedule="triangular", triangle_start=1.0, triangle_peak=0.0,
+              triangle_end=0.0, length_epochs=3.0)
+  cfg = groups_cfg(
+      groups.group("early", r"^conv1/bias$", "sgd", 1.0, schedule=wb,
+                   frozen_from_epochs=3.0),
+      groups.group("rest", r".*", "sgd", 1.0),
+      schedule="triangular", triangle_start=1.0, triangle_peak=0.0,
+      triangle_end=0.0)
+  early = optim.make_group_schedule(cfg, cfg.groups[0], STEPS_PER_EPOCH,
+                                    total_steps=100)
+  rest = optim.make_group_schedule(cfg, cfg.groups[1], STEPS_PER_EPOCH,
+                                   total_steps=100)
+  for t in (0, 1, 10, 29, 30, 31, 60, 99):
+    assert float(early(t)) == pytest.approx(max(0.0, 1 - t / 30), abs=1e-6)
+    assert float(rest(t)) == pytest.approx(1 - t / 100, abs=1e-6)
+  # sgd's update is -lr_t * g: the ramp, then nothing from step 30 on.
+  params = make_params()
+  ones = jax.tree_util.tree_map(np.ones_like, params)
+  _, _, history = run_chain(optim.make_optimizer(cfg, STEPS_PER_EPOCH,
+                                                 total_steps=100),
+                            params, [ones] * 35)
+  moves = [float(b["conv1"]["bias"][0] - a["conv1"]["bias"][0])
+           for a, b in zip(history, history[1:])]
+  np.testing.assert_allclose(moves[:30], [-(1 - t / 30) for t in range(30)],
+                             rtol=1e-5, atol=1e-6)
+  assert moves[30:] == [0.0] * 5
+  other = [float(b["fc384"]["bias"][0] - a["fc384"]["bias"][0])
+           for a, b in zip(history, history[1:])]
+  np.testing.assert_allclose(other, [-(1 - t / 100) for t in range(35)],
+                             rtol=1e-5, atol=1e-6)
+  assert optim.frozen_from(cfg, ["conv1/bias"], STEPS_PER_EPOCH) == 30
+  assert optim.frozen_from(cfg, ["conv1/bias", "conv1/kernel"],
+                           STEPS_PER_EPOCH) is None
+
+
+def test_group_frozen_from_the_start_is_never_updated_and_keeps_no_state():
+  cfg = groups_cfg(
+      groups.group("stem", r"^conv1/", "momentum", 0.1, frozen_from_epochs=0,
+                   weight_decay=0.1),
+      groups.group("rest", r".*", "momentum", 0.1))
+  params, grads_list = make_params(), make_grads(3)
+  final, state, _ = run_chain(optim.make_optimizer(cfg, 10), params,
+                              grads_list)
+  tree_allclose(final["conv1"], params["conv1"], rtol=0, atol=0)
+  assert not np.allclose(final["fc384"]["kernel"], params["fc384"]["kernel"])
+  traces = [jax.tree_util.keystr(p) for p, _ in
+            jax.tree_util.tree_leaves_with_path(state[0])]
+  assert not any("conv1" in t for t in traces) and any("fc384" in t
+                                                       for t in traces)
+  assert optim.frozen_from(cfg, ["conv1/kernel", "conv1/bias"], 10) == 0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: (groups.group("a", r"^conv1/", "sgd", 0.1),),
+     "no group matches fc384/bias, fc384/kernel"),
+    (lambda: (groups.group("a", r"^nosuch/", "sgd", 0.1),
+              groups.group("rest", r".*", "sgd", 0.1)),
+     "group 'a' matches no parameter"),
+    (lambda: (groups.group("a", r".*", "sgd", 0.1),
+              groups.group("b", r".*", "sgd", 0.1)),
+     "groups 'a' and 'b' have the same match '.*'"),
+    (lambda: (groups.group("a", r"^conv1/", "sgd", 0.1),
+              groups.group("a", r".*", "sgd", 0.1)),
+     "two groups named 'a'"),
+    (lambda: (groups.group("a", r"ker(nel", "sgd", 0.1),),
+     "optim.groups.a.match 'ker(nel' is not a valid regex"),
+])
+def test_group_errors(make, match):
+  cfg = groups_cfg(*make())
+  with pytest.raises(optim.OptimConfigError, match=re.escape(match)):
+    optim.make_optimizer(cfg, 10).init(make_params())
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("optimizer", "lamb", "optim.groups.rest: unknown optimizer 'lamb'"),
+    ("weight_decay_mode", "l3", "unknown weight_decay_mode 'l3'"),
+    ("lr", -0.1, "optim.groups.rest.lr must be finite and >= 0"),
+    ("weight_decay", -1e-4, "optim.groups.rest.weight_decay must be"),
+    ("momentum", 1.5, "optim.groups.rest.momentum must be in [0, 1)"),
+    ("units", "per_image", "unknown units 'per_image'"),
+    ("b1", 0.9, "group 'rest': optimizer 'momentum' has no option 'b1'"),
+    ("frozen_from_epochs", -1, "frozen_from_epochs must be None or >= 0"),
+    ("schedule", Config(schedule="cosine", lenght_epochs=1.0),
+     "optim.groups.rest.schedule has no field 'lenght_epochs'"),
+])
+def test_bad_group_fields(field, value, match):
+  cfg = groups_cfg(groups.group("rest", r".*", "momentum", 0.1))
+  cfg.groups[0][field] = value
+  with pytest.raises(optim.OptimConfigError, match=re.escape(match)):
+    optim.make_optimizer(cfg, 10, total_steps=100)
