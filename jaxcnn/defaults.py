@@ -105,13 +105,20 @@ def base_config() -> Config:
       # * w subtracted from the weights), l1, frozen_from_epochs (None: never;
       # 0: never updated; x: frozen after x epochs), schedule (None: the
       # run's, below; or a Config of schedule fields laid over the run's),
-      # and exactly its optimizer's options (momentum; b1, b2, eps; decay,
-      # momentum, eps; eps; muon: momentum, ns_steps, eps, normalize).
+      # and exactly its optimizer's options (momentum/nesterov: momentum;
+      # adam/adamw: b1, b2, eps; rmsprop: decay, momentum, eps; adagrad: eps;
+      # muon, airbench94_muon's form: momentum, ns_steps, eps, normalize).
+      # Every parameter must be matched, every group must match one; a muon
+      # group's parameters must be 2-D or 4-D.
       # Write them with jaxcnn.groups.group(name, match, optimizer, lr, ...).
       # Command line: --set optim.groups.<index or name>.<field>=value, or
-      # optim.groups.*.<field>=value for every group; setting `optimizer`
-      # gives the group that optimizer's options (shared ones keep their
-      # values). Default: momentum 0.9 at 0.05, L2 5e-4 on the kernels.
+      # optim.groups.*.<field>=value for every group (a group's schedule:
+      # optim.groups.<g>.schedule.<field>, or schedule={'length_epochs': 3.0}
+      # when it has none); setting `optimizer` gives the group that
+      # optimizer's options (those both have keep their values);
+      # optim.groups=[{...}, ...] replaces them all. Configs saved before
+      # the groups are translated (jaxcnn/legacy.py). Default: momentum 0.9
+      # at 0.05, L2 5e-4 on the kernels.
       groups=(
           group("kernel", r"kernel", "momentum", 0.05, weight_decay=5e-4),
           group("rest", r".*", "momentum", 0.05),
