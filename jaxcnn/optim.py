@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,11 +52,11 @@ from jaxcnn.schedules import (HPARAM_UNITS, SCHEDULES,  # noqa: F401
                               OptimConfigError, check, check_fraction,
                               epochs_to_steps, config_field, make_schedule,
                               step_hparams)
+from jaxcnn.groups import (OPTIMIZERS, OPTIONS, UNITS,  # noqa: F401
+                           WEIGHT_DECAY_MODES)
 
-from jaxcnn.groups import OPTIMIZERS, OPTIONS, UNITS, WEIGHT_DECAY_MODES  # noqa: F401,E501
 
-
-# --- Weight decay filter ------------------------------------------------------
+# --- Parameter paths ------------------------------------------------------------
 
 
 def param_path(path: tuple) -> str:
@@ -74,27 +74,6 @@ def param_path(path: tuple) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
-
-
-def make_param_mask(pattern: Optional[str],
-                    field: str = "optim.weight_decay_filter", *,
-                    empty: bool = True) -> Callable[[Any], Any]:
-  """Returns params -> bool pytree: True where `re.search(pattern, path)`.
-
-  The mask is a function because make_optimizer never sees the params; optax
-  calls it on the params at init and on the updates (same tree) each step.
-  None selects every parameter (`empty=False`: none). `field` names the
-  config field in the error for a bad regex.
-  """
-  if pattern is None:
-    return lambda tree: jax.tree_util.tree_map(lambda _: empty, tree)
-  try:
-    regex = re.compile(pattern)
-  except re.error as e:
-    raise OptimConfigError(
-        f"{field} {pattern!r} is not a valid regex: {e}") from None
-  return lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, _: regex.search(param_path(path)) is not None, tree)
 
 
 # --- Gradient terms and decoupled decay ---------------------------------------
