@@ -11,7 +11,7 @@ for on in false true; do
   .venv/bin/python -m jaxcnn.train --exp alexnet --data folder:$DATA --workdir $wd \
     --set data.train_limit=5000 --set data.test_limit=1000 --set model.width=0.5 --set train.num_steps=234 \
     --set train.log_every_steps=20 --set train.eval_every_epochs=0 --set train.checkpoint_every_steps=100000 \
-    --set train.collect_stats=$on --set train.progress_bar=false --set optim.optimizer=momentum --set optim.learning_rate=0.01 > $wd.log 2>&1
+    --set train.collect_stats=$on --set train.progress_bar=false --set 'optim.groups.*.optimizer=momentum' --set 'optim.groups.*.lr=0.01' > $wd.log 2>&1
   .venv/bin/python - "$wd" "$on" <<'PY'
 import json, sys, statistics, pathlib
 recs=[json.loads(l) for l in open(pathlib.Path(sys.argv[1])/"metrics.jsonl")]

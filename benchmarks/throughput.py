@@ -214,14 +214,23 @@ class TorchBench:
     self.module = module.to(self.device).to(memory_format=fmt)
     o = config.optim
     b = config.train.batch_size
-    momentum = o.momentum if o.optimizer in ("momentum", "nesterov") else 0.0
-    if o.optimizer not in ("sgd", "momentum", "nesterov"):
-      raise ValueError(f"no PyTorch mirror for optimizer {o.optimizer!r}")
-    lr, weight_decay = optim.step_hparams(o, b)
+    # The mirror has one SGD for every group (the recipes' groups differ in
+    # their weight decay only); the decayed group's regex filters the decay.
+    names = {g.optimizer for g in o.groups}
+    if len(names) != 1 or not names <= {"sgd", "momentum", "nesterov"}:
+      raise ValueError(f"no PyTorch mirror for the groups' optimizers "
+                       f"{sorted(names)}")
+    last = o.groups[-1]
+    name = last.optimizer
+    momentum = last.momentum if name in ("momentum", "nesterov") else 0.0
+    lr, _ = optim.step_hparams(optim.group_schedule_config(o, last), b)
+    decayed = [g for g in o.groups if g.weight_decay > 0]
+    weight_decay = optim.step_hparams(
+        optim.group_schedule_config(o, decayed[0]), b)[1] if decayed else 0.0
     self.opt = torch_models.Optimizer(
         self.module, lr=lr, momentum=momentum,
-        nesterov=o.optimizer == "nesterov",
-        weight_decay=weight_decay, decay_filter=o.weight_decay_filter,
+        nesterov=name == "nesterov", weight_decay=weight_decay,
+        decay_filter=decayed[0].match if decayed else "(?!)",
         ema_decay=o.ema_decay)
     self.label_smoothing = float(config.train.label_smoothing)
     gen = torch.Generator().manual_seed(0)

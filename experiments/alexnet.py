@@ -15,6 +15,7 @@ epochs on the 2-core CPU (20 min, with other jobs running); the full 100k
 steps have not been run.
 """
 from jaxcnn.defaults import base_config
+from jaxcnn.groups import group
 
 
 def get_config():
@@ -23,14 +24,16 @@ def get_config():
   c.model.norm = "lrn"
   c.model.dropout = 0.0
   c.data.normalization = "image"
-  c.optim.optimizer = "sgd"
-  c.optim.learning_rate = 0.1
+  c.optim.groups = (
+      # L2 weight decay 0.004 on the two hidden fully-connected kernels only.
+      group("fc_kernels", r"^(fc384|fc192)/kernel$", "sgd", 0.1,
+            weight_decay=0.004),
+      group("rest", r".*", "sgd", 0.1),
+  )
   c.optim.schedule = "exponential"
   c.optim.decay_rate = 0.1
   c.optim.decay_epochs = 350.0
   c.optim.staircase = True
-  c.optim.weight_decay = 0.004
-  c.optim.weight_decay_filter = r"^(fc384|fc192)/kernel$"
   c.optim.ema_decay = 0.9999
   c.train.batch_size = 128
   c.train.num_steps = 100_000

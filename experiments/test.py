@@ -4,6 +4,7 @@ model on synthetic data, on the CPU.
     python -m jaxcnn.train --exp test --workdir /tmp/jaxcnn_test
 """
 from jaxcnn.defaults import base_config
+from jaxcnn.groups import group
 
 
 def get_config():
@@ -13,8 +14,10 @@ def get_config():
   c.data.synthetic_test_size = 200
   c.model.name = "tiny"
   c.model.dropout = 0.1
-  c.optim.optimizer = "momentum"
-  c.optim.learning_rate = 0.05
+  c.optim.groups = (
+      group("kernel", r"kernel", "momentum", 0.05, weight_decay=5e-4),
+      group("rest", r".*", "momentum", 0.05),
+  )
   c.optim.schedule = "cosine"
   c.optim.warmup_epochs = 0.25
   c.optim.ema_decay = 0.99

@@ -11,6 +11,7 @@ Reached: see README "Results" (a full 300-epoch run needs a GPU; reference:
 CPU-sized variant: --set model.width=0.25 --set train.num_epochs=2.
 """
 from jaxcnn.defaults import base_config
+from jaxcnn.groups import group
 
 
 def get_config():
@@ -18,10 +19,12 @@ def get_config():
   c.model.name = "vgg"
   c.model.vgg.depth = 16
   c.model.dropout = 0.5
-  c.optim.optimizer = "momentum"
-  c.optim.learning_rate = 0.05
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
+  c.optim.groups = (
+      # L2 weight decay on the conv and fully-connected kernels only.
+      group("kernel", r"kernel", "momentum", 0.05, momentum=0.9,
+            weight_decay=5e-4),
+      group("rest", r".*", "momentum", 0.05, momentum=0.9),
+  )
   c.optim.schedule = "exponential"  # Staircase x0.5 every 25 epochs.
   c.optim.decay_rate = 0.5
   c.optim.decay_epochs = 25.0

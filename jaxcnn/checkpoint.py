@@ -29,8 +29,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxcnn.config import Config
+from jaxcnn import legacy
 from jaxcnn.defaults import with_defaults
-from jaxcnn.legacy import upgrade
 
 
 class CheckpointError(RuntimeError):
@@ -222,12 +222,21 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> Config:
     raise UnreadableCheckpoint(
         f"cannot read the config of checkpoint step {step} in "
         f"{manager.directory}: {type(e).__name__}: {_first_line(e)}") from e
-  return with_defaults(Config.from_dict(upgrade(restored.config)))
+  return with_defaults(Config.from_dict(restored.config))
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int):
   directory = pathlib.Path(manager.directory)
   return directory / str(step), directory.parent
+
+
+def stored_opt_names(manager: ocp.CheckpointManager, step: int) -> set[str]:
+  """The '/'-joined names of the optimizer-state arrays stored at `step`
+  (from the checkpoint's metadata)."""
+  step_dir, _ = _step_dir(manager, step)
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      pathlib.Path(step_dir).resolve() / "state")
+  return legacy.opt_state_names(metadata)
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int,
@@ -236,6 +245,13 @@ def restore_state(manager: ocp.CheckpointManager, step: int,
   `like_state` (concrete arrays or ShapeDtypeStructs). A failure names the
   damaged files."""
   try:
+    if stored_opt_names(manager, step) != legacy.opt_state_names(like_state):
+      # Written by an older chain (before parameter groups): restored
+      # untyped, its optimizer state carried over by parameter.
+      raw = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(),
+          config=ocp.args.JsonRestore()))
+      return legacy.convert_state(raw.state, like_state, raw.config)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -56,8 +56,9 @@ class Config:
   def __setitem__(self, key: str, value: Any) -> None:
     if isinstance(value, dict):
       value = Config(**value)
-    elif isinstance(value, list):
-      value = tuple(value)
+    elif isinstance(value, (list, tuple)):
+      # A tuple of sections (optim.groups) holds Configs too.
+      value = tuple(Config(**v) if isinstance(v, dict) else v for v in value)
     self._fields[key] = value
 
   def __contains__(self, key: str) -> bool:
@@ -103,7 +104,7 @@ class Config:
       if isinstance(v, Config):
         v = v.to_dict()
       elif isinstance(v, tuple):
-        v = list(v)
+        v = [x.to_dict() if isinstance(x, Config) else x for x in v]
       out[k] = v
     return out
 
@@ -115,11 +116,27 @@ class Config:
     return cls(**d)
 
   def flat_items(self, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every field. A tuple of sections (the
+    optimizer's groups) names each by its `name` field (its index if it has
+    none): 'optim.groups.head.lr'."""
     for k, v in self._fields.items():
       if isinstance(v, Config):
         yield from v.flat_items(prefix + k + ".")
+      elif is_sections(v):
+        for i, item in enumerate(v):
+          label = item.get("name", i) if isinstance(item, Config) else i
+          if isinstance(item, Config):
+            yield from item.flat_items(f"{prefix}{k}.{label}.")
+          else:
+            yield f"{prefix}{k}.{label}", item
       else:
         yield prefix + k, v
+
+
+def is_sections(value: Any) -> bool:
+  """A non-empty tuple of Configs (optim.groups)."""
+  return (isinstance(value, tuple) and bool(value)
+          and all(isinstance(v, Config) for v in value))
 
 
 def known_experiments() -> list[str]:
@@ -190,7 +207,6 @@ def load_saved_config(path: str | os.PathLike) -> Config:
   config."""
   # jaxcnn.defaults imports this module.
   from jaxcnn.defaults import base_config, with_defaults
-  from jaxcnn.legacy import upgrade
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
@@ -208,7 +224,7 @@ def load_saved_config(path: str | os.PathLike) -> Config:
         f"{', '.join(missing)} section); give an experiment name or a "
         "WORKDIR/config.json")
   # An older schema's fields translated to today's (jaxcnn/legacy.py).
-  config = with_defaults(Config.from_dict(upgrade(saved)))
+  config = with_defaults(Config.from_dict(saved))  # legacy.upgrade inside.
   defaults = base_config().data
   for key in FILLED_FROM_DATA:
     config.data[key] = defaults[key]
@@ -255,6 +271,8 @@ def _check_known_fields(config: Config, path: pathlib.Path) -> None:
   from jaxcnn.defaults import base_config
   known = [k for k, _ in base_config().flat_items()]
   for key, _ in config.flat_items():
+    if key.startswith("optim.groups."):
+      continue  # Each group's fields are checked by groups.complete.
     if key not in known and not any(key.startswith(k + ".") for k in known):
       from jaxcnn.legacy import renamed_key
       near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
@@ -291,6 +309,17 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
       raise bad("a number") from None
   if isinstance(current, str):
     return text
+  if is_sections(current):  # optim.groups=[{...}, ...]: every group anew.
+    from jaxcnn import groups as groups_lib
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise bad("a list of groups, e.g. [{'name': 'all', 'match': '.*', "
+                "'optimizer': 'sgd', 'lr': 0.1}]") from None
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, dict) for v in value)):
+      raise bad("a non-empty list of groups (dicts)")
+    return tuple(groups_lib.complete(v) for v in value)
   if isinstance(current, tuple):
     try:
       value = ast.literal_eval(text)
@@ -348,15 +377,84 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
         new = renamed_key(key)  # A key older jaxcnn had.
         near = difflib.get_close_matches(key, flat_keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
+        moved = _MOVED_TO_GROUPS.get(key)
         if new in flat_keys:
           hint = f"; it is now {new}"
+        elif moved:
+          hint = (f"; the optimizer's fields are per parameter group now: "
+                  f"set optim.groups.<index, name or *>.{moved} (see "
+                  "jaxcnn/defaults.py)")
         raise ConfigError(f"unknown config key {key!r}{hint}")
       if i < len(parts) - 1:
         node = node[part]
-    node[parts[-1]] = _parse_value(key, text, node[parts[-1]])
+        if is_sections(node):
+          _set_in_groups(node, key, parts[i + 1:], text)
+          break
+    else:
+      node[parts[-1]] = _parse_value(key, text, node[parts[-1]])
     given.add(key)
   _resolve_run_length(config, given)
   return config
+
+
+# The flat optimizer fields that became group fields (jaxcnn/legacy.py
+# translates saved configs): old key -> the group field.
+_MOVED_TO_GROUPS = {
+    "optim.optimizer": "optimizer", "optim.learning_rate": "lr",
+    "optim.momentum": "momentum", "optim.b1": "b1", "optim.b2": "b2",
+    "optim.eps": "eps", "optim.rmsprop_decay": "decay",
+    "optim.hparam_units": "units", "optim.weight_decay": "weight_decay",
+    "optim.weight_decay_mode": "weight_decay_mode", "optim.l1": "l1",
+    "optim.weight_decay_filter": "match", "optim.bias_lr_filter": "match",
+    "optim.bias_lr_scale": "lr", "optim.muon_filter": "match",
+    "optim.muon_ns_steps": "ns_steps", "optim.muon_normalize": "normalize",
+    "optim.muon_rest": "optimizer", "optim.muon_rest_lr_scale": "lr",
+    "optim.muon_rest_momentum": "momentum",
+    "optim.freeze_filter": "frozen_from_epochs",
+    "optim.freeze_after_filter": "frozen_from_epochs",
+    "optim.freeze_after_epochs": "frozen_from_epochs",
+}
+
+
+def _set_in_groups(groups: tuple, key: str, rest: list[str],
+                   text: str) -> None:
+  """`--set optim.groups.<index|name|*>.<field>[.<field>]=text`: sets the
+  field in the selected groups (in place). Setting `optimizer` gives the
+  group that optimizer's options (those both have keep their values)."""
+  from jaxcnn import groups as groups_lib
+  if len(rest) < 2:
+    raise ConfigError(
+        f"override {key}: name a group and its field, as "
+        f"optim.groups.<index, name or *>.<field>=value (the groups: "
+        f"{', '.join(str(g.get('name')) for g in groups)})")
+  selected = groups_lib.find(groups, rest[0])
+  index = {id(g): i for i, g in enumerate(groups)}
+  for g in selected:
+    field, *sub = rest[1:]
+    if field == "optimizer" and not sub:
+      new = groups_lib.with_optimizer(g, _parse_value(key, text, g.optimizer))
+      g._fields.clear()
+      g._fields.update(new._fields)
+      continue
+    if field not in g:
+      groups_lib.check_option(g.get("name"), g.get("optimizer"), field)
+    node, name = g, field
+    for j, part in enumerate(sub):
+      node = node[name]
+      if not isinstance(node, Config) or part not in node:
+        raise ConfigError(
+            f"unknown config key {key!r}: group {g.get('name')!r} "
+            f"(optim.groups.{index[id(g)]}) has no "
+            f"{'.'.join([field] + sub[:j + 1])}")
+      name = part
+    current = node[name]
+    if (node is g and groups_lib.COMMON_DEFAULTS.get(name, 0) is None
+        and text.strip().lower() in ("none", "null")):
+      node[name] = None  # frozen_from_epochs / schedule back to None.
+    elif node is g and name == "frozen_from_epochs" and current is not None:
+      node[name] = _parse_value(key, text, float(current))
+    else:
+      node[name] = _parse_value(key, text, current)
 
 
 def _resolve_run_length(config: Config, given: set[str]) -> None:

@@ -4,6 +4,7 @@ Durations are named `*_steps` or `*_epochs`; a schedule given in epochs is
 turned into steps with the run's steps per epoch.
 """
 from jaxcnn.config import Config
+from jaxcnn.groups import group
 
 
 def base_config() -> Config:
@@ -89,54 +90,35 @@ def base_config() -> Config:
 
   # --- Optimizer --------------------------------------------------------------
   c.optim = Config(
-      # sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad|muon. 'muon'
-      # orthogonalizes (Newton-Schulz) the Nesterov momentum (beta = momentum)
-      # of the conv and dense kernels matching muon_filter and trains every
-      # other parameter with muon_rest at learning_rate * muon_rest_lr_scale
-      # (muon_rest 'adam': optax.contrib.muon).
-      optimizer="momentum",
-      learning_rate=0.05,  # Peak learning rate.
-      momentum=0.9,  # momentum / nesterov; also rmsprop's momentum.
-      b1=0.9,  # adam / adamw
-      b2=0.999,
-      eps=1e-8,
-      rmsprop_decay=0.9,
-      # muon: what trains the other parameters: 'adam' (b1, b2, eps) or
-      # 'nesterov' (momentum muon_rest_momentum; airbench94_muon's SGD).
-      muon_rest="adam",
-      muon_rest_lr_scale=0.1,
-      muon_rest_momentum=0.9,
-      muon_filter=r"kernel$",  # Regex of the parameters (2-D and 4-D) Muon trains.
-      muon_ns_steps=5,  # Newton-Schulz iterations (airbench94_muon: 3).
-      # muon: before each step, rescale every Muon-trained kernel to Frobenius
-      # norm sqrt(output channels), as airbench94_muon (its weight decay).
-      muon_normalize=False,
-      # 'step': learning_rate and weight_decay as they are used per step.
-      # 'per_1024' (momentum/nesterov only): both are per 1024 examples and
-      # decoupled from the batch size and the momentum, airbench's form: the
-      # step's rate is learning_rate * batch / (1024 (1 + 1 / (1 - momentum)))
-      # and the L2 coefficient weight_decay / learning_rate, so each of the
-      # three can be changed without retuning the others.
-      hparam_units="step",
-      weight_decay=5e-4,
-      # 'l2': wd * w added to the gradient (the L2 loss term of the TF code);
-      # 'decoupled': lr * wd * w subtracted from the weights (AdamW style).
-      weight_decay_mode="l2",
-      # Regex over parameter paths ('conv1/kernel') that weight decay and L1
-      # apply to.
-      weight_decay_filter=r"kernel",
-      l1=0.0,  # L1 strength: l1 * sign(w) added to the gradient.
-      # The gradient of parameters matching bias_lr_filter is multiplied by
-      # bias_lr_scale (their learning rate, not their weight decay: airbench
-      # trains BatchNorm biases 64x faster).
-      bias_lr_scale=1.0,
-      bias_lr_filter=r"(^|/)bn[^/]*/bias$",
-      # Regex of parameters never updated (e.g. a frozen first layer), and of
-      # parameters updated only during the first freeze_after_epochs epochs.
-      # '' matches nothing.
-      freeze_filter="",
-      freeze_after_filter="",
-      freeze_after_epochs=0.0,
+      # Parameter groups (jaxcnn/groups.py): an ordered tuple, first match
+      # wins, each parameter trained by the first group whose `match` regex
+      # is found in its '/'-joined path ('conv1/kernel'); the last is by
+      # convention the catch-all '.*'. Each group has name, match,
+      # optimizer (sgd|momentum|nesterov|adam|adamw|rmsprop|adagrad|muon),
+      # lr (peak), units ('step' | 'per_1024': airbench's decoupled units,
+      # momentum/nesterov only), weight_decay, weight_decay_mode ('l2': wd * w
+      # added to the gradient, the TF code's L2 loss; 'decoupled': lr_t * wd
+      # * w subtracted from the weights), l1, frozen_from_epochs (None: never;
+      # 0: never updated; x: frozen after x epochs), schedule (None: the
+      # run's, below; or a Config of schedule fields laid over the run's),
+      # and exactly its optimizer's options (momentum/nesterov: momentum;
+      # adam/adamw: b1, b2, eps; rmsprop: decay, momentum, eps; adagrad: eps;
+      # muon, airbench94_muon's form: momentum, ns_steps, eps, normalize).
+      # Every parameter must be matched, every group must match one; a muon
+      # group's parameters must be 2-D or 4-D.
+      # Write them with jaxcnn.groups.group(name, match, optimizer, lr, ...).
+      # Command line: --set optim.groups.<index or name>.<field>=value, or
+      # optim.groups.*.<field>=value for every group (a group's schedule:
+      # optim.groups.<g>.schedule.<field>, or schedule={'length_epochs': 3.0}
+      # when it has none); setting `optimizer` gives the group that
+      # optimizer's options (those both have keep their values);
+      # optim.groups=[{...}, ...] replaces them all. Configs saved before
+      # the groups are translated (jaxcnn/legacy.py). Default: momentum 0.9
+      # at 0.05, L2 5e-4 on the kernels.
+      groups=(
+          group("kernel", r"kernel", "momentum", 0.05, weight_decay=5e-4),
+          group("rest", r".*", "momentum", 0.05),
+      ),
       # constant | exponential | step | inverse_time | cosine | triangular
       schedule="step",
       decay_epochs=25.0,  # exponential / inverse_time: period of decay.
@@ -151,6 +133,10 @@ def base_config() -> Config:
       triangle_start=0.2,
       triangle_peak=0.23,
       triangle_end=0.07,
+      # cosine / triangular: the schedule's length in epochs (0: the run's);
+      # after it the rate stays at its final value. For a group's own
+      # schedule that ends early (airbench94_muon's whitening bias).
+      length_epochs=0.0,
       warmup_epochs=0.0,  # Linear warmup from 0 to the peak before the schedule.
       ema_decay=0.9999,  # EMA of parameters (and BatchNorm statistics).
       # True: TF ExponentialMovingAverage(num_updates=step) semantics,
@@ -205,4 +191,8 @@ def with_defaults(config: Config) -> Config:
       else:
         out[key] = value
     return out
-  return Config.from_dict(merge(base_config().to_dict(), config.to_dict()))
+  from jaxcnn import groups as groups_lib, legacy
+  out = Config.from_dict(merge(base_config().to_dict(),
+                               legacy.upgrade(config.to_dict())))
+  out.optim.groups = tuple(groups_lib.complete(g) for g in out.optim.groups)
+  return out

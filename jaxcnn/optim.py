@@ -1,43 +1,46 @@
-"""The optimizer chain. Its schedules are in schedules.py, the EMA of the
+"""The optimizer chain, built from the parameter groups of `optim.groups`
+(jaxcnn/groups.py). Its schedules are in schedules.py, the EMA of the
 parameters (its last link) and lookahead in averaging.py; their public names
 are importable from here too.
 
-The chain built by `make_optimizer` is, in order:
-  0. the gradient of parameters matching `bias_lr_filter` times
-     `bias_lr_scale` (a higher learning rate that leaves their weight decay
-     as it is);
+The chain built by `make_optimizer` is optax.partition over the groups
+(each parameter in the first group whose `match` is found in its path),
+then `ema_of_params`. Each group's own chain is, in order:
   1. L2 weight decay as a gradient term `wd * w` (mode 'l2'; the TF code's
-     `wd * tf.nn.l2_loss(w)` has exactly this gradient), on parameters whose
-     '/'-joined path matches `weight_decay_filter`;
-  2. L1: `l1 * sign(w)` added to the gradient, same filter;
-  3. the optimizer, with the schedule as its learning rate; in mode
-     'decoupled' (any optimizer but adamw) `lr_t * wd * w` is then subtracted
-     from the weights, so decoupled decay follows the schedule as in AdamW;
-  3b. with optimizer 'muon' and muon_normalize: each Muon-trained kernel
-     rescaled to norm sqrt(output channels) (airbench94_muon);
-  4. `freeze`: zero updates for parameters matching `freeze_filter`, and for
-     those matching `freeze_after_filter` once `freeze_after_epochs` are done;
-  5. last, `ema_of_params`: updates pass through unchanged and the state keeps
-     an EMA of the post-step parameters (TF ExponentialMovingAverage).
+     `wd * tf.nn.l2_loss(w)` has exactly this gradient);
+  2. L1: `l1 * sign(w)` added to the gradient;
+  3. the group's optimizer, with the group's schedule as its learning rate;
+     in mode 'decoupled' (any optimizer but adamw) `lr_t * wd * w` is then
+     subtracted from the weights, so decoupled decay follows the schedule
+     as in AdamW;
+  3b. muon with `normalize`: each kernel rescaled to norm sqrt(output
+     channels) (airbench94_muon);
+  4. with frozen_from_epochs x > 0: zero updates from the step x epochs end
+     on (`freeze_after`); a group with frozen_from_epochs 0 is never updated
+     and keeps no optimizer state (optax.set_to_zero).
+Last, `ema_of_params`: updates pass through unchanged and the state keeps an
+EMA of the post-step parameters (TF ExponentialMovingAverage).
 
-With `hparam_units='per_1024'` the learning rate and weight decay of the
-config are airbench's decoupled ones and are converted by `step_hparams`.
-Lookahead (`lookahead`) is not a link of the chain: it also moves the
-BatchNorm statistics, which optax never sees, so the train step applies it.
+A group's schedule is the run's (optim.schedule, decay_epochs, ...,
+warmup_epochs) with the group's own `schedule` fields laid over it, at the
+group's peak `lr`; with units 'per_1024' its lr and weight decay are
+airbench's decoupled ones, converted by `step_hparams`. Lookahead
+(`lookahead`) is not a link of the chain: it also moves the BatchNorm
+statistics, which optax never sees, so the train step applies it.
 
 'adamw' always decays through optax.adamw's own decoupled weight decay
-(masked by the same filter) whatever `weight_decay_mode` says, and never adds
-the L2 gradient term as well: adding both would decay twice.
+whatever `weight_decay_mode` says, and never adds the L2 gradient term as
+well: adding both would decay twice.
 
-The trainer gets the learning rate for logging by calling `make_schedule`
-itself; the schedule is a few jnp ops, cheap inside a jitted step.
+The trainer gets the learning rate it logs (that of the last group, by
+convention the catch-all) from `make_run_schedule`; a schedule is a few jnp
+ops, cheap inside a jitted step.
 """
 from __future__ import annotations
 
-import functools
 import math
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,14 +52,11 @@ from jaxcnn.schedules import (HPARAM_UNITS, SCHEDULES,  # noqa: F401
                               OptimConfigError, check, check_fraction,
                               epochs_to_steps, config_field, make_schedule,
                               step_hparams)
-
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop",
-              "adagrad", "muon")
-WEIGHT_DECAY_MODES = ("l2", "decoupled")
-MUON_RESTS = ("adam", "nesterov")
+from jaxcnn.groups import (OPTIMIZERS, OPTIONS, UNITS,  # noqa: F401
+                           WEIGHT_DECAY_MODES)
 
 
-# --- Weight decay filter ------------------------------------------------------
+# --- Parameter paths ------------------------------------------------------------
 
 
 def param_path(path: tuple) -> str:
@@ -74,27 +74,6 @@ def param_path(path: tuple) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
-
-
-def make_param_mask(pattern: Optional[str],
-                    field: str = "optim.weight_decay_filter", *,
-                    empty: bool = True) -> Callable[[Any], Any]:
-  """Returns params -> bool pytree: True where `re.search(pattern, path)`.
-
-  The mask is a function because make_optimizer never sees the params; optax
-  calls it on the params at init and on the updates (same tree) each step.
-  None selects every parameter (`empty=False`: none). `field` names the
-  config field in the error for a bad regex.
-  """
-  if pattern is None:
-    return lambda tree: jax.tree_util.tree_map(lambda _: empty, tree)
-  try:
-    regex = re.compile(pattern)
-  except re.error as e:
-    raise OptimConfigError(
-        f"{field} {pattern!r} is not a valid regex: {e}") from None
-  return lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, _: regex.search(param_path(path)) is not None, tree)
 
 
 # --- Gradient terms and decoupled decay ---------------------------------------
@@ -147,26 +126,17 @@ def _scheduled_decoupled_decay(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-# --- Per-parameter learning-rate factor and freezing ----------------------------
-
-
-def _scale_gradient(factor: float) -> optax.GradientTransformation:
-  """Multiplies the gradient by `factor` (used under optax.masked)."""
-  return optax.stateless(
-      lambda updates, params=None: jax.tree_util.tree_map(
-          lambda g: g * jnp.asarray(factor, g.dtype), updates))
+# --- Freezing -------------------------------------------------------------------
 
 
 class FreezeState(NamedTuple):
   count: jax.Array  # int32 scalar: updates done so far.
 
 
-def freeze(always: Callable[[Any], Any], after: Callable[[Any], Any],
-           after_steps: int) -> optax.GradientTransformation:
-  """Zeroes the final update of parameters where `always(params)` is True,
-  and where `after(params)` is True from update number `after_steps` on
-  (0-based: updates 0 .. after_steps - 1 still apply). Momentum and weight
-  decay of a frozen parameter thus never reach it."""
+def freeze_after(after_steps: int) -> optax.GradientTransformation:
+  """Zeroes the final update from update number `after_steps` on (0-based:
+  updates 0 .. after_steps - 1 still apply). Momentum and weight decay of a
+  frozen parameter thus never reach it."""
 
   def init_fn(params):
     del params
@@ -176,38 +146,21 @@ def freeze(always: Callable[[Any], Any], after: Callable[[Any], Any],
     del params
     training = state.count < after_steps
     updates = jax.tree_util.tree_map(
-        lambda u, a, b: jnp.where(a | (b & ~training), jnp.zeros_like(u), u),
-        updates, always(updates), after(updates))
+        lambda u: jnp.where(training, u, jnp.zeros_like(u)), updates)
     return updates, FreezeState(count=state.count + 1)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def freeze_rule(optim_cfg: Any, steps_per_epoch: int
-                ) -> tuple[Callable[[Any], Any], Callable[[Any], Any], int]:
-  """`freeze`'s arguments from the config: the masks of freeze_filter and
-  freeze_after_filter (an empty filter matches nothing) and the step
-  freeze_after_epochs ends on."""
-  always = config_field(optim_cfg, "freeze_filter")
-  later = config_field(optim_cfg, "freeze_after_filter")
-  return (make_param_mask(always or None, "optim.freeze_filter", empty=False),
-          make_param_mask(later or None, "optim.freeze_after_filter",
-                          empty=False),
-          epochs_to_steps(float(config_field(optim_cfg, "freeze_after_epochs")),
-                          steps_per_epoch))
+# --- Groups ---------------------------------------------------------------------
 
 
-def frozen_from(optim_cfg: Any, paths: Sequence[str],
-                steps_per_epoch: int, rule: Optional[tuple] = None
-                ) -> Optional[int]:
-  """The first update from which `freeze` zeroes the updates of every
-  parameter in `paths` ('/'-joined names): 0 when freeze_filter matches
-  them all, the freeze_after_epochs step when each is matched by one of the
-  two filters; None when some stays trainable (or `paths` is empty). Asks
-  the optimizer's own masks (freeze_rule, or `rule`: one it built), on a
-  tree of those names."""
-  if not paths:
-    return None
+def _where(g: Any) -> str:
+  return f"optim.groups.{g.get('name')}"
+
+
+def path_tree(paths: Sequence[str]) -> dict:
+  """A nested dict with a 0 leaf at each '/'-joined path."""
   tree: dict = {}
   for path in paths:
     *parents, leaf = path.split("/")
@@ -215,94 +168,145 @@ def frozen_from(optim_cfg: Any, paths: Sequence[str],
     for name in parents:
       node = node.setdefault(name, {})
     node[leaf] = 0
-  always, after, after_steps = rule or freeze_rule(optim_cfg, steps_per_epoch)
-  always = jax.tree.leaves(always(tree))
-  after = jax.tree.leaves(after(tree))
-  if all(always):
-    return 0
-  if all(a or b for a, b in zip(always, after)):
-    return after_steps
-  return None
+  return tree
 
 
-# --- The optimizer ------------------------------------------------------------
+def _compiled(groups: Sequence[Any]) -> list:
+  """[(group, compiled match)]; refuses bad names, regexes and duplicates."""
+  seen_names, seen_patterns, out = {}, {}, []
+  check(len(groups) > 0, "optim.groups is empty: give at least one group "
+        "(the catch-all match='.*')")
+  for i, g in enumerate(groups):
+    name, pattern = g.get("name"), g.get("match")
+    check(isinstance(name, str) and re.match(r"^[A-Za-z0-9_]+$", name)
+          is not None, f"optim.groups.{i}: name {name!r}: use letters, "
+          "digits and '_'")
+    check(name not in seen_names, f"optim.groups: two groups named {name!r} "
+          f"(groups {seen_names.get(name)} and {i})")
+    check(isinstance(pattern, str), f"{_where(g)}.match must be a regex "
+          f"string, got {pattern!r}")
+    check(pattern not in seen_patterns,
+          f"optim.groups: groups {seen_patterns.get(pattern)!r} and {name!r} "
+          f"have the same match {pattern!r}")
+    seen_names[name], seen_patterns[pattern] = i, name
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise OptimConfigError(
+          f"{_where(g)}.match {pattern!r} is not a valid regex: {e}") from None
+    out.append((g, regex))
+  return out
 
 
-def _base_optimizer(optim_cfg: Any, schedule: optax.Schedule,
-                    mask: Callable[[Any], Any]) -> optax.GradientTransformation:
-  name = config_field(optim_cfg, "optimizer")
-  if name == "sgd":
-    return optax.sgd(schedule)
-  if name in ("momentum", "nesterov"):
-    # optax's trace is TF's MomentumOptimizer: acc = m * acc + g, w -= lr * acc.
-    momentum = check_fraction(optim_cfg, "momentum")
-    return optax.sgd(schedule, momentum=momentum,
-                     nesterov=(name == "nesterov"))
-  if name in ("adam", "adamw"):
-    b1 = check_fraction(optim_cfg, "b1")
-    b2 = check_fraction(optim_cfg, "b2")
-    eps = float(config_field(optim_cfg, "eps"))
-    check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
-    if name == "adam":
-      return optax.adam(schedule, b1=b1, b2=b2, eps=eps)
-    # optax.adamw subtracts lr_t * wd * w: decay scaled by the schedule.
-    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps,
-                       weight_decay=float(config_field(optim_cfg, "weight_decay")),
-                       mask=mask)
-  if name == "rmsprop":
-    decay = float(config_field(optim_cfg, "rmsprop_decay"))
-    check(0.0 <= decay <= 1.0,
-           f"optim.rmsprop_decay must be in [0, 1], got {decay}")
-    momentum = check_fraction(optim_cfg, "momentum")
-    eps = float(config_field(optim_cfg, "eps"))
-    check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
-    # eps inside the sqrt, momentum on the lr-scaled step: TF's RMSProp,
-    # except that the mean square starts at 0 (TF1 starts it at 1).
-    return optax.rmsprop(schedule, decay=decay, eps=eps,
-                         momentum=momentum if momentum > 0 else None)
-  if name == "adagrad":
-    eps = float(config_field(optim_cfg, "eps"))
-    check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
-    # Accumulator starts at 0.1 as in TF's AdagradOptimizer.
-    return optax.adagrad(schedule, initial_accumulator_value=0.1, eps=eps)
-  if name == "muon":
-    momentum = check_fraction(optim_cfg, "momentum")
-    eps = float(config_field(optim_cfg, "eps"))
-    check(eps >= 0, f"optim.eps must be >= 0, got {eps}")
-    rest = config_field(optim_cfg, "muon_rest")
-    check(rest in MUON_RESTS, f"unknown optim.muon_rest {rest!r}; known: "
-           f"{', '.join(MUON_RESTS)}")
-    rest_scale = float(config_field(optim_cfg, "muon_rest_lr_scale"))
-    check(math.isfinite(rest_scale) and rest_scale > 0,
-           f"optim.muon_rest_lr_scale must be > 0, got {rest_scale}")
-    ns_steps = config_field(optim_cfg, "muon_ns_steps")
-    check(isinstance(ns_steps, int) and ns_steps >= 1,
-           f"optim.muon_ns_steps must be an integer >= 1, got {ns_steps!r}")
-    pattern = config_field(optim_cfg, "muon_filter")
-    make_param_mask(pattern, "optim.muon_filter")  # A bad regex fails here.
-    rest_schedule = lambda t: schedule(t) * rest_scale
-    if rest == "adam":
-      b1 = check_fraction(optim_cfg, "b1")
-      b2 = check_fraction(optim_cfg, "b2")
-      return optax.contrib.muon(
-          schedule, ns_steps=ns_steps, beta=momentum, nesterov=True,
-          adam_b1=b1, adam_b2=b2, eps=eps, adam_learning_rate=rest_schedule,
-          muon_weight_dimension_numbers=functools.partial(
-              muon_dimensions, pattern=pattern))
-    # airbench94_muon's split: Muon (PyTorch-style Nesterov momentum, then
-    # Newton-Schulz; no width factor) for the kernels, Nesterov SGD for
-    # everything else.
-    return optax.partition(
-        {"muon": optax.chain(optax.trace(decay=momentum, nesterov=True),
-                             orthogonalize(ns_steps, eps),
-                             optax.scale_by_learning_rate(schedule)),
-         "rest": optax.sgd(rest_schedule, momentum=check_fraction(
-             optim_cfg, "muon_rest_momentum"), nesterov=True)},
-        lambda params: jax.tree.map(lambda m: "muon" if m else "rest",
-                                    muon_mask(params, pattern)))
-  raise OptimConfigError(
-      f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+def label_paths(groups: Sequence[Any], paths: Sequence[str]) -> dict:
+  """{path: group name}: the first group whose match is found in the path.
+  Refuses a parameter no group matches and a group that matches none."""
+  compiled = _compiled(groups)
+  labels, unmatched = {}, []
+  for path in paths:
+    name = next((g.name for g, regex in compiled if regex.search(path)), None)
+    if name is None:
+      unmatched.append(path)
+    labels[path] = name
+  if unmatched:
+    raise OptimConfigError(
+        f"optim.groups: no group matches {', '.join(unmatched)} (add a "
+        "catch-all group match='.*' last)")
+  used = set(labels.values())
+  idle = [g.name for g, _ in compiled if g.name not in used]
+  if idle and paths:
+    raise OptimConfigError(
+        f"optim.groups: group{'s' if len(idle) > 1 else ''} "
+        f"{', '.join(repr(n) for n in idle)} match{'' if len(idle) > 1 else 'es'}"
+        f" no parameter (the parameters: {', '.join(paths[:12])}"
+        f"{' ...' if len(paths) > 12 else ''})")
+  return labels
 
+
+def _leaf_paths(params: Any) -> list[str]:
+  return [param_path(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def check_groups(optim_cfg: Any, params: Any) -> dict:
+  """Checks the groups against the parameters (arrays or shapes): every
+  parameter matched, every group used, a muon group's parameters 2-D or
+  4-D. Returns {path: group name}."""
+  groups = config_field(optim_cfg, "groups")
+  labels = label_paths(groups, _leaf_paths(params))
+  by_name = {g.name: g for g in groups}
+  bad = [f"{path} {tuple(x.shape)}" for (path, x) in zip(
+      _leaf_paths(params), jax.tree_util.tree_leaves(params))
+         if by_name[labels[path]].optimizer == "muon"
+         and len(x.shape) not in (2, 4)]
+  check(not bad, "optim.groups: muon trains 2-D and 4-D parameters only, "
+        f"not {', '.join(bad)} (give them another group)")
+  return labels
+
+
+def frozen_from(optim_cfg: Any, paths: Sequence[str],
+                steps_per_epoch: int) -> Optional[int]:
+  """The first update from which the chain zeroes the updates of every
+  parameter in `paths` ('/'-joined names): 0 when all their groups have
+  frozen_from_epochs 0, else the latest of their freezing steps; None when
+  one stays trainable (or `paths` is empty)."""
+  if not paths:
+    return None
+  groups = config_field(optim_cfg, "groups")
+  labels = {}
+  for g, regex in _compiled(groups):
+    for path in paths:
+      if path not in labels and regex.search(path):
+        labels[path] = g
+  steps = []
+  for path in paths:
+    g = labels.get(path)
+    if g is None or g.frozen_from_epochs is None:
+      return None
+    steps.append(epochs_to_steps(float(g.frozen_from_epochs), steps_per_epoch))
+  return max(steps)
+
+
+SCHEDULE_FIELDS = ("schedule", "decay_epochs", "decay_rate", "staircase",
+                   "step_boundaries_epochs", "step_factor",
+                   "cosine_final_fraction", "triangle_start", "triangle_peak",
+                   "triangle_end", "length_epochs", "warmup_epochs")
+
+
+def group_schedule_config(optim_cfg: Any, g: Any) -> dict:
+  """The fields make_schedule and step_hparams read, for group `g`: the
+  run's schedule with the group's `schedule` laid over it, and the group's
+  peak rate, units, optimizer, momentum and weight decay."""
+  out = {k: optim_cfg[k] for k in SCHEDULE_FIELDS if k in optim_cfg}
+  own = g.get("schedule")
+  if own is not None:
+    check(hasattr(own, "items"), f"{_where(g)}.schedule must be None or a "
+          f"Config of schedule fields, got {own!r}")
+    for k, v in own.items():
+      check(k in SCHEDULE_FIELDS, f"{_where(g)}.schedule has no field {k!r}; "
+            f"schedule fields: {', '.join(SCHEDULE_FIELDS)}")
+      out[k] = v
+  out.update(learning_rate=g.lr, hparam_units=g.units, optimizer=g.optimizer,
+             momentum=g.get("momentum", 0.0), weight_decay=g.weight_decay,
+             where=_where(g))
+  return out
+
+
+def make_group_schedule(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
+                        total_steps: Optional[int] = None,
+                        batch_size: Optional[int] = None) -> optax.Schedule:
+  """Step -> learning rate of group `g` (see group_schedule_config)."""
+  return make_schedule(group_schedule_config(optim_cfg, g), steps_per_epoch,
+                       total_steps=total_steps, batch_size=batch_size)
+
+
+def make_run_schedule(optim_cfg: Any, steps_per_epoch: int, *,
+                      total_steps: Optional[int] = None,
+                      batch_size: Optional[int] = None) -> optax.Schedule:
+  """The rate the trainer logs: that of the last group (the catch-all)."""
+  return make_group_schedule(optim_cfg, config_field(optim_cfg, "groups")[-1],
+                             steps_per_epoch, total_steps=total_steps,
+                             batch_size=batch_size)
 
 def _muon_spec(x: Any) -> Any:
   """A conv kernel [K, K, Cin, Cout] as a (K*K*Cin) x Cout matrix, a dense
@@ -348,26 +352,10 @@ def orthogonalize(steps: int, eps: float = 1e-7
       lambda updates, params=None: jax.tree_util.tree_map(one, updates))
 
 
-def muon_mask(params: Any, pattern: str = r"kernel$") -> Any:
-  """True for the parameters Muon trains: 2-D and 4-D kernels whose path
-  matches `pattern` (optim.muon_filter)."""
-  chosen = make_param_mask(pattern, "optim.muon_filter")(params)
-  return jax.tree_util.tree_map(
-      lambda x, c: bool(c) and _muon_spec(x) is not None, params, chosen)
-
-
-def muon_dimensions(params: Any, pattern: str = r"kernel$") -> Any:
-  """Which parameters Muon orthogonalizes, and as what matrix (`_muon_spec`):
-  those of `muon_mask`; None (muon_rest) for everything else."""
-  return jax.tree_util.tree_map(
-      lambda x, m: _muon_spec(x) if m else None, params,
-      muon_mask(params, pattern))
-
-
 def _normalize_kernels() -> optax.GradientTransformation:
   """airbench94_muon's weight normalization: the update also rescales each
   kernel to Frobenius norm sqrt(output channels) (its last axis) before the
-  step, w_new = w * sqrt(Cout) / |w| + u. Used under optax.masked."""
+  step, w_new = w * sqrt(Cout) / |w| + u."""
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("muon_normalize needs params: call "
@@ -380,6 +368,123 @@ def _normalize_kernels() -> optax.GradientTransformation:
                                       update_fn)
 
 
+def _fraction(g: Any, key: str) -> float:
+  value = float(g[key])
+  check(0.0 <= value < 1.0, f"{_where(g)}.{key} must be in [0, 1), got {value}")
+  return value
+
+
+def _eps(g: Any) -> float:
+  eps = float(g["eps"])
+  check(eps >= 0, f"{_where(g)}.eps must be >= 0, got {eps}")
+  return eps
+
+
+def _base_optimizer(g: Any, schedule: optax.Schedule,
+                    weight_decay: float) -> optax.GradientTransformation:
+  name = g.optimizer
+  if name == "sgd":
+    return optax.sgd(schedule)
+  if name in ("momentum", "nesterov"):
+    # optax's trace is TF's MomentumOptimizer: acc = m * acc + g, w -= lr * acc.
+    return optax.sgd(schedule, momentum=_fraction(g, "momentum"),
+                     nesterov=(name == "nesterov"))
+  if name == "adam":
+    return optax.adam(schedule, b1=_fraction(g, "b1"), b2=_fraction(g, "b2"),
+                      eps=_eps(g))
+  if name == "adamw":
+    # optax.adamw subtracts lr_t * wd * w: decay scaled by the schedule.
+    return optax.adamw(schedule, b1=_fraction(g, "b1"), b2=_fraction(g, "b2"),
+                       eps=_eps(g), weight_decay=weight_decay)
+  if name == "rmsprop":
+    decay = float(g.decay)
+    check(0.0 <= decay <= 1.0,
+          f"{_where(g)}.decay must be in [0, 1], got {decay}")
+    momentum = _fraction(g, "momentum")
+    # eps inside the sqrt, momentum on the lr-scaled step: TF's RMSProp,
+    # except that the mean square starts at 0 (TF1 starts it at 1).
+    return optax.rmsprop(schedule, decay=decay, eps=_eps(g),
+                         momentum=momentum if momentum > 0 else None)
+  if name == "adagrad":
+    # Accumulator starts at 0.1 as in TF's AdagradOptimizer.
+    return optax.adagrad(schedule, initial_accumulator_value=0.1, eps=_eps(g))
+  if name == "muon":
+    ns_steps = g.ns_steps
+    check(isinstance(ns_steps, int) and not isinstance(ns_steps, bool)
+          and ns_steps >= 1, f"{_where(g)}.ns_steps must be an integer >= 1, "
+          f"got {ns_steps!r}")
+    # airbench94_muon's Muon: PyTorch-style Nesterov momentum, then
+    # Newton-Schulz (no width factor).
+    return optax.chain(optax.trace(decay=_fraction(g, "momentum"),
+                                   nesterov=True),
+                       orthogonalize(ns_steps, _eps(g)),
+                       optax.scale_by_learning_rate(schedule))
+  raise OptimConfigError(
+      f"{_where(g)}: unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def _check_group(g: Any) -> None:
+  """The group's fields, before anything is built (the options of its
+  optimizer: groups.check_option)."""
+  from jaxcnn import groups as groups_lib
+  from jaxcnn.config import ConfigError
+  check(g.get("optimizer") in OPTIMIZERS,
+        f"{_where(g)}: unknown optimizer {g.get('optimizer')!r}; known: "
+        f"{', '.join(OPTIMIZERS)}")
+  for key in groups_lib.COMMON_FIELDS + tuple(OPTIONS[g.optimizer]):
+    check(key in g, f"{_where(g)} has no field {key!r}")
+  for key in g:
+    try:
+      groups_lib.check_option(g.name, g.optimizer, key)
+    except ConfigError as e:
+      raise OptimConfigError(str(e)) from None
+  check(g.units in UNITS, f"{_where(g)}: unknown units {g.units!r}; known: "
+        f"{', '.join(UNITS)}")
+  check(g.weight_decay_mode in WEIGHT_DECAY_MODES,
+        f"{_where(g)}: unknown weight_decay_mode {g.weight_decay_mode!r}; "
+        f"known: {', '.join(WEIGHT_DECAY_MODES)}")
+  for key in ("lr", "weight_decay", "l1"):
+    value = float(g[key])
+    check(math.isfinite(value) and value >= 0,
+          f"{_where(g)}.{key} must be finite and >= 0, got {value}")
+  frozen = g.frozen_from_epochs
+  check(frozen is None or (isinstance(frozen, (int, float))
+                           and not isinstance(frozen, bool) and frozen >= 0),
+        f"{_where(g)}.frozen_from_epochs must be None or >= 0, got {frozen!r}")
+
+
+def group_chain(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
+                total_steps: Optional[int] = None,
+                batch_size: Optional[int] = None
+                ) -> optax.GradientTransformation:
+  """One group's chain (see the module docstring)."""
+  _check_group(g)
+  sched_cfg = group_schedule_config(optim_cfg, g)
+  schedule = make_schedule(sched_cfg, steps_per_epoch,
+                           total_steps=total_steps, batch_size=batch_size)
+  _, weight_decay = step_hparams(sched_cfg, batch_size)
+  if g.frozen_from_epochs is not None and float(g.frozen_from_epochs) == 0:
+    return optax.set_to_zero()
+  name = g.optimizer
+  decoupled = name == "adamw" or g.weight_decay_mode == "decoupled"
+  l1 = float(g.l1)
+  links = []
+  # Terms that are zero are left out, so they cost no state and no compute.
+  if weight_decay > 0 and not decoupled:
+    links.append(optax.add_decayed_weights(weight_decay))
+  if l1 > 0:
+    links.append(_add_l1_sign(l1))
+  links.append(_base_optimizer(g, schedule, weight_decay))
+  if weight_decay > 0 and decoupled and name != "adamw":
+    links.append(_scheduled_decoupled_decay(weight_decay, schedule))
+  if name == "muon" and bool(g.normalize):
+    links.append(_normalize_kernels())
+  if g.frozen_from_epochs is not None:
+    links.append(freeze_after(epochs_to_steps(float(g.frozen_from_epochs),
+                                              steps_per_epoch)))
+  return links[0] if len(links) == 1 else optax.chain(*links)
+
+
 def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
                    total_steps: Optional[int] = None,
                    batch_size: Optional[int] = None,
@@ -389,57 +494,22 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   """The full chain (see the module docstring) for an `optim` config section.
 
   `update` must be given the params. `total_steps` is needed by the cosine
-  and triangular schedules only, `batch_size` by hparam_units 'per_1024'.
-  `schedule` and `rule`: the ones make_schedule and freeze_rule build from
-  these arguments, when the caller has built them already.
+  and triangular schedules only, `batch_size` by units 'per_1024'. The
+  groups are checked against the parameters at `init` (check_groups); the
+  state is optax.partition's, then the EMA's.
   """
-  if schedule is None:
-    schedule = make_schedule(optim_cfg, steps_per_epoch,
-                             total_steps=total_steps, batch_size=batch_size)
-  name = config_field(optim_cfg, "optimizer")
-  check(name in OPTIMIZERS,
-         f"unknown optim.optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-  mode = config_field(optim_cfg, "weight_decay_mode")
-  check(mode in WEIGHT_DECAY_MODES,
-         f"unknown optim.weight_decay_mode {mode!r}; known: "
-         f"{', '.join(WEIGHT_DECAY_MODES)}")
-  check(float(config_field(optim_cfg, "weight_decay")) >= 0,
-         f"optim.weight_decay must be >= 0, got "
-         f"{config_field(optim_cfg, 'weight_decay')}")
-  _, weight_decay = step_hparams(optim_cfg, batch_size)
-  bias_scale = float(config_field(optim_cfg, "bias_lr_scale"))
-  check(math.isfinite(bias_scale) and bias_scale > 0,
-         f"optim.bias_lr_scale must be > 0, got {bias_scale}")
-  freeze_epochs = float(config_field(optim_cfg, "freeze_after_epochs"))
-  check(freeze_epochs >= 0,
-         f"optim.freeze_after_epochs must be >= 0, got {freeze_epochs}")
-  l1 = float(config_field(optim_cfg, "l1"))
-  check(l1 >= 0, f"optim.l1 must be >= 0, got {l1}")
-  mask = make_param_mask(config_field(optim_cfg, "weight_decay_filter"))
-  decoupled = name == "adamw" or mode == "decoupled"
+  groups = config_field(optim_cfg, "groups")
+  _compiled(groups)  # Names, regexes, duplicates: before anything else.
+  chains = {g.name: group_chain(optim_cfg, g, steps_per_epoch,
+                                total_steps=total_steps,
+                                batch_size=batch_size) for g in groups}
 
-  links = []
-  # Terms that are zero are left out, so they cost no state and no compute.
-  if bias_scale != 1.0:
-    links.append(optax.masked(
-        _scale_gradient(bias_scale),
-        make_param_mask(config_field(optim_cfg, "bias_lr_filter"),
-                        "optim.bias_lr_filter")))
-  if weight_decay > 0 and not decoupled:
-    links.append(optax.add_decayed_weights(weight_decay, mask=mask))
-  if l1 > 0:
-    links.append(optax.masked(_add_l1_sign(l1), mask))
-  links.append(_base_optimizer(optim_cfg, schedule, mask))
-  if weight_decay > 0 and decoupled and name != "adamw":
-    links.append(optax.masked(
-        _scheduled_decoupled_decay(weight_decay, schedule), mask))
-  if name == "muon" and bool(config_field(optim_cfg, "muon_normalize")):
-    pattern = config_field(optim_cfg, "muon_filter")
-    links.append(optax.masked(_normalize_kernels(),
-                              lambda tree: muon_mask(tree, pattern)))
-  if (config_field(optim_cfg, "freeze_filter")
-      or config_field(optim_cfg, "freeze_after_filter")):
-    links.append(freeze(*(rule or freeze_rule(optim_cfg, steps_per_epoch))))
-  links.append(ema_of_params(float(config_field(optim_cfg, "ema_decay")),
-                             bool(config_field(optim_cfg, "ema_ramp"))))
-  return optax.chain(*links)
+  def labels(params):
+    names = check_groups(optim_cfg, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: names[param_path(path)], params)
+
+  return optax.chain(
+      optax.partition(chains, labels),
+      ema_of_params(float(config_field(optim_cfg, "ema_decay")),
+                    bool(config_field(optim_cfg, "ema_ramp"))))

@@ -211,7 +211,14 @@ def _restore_target(workdir, step: int, config: Config, stored: dict) -> dict:
   except Exception as e:  # Any failure to build is a config this code rejects.
     raise _incompatible(workdir, step, config,
                         f"it does not build: {type(e).__name__}: {e}") from e
-  problems = _mismatch(stored, _leaf_specs(target))
+  built = _leaf_specs(target)
+  if ({k for k in stored if k.startswith("opt_state/")}
+      != {k for k in built if k.startswith("opt_state/")}):
+    # An older chain's optimizer state: converted by parameter on restore
+    # (legacy.convert_state); the rest must match.
+    stored = {k: v for k, v in stored.items() if not k.startswith("opt_state/")}
+    built = {k: v for k, v in built.items() if not k.startswith("opt_state/")}
+  problems = _mismatch(stored, built)
   if problems:
     raise _incompatible(workdir, step, config, "; ".join(problems))
   return target

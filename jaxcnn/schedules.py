@@ -3,7 +3,8 @@
 `make_schedule(optim_cfg, steps_per_epoch, total_steps=, batch_size=)` builds
 the one the config names (SCHEDULES), after an optional linear warmup, in the
 config's units (`step_hparams`: per step, or airbench's per 1024 examples).
-The optimizer chain (optim.py) uses it as its learning rate, and the trainer
+The optimizer chain (optim.py) uses it, one per parameter group (the run's
+schedule fields with the group's laid over them), as its learning rate, and the trainer
 calls it for the rate it logs.
 """
 from __future__ import annotations
@@ -200,8 +201,10 @@ def step_hparams(optim_cfg: Any, batch_size: Optional[int]
   if units == "step":
     return lr, wd
   name = config_field(optim_cfg, "optimizer")
+  where = optim_cfg.get("where", "optim") if hasattr(optim_cfg, "get") \
+      else "optim"
   check(name in ("momentum", "nesterov"),
-         f"optim.hparam_units='per_1024' is defined for momentum and "
+         f"{where}: units 'per_1024' are defined for momentum and "
          f"nesterov, not {name!r}")
   check(batch_size is not None and batch_size > 0,
          "optim.hparam_units='per_1024' needs the batch size")
@@ -222,7 +225,8 @@ def make_schedule(optim_cfg: Any, steps_per_epoch: int, *,
   the very first step), and the schedule then runs on the shifted clock
   `t - warmup_steps`: every decay period, step boundary and cosine length is
   counted from the end of warmup. `total_steps` is required for 'cosine' and
-  'triangular' (which last total_steps - warmup_steps) and ignored otherwise;
+  'triangular' (which last total_steps - warmup_steps, or length_epochs
+  less warmup when that field is > 0) and ignored otherwise;
   `batch_size` only for hparam_units 'per_1024' (see `step_hparams`).
   """
   check(isinstance(steps_per_epoch, int) and steps_per_epoch > 0,
@@ -237,6 +241,12 @@ def make_schedule(optim_cfg: Any, steps_per_epoch: int, *,
   check(warmup_epochs >= 0,
          f"optim.warmup_epochs must be >= 0, got {warmup_epochs}")
   warmup_steps = epochs_to_steps(warmup_epochs, steps_per_epoch)
+  length_epochs = float(optim_cfg.get("length_epochs", 0.0)
+                        if hasattr(optim_cfg, "get") else 0.0)
+  check(length_epochs >= 0,
+         f"optim.length_epochs must be >= 0, got {length_epochs}")
+  if length_epochs > 0:  # The schedule ends before the run does.
+    total_steps = epochs_to_steps(length_epochs, steps_per_epoch)
   decay = _decay_schedule(optim_cfg, steps_per_epoch, total_steps,
                           warmup_steps)
 

@@ -229,20 +229,29 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
         f"train.steps_per_dispatch={config.train.steps_per_dispatch} exceeds "
         f"the {steps_per_epoch} steps of an epoch")
   model = create_model(config.model, bn_axis_name=parallel.AXIS)
-  schedule = optim.make_schedule(config.optim, steps_per_epoch,
-                                 total_steps=total_steps, batch_size=batch)
-  # The schedule and the freeze rule, built once, serve the optimizer, the
-  # trainer's logging and the stem's freeze step.
-  rule = optim.freeze_rule(config.optim, steps_per_epoch)
+  schedule = optim.make_run_schedule(config.optim, steps_per_epoch,
+                                     total_steps=total_steps, batch_size=batch)
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
-                            total_steps=total_steps, batch_size=batch,
-                            schedule=schedule, rule=rule)
+                            total_steps=total_steps, batch_size=batch)
+  # The groups against the model's parameters (shapes only): an unmatched
+  # parameter or an idle group is a config error before anything runs.
+  optim.check_groups(config.optim, param_shapes(model, config))
   stem_frozen_from = optim.frozen_from(
       config.optim, models.stem_params(config.model), steps_per_epoch,
       rule=rule)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
                stem_frozen_from=stem_frozen_from)
+
+
+def param_shapes(model: Any, config: Config) -> Any:
+  """The model's parameters as ShapeDtypeStructs (traced, never run)."""
+  sample = jax.ShapeDtypeStruct(
+      (1,) + tuple(int(d) for d in config.data.image_shape), jnp.float32)
+  key = jax.random.PRNGKey(0)
+  return jax.eval_shape(
+      lambda x: model.init({"params": key, "dropout": key}, x,
+                           train=False), sample)["params"]
 
 
 def build(config: Config, data: Dataset | None = None) -> Setup:

@@ -41,7 +41,17 @@ def _epilog() -> str:
       "in jaxcnn/defaults.py; --print_config prints an experiment's resolved "
       "config with",
       "every key and value, e.g. python -m jaxcnn.train --exp vgg "
-      "--print_config"]
+      "--print_config",
+      "",
+      "The optimizer is a tuple of parameter groups (optim.groups; first match "
+      "wins),",
+      "each with its optimizer, lr, weight decay, schedule and freezing: set a "
+      "group's",
+      "field by index or name, or every group's with *, e.g.",
+      "  --set optim.groups.head.lr=0.5  --set optim.groups.1.weight_decay=0",
+      "  --set 'optim.groups.*.optimizer=adam' (a new optimizer brings its own "
+      "options;",
+      "  those both have keep their values)"]
   return "\n".join(lines)
 
 
@@ -76,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--set", dest="overrides", action="append", default=[],
                  metavar="KEY=VALUE",
                  help="override a config field, e.g. --set train.num_epochs=2 "
-                 "(repeatable; the keys: jaxcnn/defaults.py, --print_config)")
+                 "or --set optim.groups.head.lr=0.5 (repeatable; the keys: "
+                 "jaxcnn/defaults.py, --print_config)")
   p.add_argument("--print_config", action="store_true",
                  help="print the resolved config and exit")
   multi = p.add_argument_group(

@@ -12,7 +12,7 @@ from jaxcnn import checkpoint, config as config_lib, reporting, restore
 from jaxcnn import trainer
 
 VALIDATION = 100  # Held out of the test experiment's 512: 12 steps an epoch.
-RUN = ["optim.optimizer=adam", "optim.learning_rate=0.01",
+RUN = ["optim.groups.*.optimizer=adam", "optim.groups.*.lr=0.01",
        f"data.validation_size={VALIDATION}", "train.eval_every_epochs=1",
        "train.checkpoint_every_steps=16", "train.keep_checkpoints=1",
        "train.num_devices=4"]

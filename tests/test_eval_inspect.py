@@ -26,7 +26,7 @@ from jaxcnn.models import create_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Adam at 1e-2 gets the tiny model well off chance level within 48 steps, so
 # the comparisons below are not of two constant predictors.
-RUN = ["optim.optimizer=adam", "optim.learning_rate=0.01",
+RUN = ["optim.groups.*.optimizer=adam", "optim.groups.*.lr=0.01",
        "train.num_steps=48", "train.checkpoint_every_steps=16",
        "train.eval_every_epochs=0", "train.num_devices=4"]
 STEPS = [16, 32, 48]

@@ -12,8 +12,8 @@ def test_alexnet_learns_on_real_images(real_data_dir, tmp_path):
       f"data.source=folder:{real_data_dir}", "data.train_limit=2000",
       "data.test_limit=1000", "train.num_epochs=4", "train.num_steps=0",
       "train.batch_size=64", "train.eval_every_epochs=1", "train.log_every_steps=31",
-      "train.progress_bar=false", "optim.optimizer=momentum",
-      "optim.learning_rate=0.02"])
+      "train.progress_bar=false", "optim.groups.*.optimizer=momentum",
+      "optim.groups.*.lr=0.02"])
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["raw"]["count"] == 1000
   # Seen: 34-40% after 4 epochs; chance is 10%.

@@ -3,6 +3,12 @@
 Each reference is computed independently of the code under test: schedules
 from their closed forms, the optimizer chain from a numpy loop of the update
 rule, the EMA from TF's formula and from tf.train.ExponentialMovingAverage.
+
+Most tests describe the optimizer in the old flat fields (optimizer,
+learning_rate, weight_decay_filter, ...), which `optim_cfg` turns into
+parameter groups with jaxcnn.legacy's translation: the formulas thus check
+the translation of old configs as well. The tests of the groups themselves
+come after them.
 """
 import math
 import re
@@ -13,17 +19,28 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import optim
+from jaxcnn import groups, legacy, optim
+from jaxcnn.config import Config
 from jaxcnn.defaults import base_config
 
 STEPS_PER_EPOCH = 10
+PATHS = ["conv1/bias", "conv1/kernel", "fc384/bias", "fc384/kernel"]
 
 
 def optim_cfg(**fields):
+  """The optim section with `fields`: run-level fields set as they are, the
+  old flat optimizer fields translated to groups (legacy), for the
+  parameters of make_params."""
   cfg = base_config().optim
+  old = {}
   for key, value in fields.items():
-    assert key in cfg, key  # A typo here would silently test the default.
-    cfg[key] = value
+    if key in legacy.OLD_OPTIM_DEFAULTS:
+      old[key] = value
+    else:
+      assert key in cfg, key  # A typo here would silently test the default.
+      cfg[key] = value
+  cfg.groups = tuple(groups.complete(g)
+                     for g in legacy.old_optim_to_groups(old, PATHS))
   return cfg
 
 
@@ -125,7 +142,7 @@ def schedule_cfg(name, warmup_epochs, staircase):
 def test_schedule_matches_formula(name, warmup_epochs, staircase):
   total_steps = 200
   cfg = schedule_cfg(name, warmup_epochs, staircase)
-  schedule = optim.make_schedule(cfg, STEPS_PER_EPOCH, total_steps=total_steps)
+  schedule = optim.make_run_schedule(cfg, STEPS_PER_EPOCH, total_steps=total_steps)
   warmup = int(warmup_epochs * STEPS_PER_EPOCH)
   # Step boundaries 30 and 75 (7.5 epochs), decay periods of 30 steps, each
   # probed one step either side, shifted by the warmup.
@@ -148,9 +165,9 @@ def test_schedule_matches_formula(name, warmup_epochs, staircase):
 
 def test_schedule_variation_is_real():
   # Guards the test above: staircase and warmup must change the numbers.
-  smooth = optim.make_schedule(schedule_cfg("exponential", 0.0, False), 10)
-  stairs = optim.make_schedule(schedule_cfg("exponential", 0.0, True), 10)
-  warm = optim.make_schedule(schedule_cfg("exponential", 2.0, True), 10)
+  smooth = optim.make_run_schedule(schedule_cfg("exponential", 0.0, False), 10)
+  stairs = optim.make_run_schedule(schedule_cfg("exponential", 0.0, True), 10)
+  warm = optim.make_run_schedule(schedule_cfg("exponential", 2.0, True), 10)
   assert float(smooth(45)) < float(stairs(45))
   assert float(warm(5)) == pytest.approx(PEAK * 5 / 20)
   assert float(warm(20)) == pytest.approx(PEAK)
@@ -159,7 +176,7 @@ def test_schedule_variation_is_real():
 def test_vgg_recipe_halves_every_25_epochs():
   cfg = optim_cfg(schedule="exponential", learning_rate=0.05, decay_rate=0.5,
                   decay_epochs=25.0, staircase=True, warmup_epochs=0.0)
-  schedule = optim.make_schedule(cfg, 391)
+  schedule = optim.make_run_schedule(cfg, 391)
   for epoch, lr in [(0, 0.05), (24.99, 0.05), (25, 0.025), (50, 0.0125),
                     (299, 0.05 * 0.5 ** 11)]:
     assert float(schedule(round(epoch * 391))) == pytest.approx(lr, rel=1e-6)
@@ -168,7 +185,7 @@ def test_vgg_recipe_halves_every_25_epochs():
 def test_fractional_decay_epochs_stay_fractional():
   cfg = optim_cfg(schedule="exponential", learning_rate=1.0, decay_rate=0.5,
                   decay_epochs=0.25, staircase=False, warmup_epochs=0.0)
-  schedule = optim.make_schedule(cfg, 10)  # decay_steps = 2.5
+  schedule = optim.make_run_schedule(cfg, 10)  # decay_steps = 2.5
   assert float(schedule(5)) == pytest.approx(0.25, rel=1e-6)
   assert float(schedule(1)) == pytest.approx(0.5 ** 0.4, rel=1e-6)
 
@@ -178,7 +195,7 @@ def test_fractional_decay_epochs_stay_fractional():
 def test_schedule_matches_tensorflow(name, staircase):
   tf = pytest.importorskip("tensorflow")
   decay_steps, decay_rate = 30, 0.5
-  schedule = optim.make_schedule(schedule_cfg(name, 0.0, staircase), 10)
+  schedule = optim.make_run_schedule(schedule_cfg(name, 0.0, staircase), 10)
   tf_fn = getattr(tf.compat.v1.train, f"{name}_decay")
   for t in [0, 1, 29, 30, 31, 59, 60, 100, 1234, 100000]:
     lr = tf_fn(PEAK, tf.constant(t, tf.int64), decay_steps, decay_rate,
@@ -223,11 +240,12 @@ def numpy_ema(history, decay, ramp):
   return ema
 
 
-def ema_chain_cfg(ramp, decay=0.7):
+def ema_chain_cfg(ramp, decay=0.7, **fields):
   # decay 0.7 meets (1 + t) / (10 + t) at t = 20: 25 steps cover both regimes.
-  return optim_cfg(optimizer="sgd", schedule="constant", learning_rate=LR,
-                   weight_decay=WD, weight_decay_mode="l2", l1=0.0,
-                   warmup_epochs=0.0, ema_decay=decay, ema_ramp=ramp)
+  return optim_cfg(**{**dict(
+      optimizer="sgd", schedule="constant", learning_rate=LR,
+      weight_decay=WD, weight_decay_mode="l2", l1=0.0, warmup_epochs=0.0,
+      ema_decay=decay, ema_ramp=ramp), **fields})
 
 
 @pytest.mark.parametrize("ramp", [True, False])
@@ -314,8 +332,7 @@ def one_update(cfg, params, grads):
 def test_l2_term_only_on_filtered_params():
   params, (grads,) = make_params(), make_grads(1)
   for pattern in ["kernel", "conv1/kernel", "^fc"]:
-    cfg = ema_chain_cfg(True)
-    cfg.weight_decay_filter = pattern
+    cfg = ema_chain_cfg(True, weight_decay_filter=pattern)
     mask = is_kernel(params, pattern)
     expected = {layer: {name: -LR * (grads[layer][name] +
                                      WD * w * mask[layer][name])
@@ -327,8 +344,7 @@ def test_l2_term_only_on_filtered_params():
 def test_l1_adds_sign():
   params, (grads,) = make_params(), make_grads(1)
   l1 = 0.03
-  cfg = ema_chain_cfg(True)
-  cfg.weight_decay, cfg.l1 = 0.0, l1
+  cfg = ema_chain_cfg(True, weight_decay=0.0, l1=l1)
   mask = is_kernel(params)
   expected = {layer: {name: -LR * (grads[layer][name] +
                                    l1 * np.sign(w) * mask[layer][name])
@@ -431,10 +447,7 @@ def test_every_optimizer_runs(name, mode):
 
 
 @pytest.mark.parametrize("fields, total_steps, match", [
-    ({"optimizer": "lamb"}, None, "unknown optim.optimizer 'lamb'"),
     ({"schedule": "linear"}, None, "unknown optim.schedule 'linear'"),
-    ({"weight_decay_mode": "l3"}, None, "weight_decay_mode"),
-    ({"learning_rate": -0.1}, None, "learning_rate"),
     ({"schedule": "step", "step_boundaries_epochs": (5.0, 3.0)}, None,
      "increasing"),
     ({"schedule": "step", "step_boundaries_epochs": (0.0, 3.0)}, None,
@@ -442,9 +455,6 @@ def test_every_optimizer_runs(name, mode):
     ({"schedule": "cosine"}, None, "total_steps"),
     ({"schedule": "cosine", "warmup_epochs": 20.0}, 100, "total_steps"),
     ({"schedule": "exponential", "decay_epochs": 0.0}, None, "decay_epochs"),
-    ({"weight_decay_filter": "ker(nel"}, None, "regex"),
-    ({"weight_decay": -1e-4}, None, "weight_decay"),
-    ({"momentum": 1.5}, None, "momentum"),
     ({"ema_decay": 1.5}, None, "ema_decay"),
 ])
 def test_config_errors(fields, total_steps, match):
@@ -454,4 +464,140 @@ def test_config_errors(fields, total_steps, match):
 
 def test_bad_steps_per_epoch():
   with pytest.raises(optim.OptimConfigError, match="steps_per_epoch"):
-    optim.make_schedule(optim_cfg(), 0)
+    optim.make_run_schedule(optim_cfg(), 0)
+
+
+# --- Parameter groups -----------------------------------------------------------
+
+
+def groups_cfg(*groups_, **fields):
+  cfg = base_config().optim
+  cfg.groups = tuple(groups_)
+  for key, value in {"schedule": "constant", "warmup_epochs": 0.0,
+                     **fields}.items():
+    cfg[key] = value
+  return cfg
+
+
+def test_two_groups_equal_the_two_optimizers_on_their_parameters():
+  """A two-group chain (adam on the fc layer, nesterov with L2 on the rest)
+  is the two optax optimizers, each applied to its own parameters alone."""
+  params, grads_list = make_params(), make_grads(4)
+  cfg = groups_cfg(
+      groups.group("fc", r"^fc384/", "adam", 0.01, b1=0.8),
+      groups.group("rest", r".*", "nesterov", 0.1, momentum=0.7,
+                   weight_decay=0.01))
+  ours, _, _ = run_chain(optim.make_optimizer(cfg, 10), params, grads_list)
+  fc, _, _ = run_chain(optax.adam(0.01, b1=0.8), params["fc384"],
+                       [g["fc384"] for g in grads_list])
+  conv, _, _ = run_chain(
+      optax.chain(optax.add_decayed_weights(0.01),
+                  optax.sgd(0.1, momentum=0.7, nesterov=True)),
+      params["conv1"], [g["conv1"] for g in grads_list])
+  tree_allclose(ours["fc384"], fc)
+  tree_allclose(ours["conv1"], conv)
+
+
+def test_first_match_wins_and_labels():
+  g = (groups.group("a", r"kernel", "sgd", 0.1),
+       groups.group("b", r"^conv1/", "sgd", 0.2),
+       groups.group("rest", r".*", "sgd", 0.3))
+  assert optim.label_paths(g, PATHS) == {
+      "conv1/bias": "b", "conv1/kernel": "a", "fc384/bias": "rest",
+      "fc384/kernel": "a"}
+
+
+def test_group_schedule_ends_early_and_frozen_from_epochs():
+  """The whitening bias of airbench94_muon: its rate falls linearly to 0
+  over its own 3 epochs (30 steps), then it is frozen; the other group's
+  rate falls over the run (100 steps)."""
+  wb = Config(schedule="triangular", triangle_start=1.0, triangle_peak=0.0,
+              triangle_end=0.0, length_epochs=3.0)
+  cfg = groups_cfg(
+      groups.group("early", r"^conv1/bias$", "sgd", 1.0, schedule=wb,
+                   frozen_from_epochs=3.0),
+      groups.group("rest", r".*", "sgd", 1.0),
+      schedule="triangular", triangle_start=1.0, triangle_peak=0.0,
+      triangle_end=0.0)
+  early = optim.make_group_schedule(cfg, cfg.groups[0], STEPS_PER_EPOCH,
+                                    total_steps=100)
+  rest = optim.make_group_schedule(cfg, cfg.groups[1], STEPS_PER_EPOCH,
+                                   total_steps=100)
+  for t in (0, 1, 10, 29, 30, 31, 60, 99):
+    assert float(early(t)) == pytest.approx(max(0.0, 1 - t / 30), abs=1e-6)
+    assert float(rest(t)) == pytest.approx(1 - t / 100, abs=1e-6)
+  # sgd's update is -lr_t * g: the ramp, then nothing from step 30 on.
+  params = make_params()
+  ones = jax.tree_util.tree_map(np.ones_like, params)
+  _, _, history = run_chain(optim.make_optimizer(cfg, STEPS_PER_EPOCH,
+                                                 total_steps=100),
+                            params, [ones] * 35)
+  moves = [float(b["conv1"]["bias"][0] - a["conv1"]["bias"][0])
+           for a, b in zip(history, history[1:])]
+  np.testing.assert_allclose(moves[:30], [-(1 - t / 30) for t in range(30)],
+                             rtol=1e-5, atol=1e-6)
+  assert moves[30:] == [0.0] * 5
+  other = [float(b["fc384"]["bias"][0] - a["fc384"]["bias"][0])
+           for a, b in zip(history, history[1:])]
+  np.testing.assert_allclose(other, [-(1 - t / 100) for t in range(35)],
+                             rtol=1e-5, atol=1e-6)
+  assert optim.frozen_from(cfg, ["conv1/bias"], STEPS_PER_EPOCH) == 30
+  assert optim.frozen_from(cfg, ["conv1/bias", "conv1/kernel"],
+                           STEPS_PER_EPOCH) is None
+
+
+def test_group_frozen_from_the_start_is_never_updated_and_keeps_no_state():
+  cfg = groups_cfg(
+      groups.group("stem", r"^conv1/", "momentum", 0.1, frozen_from_epochs=0,
+                   weight_decay=0.1),
+      groups.group("rest", r".*", "momentum", 0.1))
+  params, grads_list = make_params(), make_grads(3)
+  final, state, _ = run_chain(optim.make_optimizer(cfg, 10), params,
+                              grads_list)
+  tree_allclose(final["conv1"], params["conv1"], rtol=0, atol=0)
+  assert not np.allclose(final["fc384"]["kernel"], params["fc384"]["kernel"])
+  traces = [jax.tree_util.keystr(p) for p, _ in
+            jax.tree_util.tree_leaves_with_path(state[0])]
+  assert not any("conv1" in t for t in traces) and any("fc384" in t
+                                                       for t in traces)
+  assert optim.frozen_from(cfg, ["conv1/kernel", "conv1/bias"], 10) == 0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: (groups.group("a", r"^conv1/", "sgd", 0.1),),
+     "no group matches fc384/bias, fc384/kernel"),
+    (lambda: (groups.group("a", r"^nosuch/", "sgd", 0.1),
+              groups.group("rest", r".*", "sgd", 0.1)),
+     "group 'a' matches no parameter"),
+    (lambda: (groups.group("a", r".*", "sgd", 0.1),
+              groups.group("b", r".*", "sgd", 0.1)),
+     "groups 'a' and 'b' have the same match '.*'"),
+    (lambda: (groups.group("a", r"^conv1/", "sgd", 0.1),
+              groups.group("a", r".*", "sgd", 0.1)),
+     "two groups named 'a'"),
+    (lambda: (groups.group("a", r"ker(nel", "sgd", 0.1),),
+     "optim.groups.a.match 'ker(nel' is not a valid regex"),
+])
+def test_group_errors(make, match):
+  cfg = groups_cfg(*make())
+  with pytest.raises(optim.OptimConfigError, match=re.escape(match)):
+    optim.make_optimizer(cfg, 10).init(make_params())
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("optimizer", "lamb", "optim.groups.rest: unknown optimizer 'lamb'"),
+    ("weight_decay_mode", "l3", "unknown weight_decay_mode 'l3'"),
+    ("lr", -0.1, "optim.groups.rest.lr must be finite and >= 0"),
+    ("weight_decay", -1e-4, "optim.groups.rest.weight_decay must be"),
+    ("momentum", 1.5, "optim.groups.rest.momentum must be in [0, 1)"),
+    ("units", "per_image", "unknown units 'per_image'"),
+    ("b1", 0.9, "group 'rest': optimizer 'momentum' has no option 'b1'"),
+    ("frozen_from_epochs", -1, "frozen_from_epochs must be None or >= 0"),
+    ("schedule", Config(schedule="cosine", lenght_epochs=1.0),
+     "optim.groups.rest.schedule has no field 'lenght_epochs'"),
+])
+def test_bad_group_fields(field, value, match):
+  cfg = groups_cfg(groups.group("rest", r".*", "momentum", 0.1))
+  cfg.groups[0][field] = value
+  with pytest.raises(optim.OptimConfigError, match=re.escape(match)):
+    optim.make_optimizer(cfg, 10, total_steps=100)

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
   """A workdir with checkpoints at steps 8 and 16 of the tiny test run."""
   workdir = str(tmp_path_factory.mktemp("predict") / "run")
   config = config_lib.apply_overrides(config_lib.load_experiment("test"), [
-      "optim.optimizer=adam", "optim.learning_rate=0.01",
+      "optim.groups.*.optimizer=adam", "optim.groups.*.lr=0.01",
       "train.num_steps=16", "train.checkpoint_every_steps=8",
       "train.eval_every_epochs=0"])
   trainer.train_and_evaluate(config, workdir)

@@ -144,7 +144,7 @@ def test_all_checkpoints_corrupt_is_an_error_that_deletes_nothing(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
-  cfg = tiny_config("optim.learning_rate=1e30", "optim.schedule=constant",
+  cfg = tiny_config("optim.groups.*.lr=1e30", "optim.schedule=constant",
                     "optim.warmup_epochs=0", "train.checkpoint_every_steps=1",
                     "train.num_steps=8")
   with pytest.raises(trainer.TrainingError,

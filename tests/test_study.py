@@ -128,9 +128,9 @@ def test_tiny_study_end_to_end(tmp_path):
   s = studies.Study(
       "toy", question="q", paper="p", base="test",
       members=lambda scale: [
-          studies.Member("learns", ("optim.learning_rate=0.1",)),
-          studies.Member("frozen", ("optim.learning_rate=0.0",))],
-      scale_overrides={"tiny": ("optim.optimizer=momentum",
+          studies.Member("learns", ("optim.groups.*.lr=0.1",)),
+          studies.Member("frozen", ("optim.groups.*.lr=0.0",))],
+      scale_overrides={"tiny": ("optim.groups.*.optimizer=momentum",
                                 "optim.schedule=constant",
                                 "data.synthetic_train_size=256")},
       epochs={"tiny": 3}, extras=("dead", "ema"), thresholds=(0.85,))
@@ -220,7 +220,7 @@ def trace_optimizer(config, params, grads):
   steps_per_epoch, total_steps = steps_of(config)
   assert steps_per_epoch > 0
   batch = config.train.batch_size
-  schedule = optim.make_schedule(config.optim, steps_per_epoch,
+  schedule = optim.make_run_schedule(config.optim, steps_per_epoch,
                                  total_steps=total_steps, batch_size=batch)
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
                             total_steps=total_steps, batch_size=batch)

@@ -8,12 +8,12 @@ Jordan 2024, arXiv 2404.00498), written for jaxcnn.
   max-pool 3 -> linear (no bias) -> x logit_scale (1/9)             3 -> 1
 
 The whitening filters are computed from the training images by
-`whitening_kernel` (`init_from_data`, the model's data-dependent init, which
-the trainer calls once at initialisation): the eigenvectors of the 2x2x3
-patch second-moment matrix, each divided by the square root of its
-eigenvalue, and their negatives, so a GELU after them keeps both signs. The kernel is held out of the gradient
-(`stop_gradient`); config `optim.freeze_filter` keeps weight decay and
-momentum off it too. Every 3x3 conv starts as the identity on its first
+`whitening_kernel` (`init_from_data`, which the trainer calls once at
+initialisation): the eigenvectors of the 2x2x3 patch second-moment matrix,
+each divided by the square root of its eigenvalue, and their negatives, so a
+GELU after them keeps both signs. The kernel is held out of the gradient
+(`stop_gradient`); a parameter group with frozen_from_epochs=0 (the recipes'
+`whiten_kernel`) keeps weight decay and momentum off it too. Every 3x3 conv starts as the identity on its first
 input-many output channels (Dirac init) over PyTorch's default uniform init,
 so the untrained network passes its input through: an implicit residual.
 

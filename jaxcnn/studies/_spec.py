@@ -18,12 +18,13 @@ THRESHOLDS = (0.6, 0.5, 0.25)
 # every member can train with: momentum 0.9 at lr 0.01 (the recipe's plain SGD
 # at 0.1 has the same effective step but leaves sigmoid nearly still in a few
 # epochs), constant (the recipe's decay starts at epoch 350 anyway).
-ALEX_SMALL = ("optim.optimizer=momentum", "optim.learning_rate=0.01",
+ALEX_SMALL = ("optim.groups.*.optimizer=momentum", "optim.groups.*.lr=0.01",
               "optim.schedule=constant")
 # The tiny scale (tests): a setting under which the tiny model learns the
-# synthetic classes within its few steps.
-TINY_FAST = ("optim.optimizer=momentum", "optim.learning_rate=0.05",
-             "optim.schedule=constant")
+# synthetic classes within its few steps: momentum 0.9 at 0.05, no weight
+# decay.
+TINY_FAST = ("optim.groups.*.optimizer=momentum", "optim.groups.*.lr=0.05",
+             "optim.groups.*.weight_decay=0.0", "optim.schedule=constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,11 @@ def scale_of(study: Study, scale: str) -> Scale:
             "data.synthetic_test_size=128", "model.name=tiny",
             "model.norm=batchnorm", "model.dropout=0.0",
             "train.batch_size=32", "train.eval_batch_size=64",
-            "train.log_every_steps=4", "train.checkpoint_every_steps=8")
+            "train.log_every_steps=4", "train.checkpoint_every_steps=8",
+            # The first parameter group (the recipes' decayed kernels: VGG's
+            # all, AlexNet's fc384/fc192) widened to every kernel, so that
+            # it matches some parameter of the tiny model.
+            "optim.groups.0.match=kernel")
   elif scale == "small":
     epochs = study.epochs.get("small", 6)
     # 5000 training images: 39 steps an epoch at batch 128; logs about twice

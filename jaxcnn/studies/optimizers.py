@@ -18,13 +18,15 @@ def _members(scale):
   out = []
   for opt, lrs in LEARNING_RATES.items():
     for lr in lrs:
-      over = (f"optim.optimizer={opt}", f"optim.learning_rate={lr}")
+      # Every group (the recipe's fc384/fc192 kernels with their weight
+      # decay, and the rest) trained by the optimizer at the rate.
+      over = (f"optim.groups.*.optimizer={opt}", f"optim.groups.*.lr={lr}")
       if opt == "rmsprop":
-        over += ("optim.momentum=0.0",)
+        over += ("optim.groups.*.momentum=0.0",)
       if opt == "adamw":
         # Decoupled decay, scaled by the schedule in optax.adamw: 0.004 * lr
         # would be negligible, so AdamW gets its customary 0.05.
-        over += ("optim.weight_decay=0.05",)
+        over += ("optim.groups.fc_kernels.weight_decay=0.05",)
       out.append(Member(f"{opt}@{lr:g}", over))
   return out
 

@@ -1,7 +1,7 @@
 """Learning-rate schedules on the same budget."""
 from jaxcnn.studies import TINY_FAST, Member, Study
 
-MOMENTUM = ("optim.optimizer=momentum", "optim.learning_rate=0.02")
+MOMENTUM = ("optim.groups.*.optimizer=momentum", "optim.groups.*.lr=0.02")
 
 
 def _members(scale):

@@ -1,17 +1,39 @@
 """airbench94's speed recipe (experiments/speedrun_airbench94.py) with each
 of its techniques removed in turn, so the report says what each one buys."""
+from jaxcnn import groups
+from jaxcnn.config import load_experiment
 from jaxcnn.studies import Member, Study
+
+SMALL_BATCH = 256  # The small scale's batch.
+
+
+def muon_groups(batch: int = SMALL_BATCH) -> str:
+  """experiments/speedrun.py's groups (airbench94_muon's param_configs) at
+  another batch: its SGD rates are per summed example, so they scale with
+  the batch (their L2 coefficients wd / lr do not: wd scales too); Muon's
+  does not. As the override that replaces optim.groups."""
+  config = load_experiment("speedrun")
+  out = []
+  for g in config.optim.groups:
+    g = g.copy()
+    if g.optimizer != "muon":
+      g.lr = g.lr * batch / config.train.batch_size
+    out.append(g)
+  return groups.override(out)
+
 
 # What removing each technique means; every other setting stays the recipe's.
 ABLATIONS = (
     ("recipe", ()),
-    ("no_whitening", ("model.speednet.whiten=false", "optim.freeze_filter=",
-                      "optim.freeze_after_filter=")),
+    # The first layer an ordinary trainable conv, trained as the others.
+    ("no_whitening", ("model.speednet.whiten=false",
+                      "optim.groups.whiten_kernel.frozen_from_epochs=none",
+                      "optim.groups.whiten_bias.frozen_from_epochs=none")),
     ("no_label_smoothing", ("train.label_smoothing=0.0",)),
     ("bn_with_scale", ("model.bn_scale=true",)),
     ("bn_momentum_0.9", ("model.bn_momentum=0.9",)),
-    ("no_bias_lr_scale", ("optim.bias_lr_scale=1.0",)),
-    ("momentum_not_nesterov", ("optim.optimizer=momentum",)),
+    ("no_bias_lr_scale", ("optim.groups.bn_bias.lr=11.5",)),
+    ("momentum_not_nesterov", ("optim.groups.*.optimizer=momentum",)),
     ("cosine_not_triangular", ("optim.schedule=cosine",)),
     ("no_lookahead", ("optim.lookahead_every_steps=0",)),
     ("random_flip", ("data.flip_mode=random",)),
@@ -19,17 +41,9 @@ ABLATIONS = (
     ("no_translate", ("data.random_crop=false",)),
     # Not a removal: experiments/speedrun.py's optimizer (airbench94_muon's)
     # in place of Nesterov SGD and lookahead, its SGD rates scaled to the
-    # small scale's batch of 256 (0.67 * 256 / 0.24).
+    # small scale's batch of 256 (muon_groups).
     ("muon_optimizer", (
-        "optim.optimizer=muon", "optim.hparam_units=step",
-        "optim.learning_rate=0.24", "optim.momentum=0.6",
-        "optim.muon_ns_steps=3", "optim.muon_normalize=true",
-        r"optim.muon_filter=(^|/)conv\d+/kernel$", "optim.muon_rest=nesterov",
-        "optim.muon_rest_momentum=0.85",
-        f"optim.muon_rest_lr_scale={0.67 * 256 / 0.24}",
-        "optim.bias_lr_filter=bias$", f"optim.bias_lr_scale={0.053 / 0.67}",
-        f"optim.weight_decay={2e-6 / 0.67}",
-        "optim.weight_decay_filter=bias$|^head/",
+        muon_groups(SMALL_BATCH),
         "optim.triangle_start=1.0", "optim.triangle_peak=0.0",
         "optim.triangle_end=0.0", "optim.lookahead_every_steps=0",
         f"model.speednet.logit_scale={1 / 256}",
@@ -37,7 +51,37 @@ ABLATIONS = (
 )
 
 
+# The tiny scale trains the tiny model (conv1, conv2, bn1, bn2, logits),
+# which has no whitening layer and no head named head: the recipe's groups
+# less the whitening's, and the members' overrides of the whitening groups
+# left out (there is nothing to ablate). (The scale's widening of the first
+# group to every kernel comes before these and is replaced by them.)
+_SGD = dict(units="per_1024", momentum=0.85, weight_decay=0.0153)
+TINY_GROUPS = groups.override((
+    groups.group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", 11.5 * 64,
+                 **_SGD),
+    groups.group("rest", r".*", "nesterov", 11.5, **_SGD)))
+TINY_MUON_GROUPS = groups.override((
+    groups.group("filters", r"(^|/)conv\d+/kernel$", "muon", 0.24,
+                 momentum=0.6, ns_steps=3, normalize=True),
+    groups.group("rest", r".*", "nesterov", 0.053 * 32, momentum=0.85,
+                 weight_decay=2e-6 / 0.053)))
+
+
+def _at_tiny(overrides: tuple[str, ...]) -> tuple[str, ...]:
+  out = []
+  for item in overrides:
+    if item.startswith("optim.groups.whiten_"):
+      continue
+    if item.startswith("optim.groups="):
+      item = TINY_MUON_GROUPS
+    out.append(item)
+  return tuple(out)
+
+
 def _members(scale):
+  if scale.name == "tiny":
+    return [Member(name, _at_tiny(overrides)) for name, overrides in ABLATIONS]
   return [Member(name, overrides) for name, overrides in ABLATIONS]
 
 
@@ -65,5 +109,6 @@ STUDY = Study(
                   "train.checkpoint_every_steps=1000",
                   "train.collect_stats=false"),
         "full": ("train.collect_stats=false", "train.eval_every_epochs=0"),
+        "tiny": (TINY_GROUPS,),
     },
     epochs={"small": 10, "full": 10})
