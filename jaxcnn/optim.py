@@ -300,6 +300,18 @@ def make_group_schedule(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
                        total_steps=total_steps, batch_size=batch_size)
 
 
+def make_group_schedules(optim_cfg: Any, steps_per_epoch: int, *,
+                         total_steps: Optional[int] = None,
+                         batch_size: Optional[int] = None) -> dict:
+  """{group name: its schedule}, each built once: the optimizer's
+  (make_optimizer(schedules=...)) and, the last group's, the rate the
+  trainer logs."""
+  return {g.name: make_group_schedule(optim_cfg, g, steps_per_epoch,
+                                      total_steps=total_steps,
+                                      batch_size=batch_size)
+          for g in config_field(optim_cfg, "groups")}
+
+
 def make_run_schedule(optim_cfg: Any, steps_per_epoch: int, *,
                       total_steps: Optional[int] = None,
                       batch_size: Optional[int] = None) -> optax.Schedule:
@@ -455,13 +467,16 @@ def _check_group(g: Any) -> None:
 
 def group_chain(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
                 total_steps: Optional[int] = None,
-                batch_size: Optional[int] = None
+                batch_size: Optional[int] = None,
+                schedule: Optional[optax.Schedule] = None
                 ) -> optax.GradientTransformation:
-  """One group's chain (see the module docstring)."""
+  """One group's chain (see the module docstring). `schedule`: the group's
+  (make_group_schedule), when the caller has built it already."""
   _check_group(g)
   sched_cfg = group_schedule_config(optim_cfg, g)
-  schedule = make_schedule(sched_cfg, steps_per_epoch,
-                           total_steps=total_steps, batch_size=batch_size)
+  if schedule is None:
+    schedule = make_schedule(sched_cfg, steps_per_epoch,
+                             total_steps=total_steps, batch_size=batch_size)
   _, weight_decay = step_hparams(sched_cfg, batch_size)
   if g.frozen_from_epochs is not None and float(g.frozen_from_epochs) == 0:
     return optax.set_to_zero()
@@ -488,21 +503,24 @@ def group_chain(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
 def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
                    total_steps: Optional[int] = None,
                    batch_size: Optional[int] = None,
-                   schedule: Optional[optax.Schedule] = None,
-                   rule: Optional[tuple] = None
+                   schedules: Optional[dict] = None
                    ) -> optax.GradientTransformation:
   """The full chain (see the module docstring) for an `optim` config section.
 
   `update` must be given the params. `total_steps` is needed by the cosine
-  and triangular schedules only, `batch_size` by units 'per_1024'. The
-  groups are checked against the parameters at `init` (check_groups); the
-  state is optax.partition's, then the EMA's.
+  and triangular schedules only, `batch_size` by units 'per_1024';
+  `schedules` ({group name: schedule}, make_group_schedules) when the caller
+  has built them already. The groups are checked against the parameters at
+  `init` (check_groups); the state is optax.partition's, then the EMA's.
   """
   groups = config_field(optim_cfg, "groups")
   _compiled(groups)  # Names, regexes, duplicates: before anything else.
+  schedules = schedules or {}
   chains = {g.name: group_chain(optim_cfg, g, steps_per_epoch,
                                 total_steps=total_steps,
-                                batch_size=batch_size) for g in groups}
+                                batch_size=batch_size,
+                                schedule=schedules.get(g.name))
+            for g in groups}
 
   def labels(params):
     names = check_groups(optim_cfg, params)

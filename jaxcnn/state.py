@@ -229,16 +229,19 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
         f"train.steps_per_dispatch={config.train.steps_per_dispatch} exceeds "
         f"the {steps_per_epoch} steps of an epoch")
   model = create_model(config.model, bn_axis_name=parallel.AXIS)
-  schedule = optim.make_run_schedule(config.optim, steps_per_epoch,
-                                     total_steps=total_steps, batch_size=batch)
+  # Each group's schedule built once: the optimizer's, and the last group's
+  # (the catch-all) is the rate the trainer logs.
+  schedules = optim.make_group_schedules(
+      config.optim, steps_per_epoch, total_steps=total_steps, batch_size=batch)
+  schedule = schedules[config.optim.groups[-1].name]
   tx = optim.make_optimizer(config.optim, steps_per_epoch,
-                            total_steps=total_steps, batch_size=batch)
+                            total_steps=total_steps, batch_size=batch,
+                            schedules=schedules)
   # The groups against the model's parameters (shapes only): an unmatched
   # parameter or an idle group is a config error before anything runs.
   optim.check_groups(config.optim, param_shapes(model, config))
   stem_frozen_from = optim.frozen_from(
-      config.optim, models.stem_params(config.model), steps_per_epoch,
-      rule=rule)
+      config.optim, models.stem_params(config.model), steps_per_epoch)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
                stem_frozen_from=stem_frozen_from)

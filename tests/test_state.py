@@ -58,10 +58,10 @@ def test_setup_counts_are_run_steps():
 
 
 def test_setup_is_built_once(monkeypatch):
-  # One build: the config checked once, one schedule (the optimizer's is the
-  # trainer's, for its logged learning rate) and one freeze rule (the
-  # optimizer's masks and the stem's freeze step from the same).
-  calls = {"check_config": 0, "make_schedule": 0, "freeze_rule": 0}
+  # One build: the config checked once, and each parameter group's schedule
+  # built once (the optimizer's; the last group's is also the trainer's, for
+  # its logged learning rate).
+  calls = {"check_config": 0, "make_schedule": 0}
 
   def counted(module, name):
     real = getattr(module, name)
@@ -73,21 +73,21 @@ def test_setup_is_built_once(monkeypatch):
 
   counted(state_lib, "check_config")
   counted(optim, "make_schedule")
-  counted(optim, "freeze_rule")
-  # The toy speednet: a stem to freeze (STEM_PARAMS) and a freeze filter.
+  # The toy speednet: a stem to freeze and a group frozen after epoch 1.
   config = config_lib.apply_overrides(
       config_lib.load_experiment("speedrun_airbench94"), [
           "model.width=0.125", "data.source=synthetic",
           "data.synthetic_train_size=512", "data.synthetic_test_size=64",
           "train.batch_size=64", "train.num_epochs=0", "train.num_steps=12",
           "train.eval_batch_size=64", "model.speednet.whiten_images=256",
-          "optim.freeze_after_epochs=1"])
-  assert config.optim.freeze_filter or config.optim.freeze_after_filter
+          "optim.groups.whiten_bias.frozen_from_epochs=1"])
+  groups = len(config.optim.groups)
+  assert groups > 1
   setup = trainer.build(config)
-  assert calls == {"check_config": 1, "make_schedule": 1, "freeze_rule": 1}
+  assert calls == {"check_config": 1, "make_schedule": groups}
   assert setup.stem_frozen_from == setup.steps_per_epoch
   # From the config alone (eval, inspect): the same, once each.
   for key in calls:
     calls[key] = 0
   state_lib.build_from_config(setup.config)
-  assert calls == {"check_config": 1, "make_schedule": 1, "freeze_rule": 1}
+  assert calls == {"check_config": 1, "make_schedule": groups}

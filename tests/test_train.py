@@ -370,10 +370,10 @@ def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
 
 def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
   # A training run, its evaluations and statistics included: the config is
-  # checked once, and one schedule and one freeze rule serve it all.
+  # checked once, the setup built once, and each group's schedule built once
+  # (the test experiment's two groups).
   from jaxcnn import optim, state as state_lib
-  calls = {"check_config": 0, "make_schedule": 0, "freeze_rule": 0,
-           "build_from_config": 0}
+  calls = {"check_config": 0, "make_schedule": 0, "build_from_config": 0}
 
   def counted(module, name):
     real = getattr(module, name)
@@ -386,10 +386,10 @@ def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
   counted(state_lib, "check_config")
   counted(state_lib, "build_from_config")
   counted(optim, "make_schedule")
-  counted(optim, "freeze_rule")
-  trainer.train_and_evaluate(
-      tiny_config("train.num_steps=6", "train.num_devices=1",
-                  "train.collect_stats=true", "optim.freeze_filter=^conv1/"),
-      str(tmp_path / "run"))
-  assert calls == {"check_config": 1, "make_schedule": 1, "freeze_rule": 1,
+  config = tiny_config("train.num_steps=6", "train.num_devices=1",
+                       "train.collect_stats=true",
+                       "optim.groups.kernel.frozen_from_epochs=0.2")
+  assert len(config.optim.groups) == 2
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert calls == {"check_config": 1, "make_schedule": 2,
                    "build_from_config": 1}
