@@ -55,7 +55,7 @@ def test_eval_prints_what_training_logged_and_both_equal_direct_apply(
   # 48 divides neither the 200 test nor the 100 validation images: the last
   # batch is padded.
   trainer.train_and_evaluate(tiny_config(
-      "optim.optimizer=adam", "optim.learning_rate=0.01",
+      "optim.groups.*.optimizer=adam", "optim.groups.*.lr=0.01",
       "train.num_steps=16", "train.eval_every_epochs=0",
       "data.validation_size=100", "train.final_tta=mirror",
       "train.eval_batch_size=48", "train.num_devices=4"), workdir)
