@@ -1,12 +1,14 @@
-"""Training really learns: the AlexNet-like net on 2,000 real CIFAR-10 images
-reaches clearly above chance (10%) on 1,000 test images in 4 epochs, and
-(`-m slow`) in bfloat16 it lands in the same accuracy band as in float32.
-Skipped, with the reason, where ../shared/data/cifar10-jpeg is absent."""
+"""Training really learns (`-m slow`: a minute or more each on the 2-core
+CPU): the AlexNet-like net on 2,000 real CIFAR-10 images reaches clearly
+above chance (10%) on 1,000 test images in 4 epochs, and in bfloat16 it
+lands in the same accuracy band as in float32. Skipped, with the reason,
+where ../shared/data/cifar10-jpeg is absent."""
 import pytest
 
 from jaxcnn import config as config_lib, reporting, trainer
 
 
+@pytest.mark.slow
 def test_alexnet_learns_on_real_images(real_data_dir, tmp_path):
   config = config_lib.apply_overrides(config_lib.load_experiment("alexnet"), [
       f"data.source=folder:{real_data_dir}", "data.train_limit=2000",

@@ -513,6 +513,7 @@ def speedrun_small(*overrides, base="speedrun_airbench94"):
       "optim.groups.whiten_bias.frozen_from_epochs=1", *overrides])
 
 
+@pytest.mark.slow  # A minute on the 2-core CPU.
 def test_cpu_sized_speedrun_learns(tmp_path, real_data_dir):
   # The recipe `--exp speedrun` trains (Muon), its SGD rates scaled to the
   # batch of 128 as its docstring says.
