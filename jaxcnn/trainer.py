@@ -76,6 +76,20 @@ DERIVED_FROM_DATA = ("data.channel_mean", "data.channel_std",
                      "data.train_size", "data.image_shape")
 
 
+def _same_group_names(saved: Config, current: Config) -> None:
+  """A group's name is a label, its regex says which parameters it holds:
+  when the saved groups match what the current ones match, in the same
+  order (a workdir of older code, whose groups legacy.upgrade named after
+  their regexes), the saved ones take the current names, so that only a
+  real difference (a rate, an optimizer) is refused, under today's name."""
+  old, new = saved.optim.get("groups"), current.optim.get("groups")
+  if not old or not new or len(old) != len(new):
+    return
+  if all(a.get("match") == b.get("match") for a, b in zip(old, new)):
+    for a, b in zip(old, new):
+      a.name = b.name
+
+
 def incompatible_changes(saved: Config, current: Config,
                          given: Config | None = None
                          ) -> tuple[list[str], list[str]]:
@@ -87,6 +101,7 @@ def incompatible_changes(saved: Config, current: Config,
   for key in ADDED_DATA_FIELDS:
     if not saved.data.get(key):
       saved.data[key] = current.data[key]
+  _same_group_names(saved, current)
   lines = [line for line in diff(saved, current)
            if line.split(":", 1)[0] not in RESUMABLE_CHANGES]
   derived_keys = {key for key in DERIVED_FROM_DATA

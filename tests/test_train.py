@@ -393,3 +393,15 @@ def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert calls == {"check_config": 1, "make_schedule": 2,
                    "build_from_config": 1}
+
+def test_groups_that_differ_only_in_their_names_resume():
+  # A group's name is a label: a workdir whose groups are today's but for
+  # their names (older code's, named by legacy.upgrade after their regexes)
+  # resumes; any other difference in a group is still refused.
+  saved = tiny_config()
+  current = config_lib.apply_overrides(saved, [
+      "optim.groups.0.name=decayed_kernels", "optim.groups.1.name=others"])
+  assert trainer.incompatible_changes(saved, current) == ([], [])
+  changed, _ = trainer.incompatible_changes(saved, config_lib.apply_overrides(
+      current, ["optim.groups.others.lr=0.1"]))
+  assert changed == ["optim.groups.others.lr: 0.05 -> 0.1"], changed
