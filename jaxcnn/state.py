@@ -10,6 +10,7 @@ restore a checkpoint without reading or faking any data.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable
 
 import flax
@@ -247,14 +248,24 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
                stem_frozen_from=stem_frozen_from)
 
 
+# Parameter shapes by (model section, image shape): tracing the init is
+# most of a build's cost, and a study's members mostly share their model.
+_PARAM_SHAPES: dict[str, Any] = {}
+
+
 def param_shapes(model: Any, config: Config) -> Any:
-  """The model's parameters as ShapeDtypeStructs (traced, never run)."""
-  sample = jax.ShapeDtypeStruct(
-      (1,) + tuple(int(d) for d in config.data.image_shape), jnp.float32)
-  key = jax.random.PRNGKey(0)
-  return jax.eval_shape(
-      lambda x: model.init({"params": key, "dropout": key}, x,
-                           train=False), sample)["params"]
+  """The model's parameters as ShapeDtypeStructs (traced, never run; the
+  same model section and image shape are traced once per process)."""
+  image_shape = tuple(int(d) for d in config.data.image_shape)
+  key = json.dumps([config.model.to_dict(), image_shape], sort_keys=True,
+                   default=str)
+  if key not in _PARAM_SHAPES:
+    sample = jax.ShapeDtypeStruct((1,) + image_shape, jnp.float32)
+    rng = jax.random.PRNGKey(0)
+    _PARAM_SHAPES[key] = jax.eval_shape(
+        lambda x: model.init({"params": rng, "dropout": rng}, x,
+                             train=False), sample)["params"]
+  return _PARAM_SHAPES[key]
 
 
 def build(config: Config, data: Dataset | None = None) -> Setup:

@@ -3,7 +3,6 @@ own workdir, ROOT/study_NAME/<member>_seed<k>; finished runs are skipped and
 unfinished ones resume from their checkpoints."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import sys
@@ -96,24 +95,33 @@ def check_runs(study: Study, scale: str,
   from jaxcnn import state as state_lib
   from jaxcnn import trainer
   from jaxcnn.data import load_from_config
-  resolved, traced = [], set()
+  from jaxcnn.data import channel_stats
+  resolved, traced, stats = [], set(), {}
   for member, seed, config in runs:
     key = _data_key(config)
     if key not in datasets:
       datasets[key] = load_from_config(config.data, config.seed)
     where = f"study {study.name} at scale {scale}, member {member.name}"
     try:
+      if not config.data.channel_mean:
+        # The statistics the build would compute, once per data set.
+        if key not in stats:
+          mean, std = channel_stats(datasets[key].train_images)
+          stats[key] = (tuple(round(float(v), 6) for v in mean),
+                        tuple(round(float(v), 6) for v in std))
+        config = config.copy()
+        config.data.channel_mean, config.data.channel_std = stats[key]
       setup = trainer.build(config, datasets[key])
       # Seeds change no shape: each distinct model and optimizer is traced
-      # once. Without its data a model with a data-dependent init keeps its
-      # plain one, of the same shapes.
+      # once: the optimizer's state on the model's parameter shapes (the
+      # parameters themselves need no second trace).
       shape_key = json.dumps([setup.config.model.to_dict(),
                               setup.config.optim.to_dict(),
                               list(setup.image_shape), setup.total_steps],
                              sort_keys=True, default=str)
       if shape_key not in traced:
-        bare = dataclasses.replace(setup, data=None)
-        jax.eval_shape(lambda: state_lib.create_train_state(bare).to_dict())
+        jax.eval_shape(setup.tx.init,
+                       state_lib.param_shapes(setup.model, setup.config))
         traced.add(shape_key)
     except Exception as e:  # Whatever stops a build stops this member.
       text = str(e).strip().splitlines()[0] if str(e).strip() else ""
