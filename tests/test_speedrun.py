@@ -128,9 +128,12 @@ def test_dirac_init_passes_the_input_through():
 def test_bn_momentum_reaches_the_running_statistics():
   model = create_model({"name": "tiny", "bn_momentum": 0.4})
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
-  v = model.init({"params": jax.random.key(1)}, x, train=False)
-  _, new = model.apply(v, x, train=True, mutable=["batch_stats"],
-                       rngs={"dropout": jax.random.key(2)})
+  # Jitted: op by op, the init and apply compiled a program per op.
+  v = jax.jit(lambda x: model.init({"params": jax.random.key(1)}, x,
+                                   train=False))(x)
+  _, new = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(2)}))(v, x)
   pre = jax.lax.conv_general_dilated(
       x, v["params"]["conv1"]["kernel"], (1, 1), "SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
