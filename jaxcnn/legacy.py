@@ -268,19 +268,13 @@ def upgrade(saved: dict) -> dict:
 # --- The optimizer state of older checkpoints ----------------------------------
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
   """('/'-joined path, leaf) of every leaf: dict keys, indices and
   NamedTuple fields as plain names, so that a typed state and orbax's
   untyped one (dicts and lists) name their leaves alike."""
   import jax
-  return [("/".join(_key_name(k) for k in path), leaf)
+  from jaxcnn.restore import key_name  # restore imports this module.
+  return [("/".join(key_name(k) for k in path), leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 

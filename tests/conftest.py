@@ -34,6 +34,25 @@ REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 @pytest.fixture
+def count_calls(monkeypatch):
+  """count_calls(module, name, ...) wraps each function to count its calls;
+  returns the {name: calls} dict the wrappers fill."""
+  calls = {}
+
+  def count(module, *names):
+    for name in names:
+      real = getattr(module, name)
+      calls[name] = 0
+
+      def wrapper(*args, _name=name, _real=real, **kwargs):
+        calls[_name] += 1
+        return _real(*args, **kwargs)
+      monkeypatch.setattr(module, name, wrapper)
+    return calls
+  return count
+
+
+@pytest.fixture
 def real_data_dir():
   if not (REAL_DATA / "train").is_dir():
     pytest.skip(f"real CIFAR-10 images not found at {REAL_DATA}")

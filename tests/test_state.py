@@ -57,22 +57,12 @@ def test_setup_counts_are_run_steps():
   assert setup.epoch_of(2 * steps.steps_per_epoch) == 2
 
 
-def test_setup_is_built_once(monkeypatch):
+def test_setup_is_built_once(count_calls):
   # One build: the config checked once, and each parameter group's schedule
   # built once (the optimizer's; the last group's is also the trainer's, for
   # its logged learning rate).
-  calls = {"check_config": 0, "make_schedule": 0}
-
-  def counted(module, name):
-    real = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-      calls[name] += 1
-      return real(*args, **kwargs)
-    monkeypatch.setattr(module, name, wrapper)
-
-  counted(state_lib, "check_config")
-  counted(optim, "make_schedule")
+  count_calls(state_lib, "check_config")
+  calls = count_calls(optim, "make_schedule")
   # The toy speednet: a stem to freeze and a group frozen after epoch 1.
   config = config_lib.apply_overrides(
       config_lib.load_experiment("speedrun_airbench94"), [

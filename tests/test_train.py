@@ -368,24 +368,13 @@ def test_progress_bar_times_steps_only_and_status_lines_go_above_it(
     assert at == 0 or err[at - 1] in "\r\n", repr(err[max(0, at - 60):at + 20])
 
 
-def test_a_run_builds_its_setup_once(tmp_path, monkeypatch):
+def test_a_run_builds_its_setup_once(tmp_path, count_calls):
   # A training run, its evaluations and statistics included: the config is
   # checked once, the setup built once, and each group's schedule built once
   # (the test experiment's two groups).
   from jaxcnn import optim, state as state_lib
-  calls = {"check_config": 0, "make_schedule": 0, "build_from_config": 0}
-
-  def counted(module, name):
-    real = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-      calls[name] += 1
-      return real(*args, **kwargs)
-    monkeypatch.setattr(module, name, wrapper)
-
-  counted(state_lib, "check_config")
-  counted(state_lib, "build_from_config")
-  counted(optim, "make_schedule")
+  count_calls(state_lib, "check_config", "build_from_config")
+  calls = count_calls(optim, "make_schedule")
   config = tiny_config("train.num_steps=6", "train.num_devices=1",
                        "train.collect_stats=true",
                        "optim.groups.kernel.frozen_from_epochs=0.2")
