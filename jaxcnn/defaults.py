@@ -158,6 +158,13 @@ def base_config() -> Config:
       batch_size=128,  # Global batch, split evenly over the devices.
       num_epochs=300,
       num_steps=0,  # If > 0, train for this many steps instead of num_epochs.
+      # If > 0: training ends early at the first log step whose training
+      # error (1 - the accuracy of the training batches since the previous
+      # log, as logged) is at most this, e.g. 0.25 (the AlexNet paper's
+      # figure 1); num_epochs / num_steps is then the cap. The run is then
+      # complete: its final checkpoint, evaluation and a 'target' record in
+      # metrics.jsonl are at that step, and running it again trains nothing.
+      stop_at_train_error=0.0,
       label_smoothing=0.0,  # Weight of the uniform distribution in the targets.
       num_devices=0,  # Local devices to use (0: all).
       steps_per_dispatch=1,  # Train steps fused per call (lax.scan).

@@ -156,3 +156,43 @@ def epoch_of_stats(entry_seed: dict) -> dict:
   for r in entry_seed["stats"]:
     r.setdefault("epoch", epochs.get(r["step"], float("nan")))
   return entry_seed
+
+
+# --- Choosing the best rate of a sweep ------------------------------------------
+
+
+def best_of_groups(entries: list[dict], on: str = "validation"
+                   ) -> dict[str, dict | None]:
+  """Members named GROUP@LR: {group: the best member}, None for a group
+  with nothing to choose on. `on`: 'validation' (the highest mean final raw
+  validation accuracy over seeds; the test split plays no part: choosing on
+  it would make the test accuracy reported for the choice optimistic) or
+  'epochs_to_<T>' (the fewest epochs to T% training error of seed 0, the
+  sweep's seed, so that the seeds trained after the choice cannot change
+  it; a member that never got there ranks after those that did, by its
+  final training loss). Members without '@' are not a sweep: left out."""
+  groups: dict[str, list] = {}
+  for e in entries:
+    if "@" in e["name"]:
+      groups.setdefault(e["name"].split("@")[0], []).append(e)
+  out = {}
+  for group, members in groups.items():
+    if on == "validation":
+      scored = [(-mean_std([s.get("validation_accuracy_raw")
+                            for s in e["seeds"]])[0], e) for e in members
+                if mean_std([s.get("validation_accuracy_raw")
+                             for s in e["seeds"]])[0] is not None]
+    elif on.startswith("epochs_to_"):
+      scored = []
+      for e in members:
+        first = next((s for s in e["seeds"]
+                      if s["workdir"].endswith("_seed0")), None)
+        if first is None or first["failed"] or first["final_train_loss"] is None:
+          continue
+        epochs = first.get(on)
+        scored.append(((math.inf if epochs is None else epochs,
+                        first["final_train_loss"]), e))
+    else:
+      raise ValueError(f"unknown sweep choice {on!r}")
+    out[group] = min(scored, key=lambda item: item[0])[1] if scored else None
+  return out

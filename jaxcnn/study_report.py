@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pathlib
 import platform
@@ -24,8 +25,8 @@ from typing import Sequence
 from jaxcnn import plots
 from jaxcnn.config import Config
 from jaxcnn.studies import THRESHOLDS, Study, scale_of
-from jaxcnn.study_metrics import (collect, epoch_of_stats, layers_of,
-                                  mean_curve, mean_std)
+from jaxcnn.study_metrics import (best_of_groups, collect, epoch_of_stats,
+                                  layers_of, mean_curve, mean_std)
 from jaxcnn.tables import format_table
 
 # Markdown tables for report.md, through the formatter the CLIs use.
@@ -155,26 +156,20 @@ def _has_validation(entries: list[dict]) -> bool:
              for e in entries for s in e["seeds"])
 
 
-def best_lr_choices(entries: list[dict]) -> dict[str, dict | None]:
-  """Members named GROUP@LR: {group: the member of the best mean final raw
-  validation accuracy}, None for a group none of whose members has a
-  validation accuracy. The test split plays no part: choosing on it would
-  make the test accuracy reported for the choice optimistic."""
-  groups: dict[str, list] = {}
-  for e in entries:
-    groups.setdefault(e["name"].split("@")[0], []).append(e)
-  out = {}
-  for group, members in groups.items():
-    scored = [(mean_std([s.get("validation_accuracy_raw")
-                         for s in e["seeds"]])[0], e) for e in members]
-    scored = [(acc, e) for acc, e in scored if acc is not None]
-    out[group] = max(scored, key=lambda item: item[0])[1] if scored else None
-  return out
+def best_lr_choices(entries: list[dict], on: str = "validation"
+                    ) -> dict[str, dict | None]:
+  """Members named GROUP@LR: {group: the best member, chosen `on`
+  (study_metrics.best_of_groups)}."""
+  return best_of_groups(entries, on)
 
 
-def _best_lr_table(entries: list[dict], threshold: float) -> str:
+def _best_lr_table(entries: list[dict], threshold: float,
+                   on: str = "validation") -> str:
   """The best LR of each GROUP@LR group (best_lr_choices), chosen on the
-  validation split, with the test accuracy it then gets."""
+  validation split or on the epochs to a training error (`on`), with what
+  it then gets."""
+  if on.startswith("epochs_to_"):
+    return _fastest_lr_table(entries, on)
   tag = round(threshold * 100)
   rows = []
   for group, best in best_lr_choices(entries).items():
@@ -194,6 +189,63 @@ def _best_lr_table(entries: list[dict], threshold: float) -> str:
                     f"epochs to {tag}% train err"], rows)
 
 
+def _cap_epochs(entry: dict) -> float:
+  """The epochs a member may train (its config's num_epochs or steps)."""
+  train = entry["config"].train
+  if train.num_steps:
+    size = entry["config"].data.train_size
+    return train.num_steps * train.batch_size / size if size else math.inf
+  return float(train.num_epochs)
+
+
+def _fastest_lr_table(entries: list[dict], on: str) -> str:
+  """The sweep chosen on the epochs to T% training error ('epochs_to_T'):
+  per group the rates tried with seed 0's epochs, the best one's epochs and
+  seconds over its seeds, and each group's epochs as a multiple of the
+  first group's (a lower bound, '>', where the group never got there: its
+  cap over the first group's epochs)."""
+  tag = on[len("epochs_to_"):]
+  rows, first = [], None
+  for group, best in best_lr_choices(entries, on).items():
+    tried = []
+    for e in entries:
+      if e["name"].split("@")[0] != group:
+        continue
+      seed0 = next((x for x in e["seeds"] if x["workdir"].endswith("_seed0")),
+                   None)
+      epochs = None if seed0 is None else seed0.get(on)
+      cap = _cap_epochs(e)
+      at = (seed0 or {}).get("final_epoch") or 0
+      tried.append(f"{e['name'].split('@', 1)[-1]}: " + (
+          "-" if seed0 is None else "failed" if seed0["failed"] else
+          f"{epochs:.2f}" if epochs is not None else
+          f"never in {cap:g}" if at >= cap else
+          f"not yet (running, at epoch {at:g})"))
+    if best is None:
+      rows.append([group, "-", "; ".join(tried)] + ["-"] * 5)
+      continue
+    seeds = best["seeds"]
+    mean = mean_std([x.get(on) for x in seeds])[0]
+    if first is None:
+      first = mean
+    if mean is None:
+      ratio = f"> {_cap_epochs(best) / first:.1f}" if first else "-"
+    else:
+      ratio = f"{mean / first:.2f}" if first else "-"
+    rows.append([group, best["name"].split("@", 1)[-1], "; ".join(tried),
+                 str(len(seeds)), fmt([x.get(on) for x in seeds]),
+                 fmt([x.get(f"seconds_to_{tag}") for x in seeds], digits=0),
+                 ratio,
+                 fmt([x["test_accuracy_raw"] for x in seeds], scale=100)])
+  firsts = next(iter(best_lr_choices(entries, on)), "the first")
+  return _markdown(
+      ["activation", f"best lr (fewest epochs to {tag}%, seed 0)",
+       f"lrs tried: epochs to {tag}% train err (seed 0)", "seeds",
+       f"epochs to {tag}% train err", f"s to {tag}% train err",
+       f"epochs as a multiple of {firsts}'s", "test acc raw % (at the end)"],
+      rows)
+
+
 def _cost_table(entries: list[dict]) -> str:
   rows = []
   for e in entries:
@@ -209,8 +261,10 @@ def _cost_table(entries: list[dict]) -> str:
 
 
 def write_plots(entries: list[dict], out: pathlib.Path, extras: Sequence[str],
-                thresholds: Sequence[float] = THRESHOLDS) -> list[str]:
-  """PNG plots into `out`; returns their file names."""
+                thresholds: Sequence[float] = THRESHOLDS,
+                best: Sequence[dict] = ()) -> list[str]:
+  """PNG plots into `out`; returns their file names. `best`: the entries
+  chosen as each group's best rate, plotted alone too."""
   def error(curve):
     return curve[0], [1 - a for a in curve[1]]
 
@@ -225,6 +279,16 @@ def write_plots(entries: list[dict], out: pathlib.Path, extras: Sequence[str],
       title="Training loss and error of the training batches (mean over "
             "seeds; averages over each log interval)")
   written = ["curves.png"]
+  if best:
+    # The best rate of each group alone (the AlexNet paper's figure 1 is
+    # this plot of ReLU against tanh).
+    names = {e["name"] for e in best}
+    plots.training_curves(
+        [line for line in lines if line["name"] in names],
+        out / "best_lr_curves.png", thresholds=thresholds,
+        title="Each group at its best learning rate: training loss and "
+              "error of the training batches (mean over seeds)")
+    written.append("best_lr_curves.png")
 
   def percent(curve):
     return curve[0], [100 * a for a in curve[1]]
@@ -294,14 +358,20 @@ def _how_it_was_run(study: Study, scale: str, seeds: int, entries: list[dict],
   wall = sum(x["wall_seconds"] or 0 for e in entries for x in e["seeds"])
   command = command or (f"python -m jaxcnn.study {study.name} --scale {scale} "
                         f"--seeds {seeds}")
+  bases = ", ".join(f"`{b}`" for b in dict.fromkeys(
+      m.exp or study.base for m in study.members(s)))
   parts = ["## How it was run", "",
            f"- command: `{command}`",
            f"- machine: {machine_line()}",
            f"- scale `{scale}`: {s.epochs} epochs; overrides for every "
            f"member: {' '.join(f'`{o}`' for o in s.overrides)}; base "
-           f"experiment `{study.base}`",
-           f"- seeds: {seeds} (0..{seeds - 1}); 'mean ± std' is over seeds "
-           "(sample std), a single number means one seed",
+           f"experiment {bases}",
+           (f"- seeds: a sweep: every member with seed 0, then the best "
+            f"member of each group (chosen on seed 0) with seeds "
+            f"0..{seeds - 1}" if scale in study.sweep and seeds > 1 else
+            f"- seeds: {seeds} (0..{seeds - 1})")
+           + "; 'mean ± std' is over seeds (sample std), a single number "
+           "means one seed",
            f"- wall time of the member runs (compile, training, evaluation, "
            f"statistics): {wall / 60:.1f} min"
            + (f"; this invocation: {run_seconds / 60:.1f} min"
@@ -325,17 +395,28 @@ def _how_it_was_run(study: Study, scale: str, seeds: int, entries: list[dict],
   return parts
 
 
-def _result_tables(study: Study, entries: list[dict]) -> list[str]:
+def _result_tables(study: Study, entries: list[dict],
+                   scale: str) -> list[str]:
   """The main table, then the sections the study's extras ask for."""
   header, rows = _main_rows(entries, study.thresholds)
   parts = [_markdown(header, rows), ""]
-  if "best_lr" in study.extras:
-    parts += ["### Best learning rate per optimizer", "",
-              "Chosen on the validation split (the held-out training images "
-              "of `data.validation_size`), never on the test split: the test "
-              "accuracy beside it is an unbiased estimate of the choice. At "
-              "a scale without a validation split no choice is made.", "",
-              _best_lr_table(entries, study.thresholds[0]), ""]
+  on = study.sweep.get(scale, "validation")
+  if "best_lr" in study.extras and any("@" in e["name"] for e in entries):
+    if on == "validation":
+      parts += ["### Best learning rate per optimizer", "",
+                "Chosen on the validation split (the held-out training "
+                "images of `data.validation_size`), never on the test split: "
+                "the test accuracy beside it is an unbiased estimate of the "
+                "choice. At a scale without a validation split no choice is "
+                "made.", ""]
+    else:
+      parts += ["### Best learning rate per group", "",
+                f"Chosen on seed 0's {on.replace('_', ' ')}% training error "
+                "(the sweep trains seed 0 of every rate; the other seeds "
+                "train only the chosen one, so they cannot change the "
+                "choice); the test split plays no part. 'never in N' = not "
+                "reached inside the N epochs of its cap.", ""]
+    parts += [_best_lr_table(entries, study.thresholds[0], on), ""]
   if "flops" in study.extras:
     parts += ["### Cost", "", _cost_table(entries), ""]
   for prefix, wanted, title in (
@@ -398,8 +479,11 @@ def write_report(study: Study, scale: str, seeds: int, root, out=None, *,
               "number of each class, the same images for every seed) and "
               "never trained on. Choices are made on it, never on the test "
               "split.", ""]
-  parts += _result_tables(study, entries)
-  written = write_plots(entries, out, study.extras, study.thresholds)
+  parts += _result_tables(study, entries, scale)
+  best = [e for e in best_lr_choices(entries, study.sweep.get(
+      scale, "validation")).values() if e is not None]
+  written = write_plots(entries, out, study.extras, study.thresholds,
+                        best=best)
   parts += ["## Plots", ""] + [f"![{p}]({p})" for p in written] + [""]
   (out / "report.md").write_text("\n".join(parts))
   summary = [{"name": e["name"], "overrides": e["overrides"],

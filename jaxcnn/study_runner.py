@@ -27,8 +27,12 @@ def member_status(workdir, total_steps: int) -> str:
   if read_status(workdir).get("failed"):
     return "failed"
   steps = checkpoint.saved_steps(workdir)
-  if steps and steps[-1] == total_steps and any(
-      r["step"] == total_steps for r in reporting.read_metrics(workdir, "eval")):
+  # The end: the last step, or the step a train.stop_at_train_error run
+  # reached its target at (its 'target' record).
+  ends = {total_steps} | {r["step"] for r in
+                          reporting.read_metrics(workdir, "target")}
+  if steps and steps[-1] in ends and any(
+      r["step"] == steps[-1] for r in reporting.read_metrics(workdir, "eval")):
     return "done"
   return "partial" if steps else "new"
 
@@ -39,12 +43,35 @@ def run_study(study: Study, scale: str, seeds: int, root, *,
   """Trains every unfinished (member, seed). Returns {workdir: status}.
 
   `data` replaces the base experiment's data source (see `member_configs`).
+  At a scale where the study is a sweep (`Study.sweep`), seeds above 0 are
+  trained only for the best member of each group.
   """
+  say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+  datasets: dict[str, Any] = {}  # Members on the same data load it once.
+  on = study.sweep.get(scale)
+  if on is None or seeds == 1:
+    return _run(study, scale, member_configs(study, scale, seeds, data, only),
+                root, datasets, retry_failed, say)
+  # A sweep: every member with seed 0, then the best of each group (chosen
+  # on seed 0) with the other seeds.
+  out = _run(study, scale, member_configs(study, scale, 1, data, only), root,
+             datasets, retry_failed, say)
+  from jaxcnn.study_metrics import best_of_groups, collect
+  best = best_of_groups(collect(study, scale, 1, root, only), on)
+  chosen = [e["name"] for e in best.values() if e is not None]
+  say(f"sweep of {study.name}: best on {on}: "
+      + (", ".join(chosen) or "none (no member finished)"))
+  if chosen:
+    out.update(_run(study, scale,
+                    member_configs(study, scale, seeds, data, chosen), root,
+                    datasets, retry_failed, say))
+  return out
+
+
+def _run(study: Study, scale: str, runs: list, root, datasets: dict,
+         retry_failed: bool, say) -> dict:
   from jaxcnn import state as state_lib
   from jaxcnn import trainer
-  say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-  runs = member_configs(study, scale, seeds, data, only)
-  datasets: dict[str, Any] = {}  # Members on the same data load it once.
   resolved = check_runs(study, scale, runs, datasets)
   out = {}
   for i, ((member, seed, config), full) in enumerate(zip(runs, resolved), 1):

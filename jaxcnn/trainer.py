@@ -58,7 +58,8 @@ MAX_CALLS_IN_FLIGHT = 3
 # Config fields that may change when a run resumes; any other difference
 # between the checkpoint's config and the command's is refused.
 RESUMABLE_CHANGES = (
-    "train.num_epochs", "train.num_steps", "train.num_devices",
+    "train.num_epochs", "train.num_steps", "train.stop_at_train_error",
+    "train.num_devices",
     "train.steps_per_dispatch", "train.log_every_steps",
     "train.eval_every_epochs", "train.eval_batch_size",
     "train.checkpoint_every_steps", "train.keep_checkpoints",
@@ -199,7 +200,7 @@ def train_and_evaluate(config: Config, workdir: str, *,
     with _StopFlag() as stop:
       loop = _Loop(setup, workdir, state, say, is_main, stop)
       try:
-        while loop.step < setup.total_steps:
+        while loop.step < setup.total_steps and not loop.target_reached:
           prev = loop.step
           loop.dispatch()
           loop.between_dispatches(prev)
@@ -306,6 +307,10 @@ class _Loop:
     self.calls_queued = 0
     self.clock = _Clock()
     self.mark_log()
+    # train.stop_at_train_error: reached (now, or by the run resumed: its
+    # 'target' record is at the restored step) means the run is complete.
+    self.target_reached = config.train.stop_at_train_error > 0 and any(
+        r["step"] == self.step for r in reporting.read_metrics(workdir, "target"))
     self.result = None
     self.timing = None
     self.say(f"training {config.model.name} on {setup.data.source}: "
@@ -358,16 +363,28 @@ class _Loop:
     spe = self.setup.steps_per_epoch
     at_end = step >= self.setup.total_steps
     log = _crossed(prev, step, train.log_every_steps) or at_end
-    evaluate = at_end or _crossed(prev, step, train.eval_every_epochs * spe)
-    save = (at_end or self.stop.signum is not None
-            or _crossed(prev, step, train.checkpoint_every_steps))
-    if not (log or evaluate or save):
+    if not (log or at_end or self.stop.signum is not None
+            or _crossed(prev, step, train.eval_every_epochs * spe)
+            or _crossed(prev, step, train.checkpoint_every_steps)):
       return
     acc_host = jax.tree.map(np.asarray, parallel.unreplicate(self.acc))
     self.check_finite(acc_host)
     if log:
-      self.log(acc_host)
+      error = self.log(acc_host)
+      if (train.stop_at_train_error > 0 and error is not None
+          and error <= train.stop_at_train_error):
+        # The target is reached: this step is the run's end.
+        self.writer.write("target", step, train_error=error,
+                          stop_at_train_error=train.stop_at_train_error,
+                          epoch=step / spe)
+        self.say(f"step {step} (epoch {step / spe:.2f}): training error "
+                 f"{error:.2%} <= train.stop_at_train_error="
+                 f"{train.stop_at_train_error:g}: training ends here")
+        self.target_reached = at_end = True
       self.collect_stats()
+    evaluate = at_end or _crossed(prev, step, train.eval_every_epochs * spe)
+    save = (at_end or self.stop.signum is not None
+            or _crossed(prev, step, train.checkpoint_every_steps))
     if at_end:
       self.timing = self.clock.training_seconds(
           step - self.start_step - self.clock.first_call["steps"])
@@ -449,10 +466,11 @@ class _Loop:
           f"{float(self.setup.schedule(bad - 1)):.4g}); stopped without "
           f"saving; last good checkpoint: {saved[-1] if saved else 'none'}")
 
-  def log(self, acc_host: dict) -> None:
-    """Writes the mean train metrics since the last log; resets them."""
+  def log(self, acc_host: dict) -> float | None:
+    """Writes the mean train metrics since the last log; resets them.
+    Returns the training error logged (None: nothing to log)."""
     if acc_host["count"] <= 0:
-      return
+      return None
     step, batch = self.step, self.setup.config.train.batch_size
     # Training time only: less evaluation, statistics and saving since.
     seconds = max(time.time() - self.last_log_time
@@ -472,6 +490,7 @@ class _Loop:
                          img_s=round(metrics["examples_per_sec"]))
     self.acc = self.feed.accumulator()
     self.mark_log()
+    return 1.0 - metrics["accuracy"]
 
   def mark_log(self) -> None:
     """The start of the next log interval: now."""

@@ -78,7 +78,7 @@ CASES = [
      TINY + ["--data", "folder:{odd}"], 2, "9.png"),
     ("unknown model", TINY + ["--set", "model.name=resnet"], 2,
      "model.name='resnet' is not a registered model; choose one of "
-     "'alexnet', 'vgg', 'speednet', 'tiny'"),
+     "'alexnet', 'vgg', 'speednet', 'convnet4', 'tiny'"),
     ("misspelt model", TINY + ["--set", "model.name=speedent"], 2,
      "did you mean 'speednet'?"),
     ("field of another model's section",

@@ -122,6 +122,46 @@ def test_alexnet_param_count():
   assert count_params(variables["params"]) == 1_756_426
 
 
+def test_convnet4_shapes_are_cuda_convnets_80sec_net():
+  # layers-80sec.cfg: three 5x5 convs padded 2 (32, 32, 64 filters), each
+  # pooled 3/2 over the whole image (32 -> 16 -> 8 -> 4), then the logits.
+  # conv1  5*5*3*32 + 32    =  2,432
+  # conv2  5*5*32*32 + 32   = 25,632
+  # conv3  5*5*32*64 + 64   = 51,264
+  # logits 4*4*64*10 + 10   = 10,250  (the 4x4 maps after the third pool)
+  #                   total = 89,578
+  from jaxcnn.models import forward_flops
+  model = create_model(model_config(name="convnet4", norm="none",
+                                    dropout=0.0))
+  params = init_shapes(model)["params"]
+  assert {k: v["kernel"].shape for k, v in params.items()} == {
+      "conv1": (5, 5, 3, 32), "conv2": (5, 5, 32, 32),
+      "conv3": (5, 5, 32, 64), "logits": (1024, 10)}
+  assert count_params(params) == 89_578
+  # 2 * multiply-adds: 32*32*75*32 + 16*16*800*32 + 8*8*800*64 + 1024*10.
+  assert forward_flops(model, (32, 32, 3)) == 2 * (
+      32 * 32 * 75 * 32 + 16 * 16 * 800 * 32 + 8 * 8 * 800 * 64 + 1024 * 10)
+  # The file's fc64 hidden layer, on request: + 1024*64+64 + (64-1024)*10.
+  wide = create_model(model_config(name="convnet4", norm="none", dropout=0.0,
+                                   convnet4=dict(hidden=64)))
+  assert count_params(init_shapes(wide)["params"]) == 145_578
+
+
+def test_convnet4_pools_max_then_average_inside_the_image():
+  # The first pool takes the max of its 3x3 window, the others the mean of
+  # the pixels of the window inside the image: checked on a one-channel
+  # layer against numpy loops.
+  from jaxcnn.models import convnet4
+  x = random_normal(1, (2, 7, 7, 3))
+  got = np.asarray(convnet4.avg_pool_3x3_s2(jnp.asarray(x)))
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                  constant_values=np.nan)
+  want = np.stack([np.stack([np.nanmean(padded[:, 2 * i:2 * i + 3,
+                                               2 * j:2 * j + 3], axis=(1, 2))
+                             for j in range(4)], 1) for i in range(4)], 1)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_alexnet_param_count_on_tutorial_crops():
   # The TF tutorial's 24x24 crops: fc384 is (6*6*64)*384 + 384 = 885,120, so
   # 4,864 + 102,464 + 885,120 + 73,920 + 1,930 = 1,068,298.
@@ -235,6 +275,8 @@ SMALL_CONFIGS = {
     "vgg": dict(name="vgg", vgg=dict(depth=16), width=0.125),
     "tiny": dict(name="tiny", dropout=0.5),
     "speednet": dict(name="speednet", width=0.125, bn_scale=False),
+    "convnet4": dict(name="convnet4", norm="none", dropout=0.0,
+                     convnet4=dict(hidden=64)),
 }
 SMALL_INPUT = jnp.asarray(random_normal(0, (3, 32, 32, 3)))
 
@@ -411,6 +453,10 @@ def test_max_pool_2x2_matches_flax_max_pool(shape):
     (dict(name="vgg", vgg=dict(depth=17)), "model.vgg.depth=17"),
     (dict(name="vgg", norm="lrn"), "model.norm='lrn'"),
     (dict(name="alexnet", norm="layernorm"), "model.norm='layernorm'"),
+    (dict(name="convnet4", norm="batchnorm"), "model.norm='batchnorm'"),
+    (dict(name="convnet4", norm="none", dropout=0.5), "model.dropout=0.5"),
+    (dict(name="convnet4", norm="none", convnet4=dict(hidden=-1)),
+     "model.convnet4.hidden=-1"),
     (dict(dtype="float16"), "model.dtype='float16'"),
     (dict(conv_impl="winograd"), "model.conv_impl='winograd'"),
     (dict(name="vgg", vgg=dict(block="7x7")), "model.vgg.block='7x7'"),
@@ -497,8 +543,9 @@ def test_config_has_common_fields_and_one_section_per_model_with_own_fields():
   assert tuple(common) == models_lib.COMMON_FIELDS
   sections = {k: model[k].to_dict() for k in model if k not in common}
   # tiny has no fields of its own, so no section.
-  assert set(sections) == {"alexnet", "vgg", "speednet"}
+  assert set(sections) == {"alexnet", "vgg", "speednet", "convnet4"}
   assert sections["vgg"] == {"depth": 16, "block": "3x3"}
+  assert sections["convnet4"] == {"hidden": 0}
   assert sections["speednet"] == {
       "widths": [64, 256, 256], "logit_scale": 1.0 / 9.0,
       "head_init_std": 0.0, "whiten": True, "whiten_images": 5000}
@@ -515,7 +562,7 @@ def test_unknown_model_name_lists_the_registered_ones():
     create_model(model_config(name="vg"))
   assert str(error.value) == (
       "model.name='vg' is not a registered model; choose one of 'alexnet', "
-      "'vgg', 'speednet', 'tiny'; did you mean 'vgg'?")
+      "'vgg', 'speednet', 'convnet4', 'tiny'; did you mean 'vgg'?")
 
 
 def test_unknown_field_of_a_models_section_is_refused():
@@ -571,6 +618,8 @@ VGG11_CONVS = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1",
      [(c, c) for c in VGG11_CONVS] + [("fc1", "fc1"), ("fc2", "fc2")]),
     (dict(name="tiny"), [("conv1", "bn1"), ("conv2", "bn2")]),
     (dict(name="tiny", norm="lrn"), [("conv1", "conv1"), ("conv2", "conv2")]),
+    (dict(name="convnet4", norm="none", dropout=0.0, convnet4=dict(hidden=64)),
+     [(n, n) for n in ("conv1", "conv2", "conv3", "fc1")]),
     # Its convs sit inside the groups: no top-level layer to look at.
     (dict(name="speednet", width=0.125), []),
 ])
@@ -592,6 +641,8 @@ def test_stats_layers_are_listed_by_the_model(cfg, want):
     (dict(name="speednet", width=0.125, activation="relu"),
      "speednet 64/256/256 x0.125 (batchnorm, gelu)"),
     (dict(name="tiny", norm="none"), "tiny (none, relu)"),
+    (dict(name="convnet4", norm="none", activation="tanh"),
+     "convnet4 (tanh)"),
 ])
 def test_model_text_is_the_models_own_line(cfg, want):
   from jaxcnn import evaluation

@@ -394,3 +394,44 @@ def test_groups_that_differ_only_in_their_names_resume():
   changed, _ = trainer.incompatible_changes(saved, config_lib.apply_overrides(
       current, ["optim.groups.others.lr=0.1"]))
   assert changed == ["optim.groups.others.lr: 0.05 -> 0.1"], changed
+
+
+def test_stop_at_train_error_ends_the_run_at_the_first_log_under_it(tmp_path):
+  # The same run without the target is the reference: the stopped run logs
+  # exactly its records up to the first log whose training error is at most
+  # the target, and ends there (final checkpoint, evaluation, 'target'
+  # record); run again it trains nothing, and a study counts it done.
+  from jaxcnn import study_runner
+  over = ("train.num_devices=1", "train.num_epochs=6", "train.log_every_steps=4",
+          "optim.schedule=constant", "model.dropout=0.0")
+  full = tmp_path / "full"
+  trainer.train_and_evaluate(tiny_config(*over), str(full))
+  logged = reporting.read_metrics(full, "train")
+  errors = [1 - r["accuracy"] for r in logged]
+  # A target the run passes half-way (between the first and last errors).
+  target = sorted(errors)[len(errors) // 2] + 1e-6
+  stop = next(r["step"] for r, e in zip(logged, errors) if e <= target)
+  assert stop < logged[-1]["step"]
+
+  stopped = tmp_path / "stopped"
+  config = tiny_config(*over, f"train.stop_at_train_error={target}")
+  result = trainer.train_and_evaluate(config, str(stopped))
+  assert result["step"] == stop
+  key = lambda r: (r["step"], r["loss"], r["accuracy"])
+  assert [key(r) for r in reporting.read_metrics(stopped, "train")] == [
+      key(r) for r in logged if r["step"] <= stop]
+  assert checkpoint.saved_steps(stopped)[-1] == stop
+  [record] = reporting.read_metrics(stopped, "target")
+  assert record["step"] == stop and record["train_error"] <= target
+  assert reporting.read_metrics(stopped, "eval")[-1]["step"] == stop
+  total = 6 * 512 // 32
+  assert study_runner.member_status(stopped, total) == "done"
+  assert study_runner.member_status(full, total) == "done"
+
+  metrics_before = (stopped / "metrics.jsonl").read_text()
+  again = trainer.train_and_evaluate(config, str(stopped))
+  assert again["step"] == stop
+  assert checkpoint.saved_steps(stopped)[-1] == stop
+  assert not [r for r in reporting.read_metrics(stopped)
+              if r["kind"] == "train" and r["step"] > stop]
+  assert (stopped / "metrics.jsonl").read_text().startswith(metrics_before)

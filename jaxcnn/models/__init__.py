@@ -45,7 +45,7 @@ from jaxcnn.models.spec import (Common, DataInit, ModelConfigError, ModelSpec,
                                 check_choice)
 
 # The model files registered at import, in the order `--help` lists them.
-MODEL_FILES = ("alexnet", "vgg", "speednet", "tiny")
+MODEL_FILES = ("alexnet", "vgg", "speednet", "convnet4", "tiny")
 REGISTRY: dict[str, ModelSpec] = {}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The common fields of the `model` section (jaxcnn/defaults.py); every other

@@ -61,6 +61,12 @@ class Study:
   notes: str = ""
   # Training errors whose time-to-reach the main table gives.
   thresholds: tuple[float, ...] = THRESHOLDS
+  # Scales at which the members named GROUP@LR are a sweep: {scale: what
+  # the best of each group is chosen on}, 'validation' (the highest final
+  # raw validation accuracy) or 'epochs_to_<T>' (the fewest epochs to T%
+  # training error). There every member trains seed 0 only; then the best
+  # member of each group, chosen on seed 0, trains the other seeds.
+  sweep: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def scale_of(study: Study, scale: str) -> Scale:
