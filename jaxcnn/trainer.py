@@ -321,6 +321,10 @@ class _Loop:
              f"{setup.num_devices} {setup.devices[0].platform} device(s), "
              f"batch {config.train.batch_size}, {setup.steps_per_epoch} "
              f"steps/epoch, steps {self.step}->{setup.total_steps}")
+    if self.target_reached:
+      self.say(f"step {self.step} reached train.stop_at_train_error="
+               f"{config.train.stop_at_train_error:g} before: nothing to "
+               "train")
 
   # --- Training ---------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Test setup: 4 fake CPU devices and XLA's Eigen convolutions (as every
 entry point asks for them), set before XLA starts.
 
-Compiled programs go to a persistent XLA cache for the session (a fresh
-temporary folder, removed at the end; set JAX_COMPILATION_CACHE_DIR to keep
-one between runs). Many tests compile the same tiny model's step, and the
+Compiled programs go to a persistent XLA cache for the session (a
+temporary folder shared by the xdist workers, removed at the end; set
+JAX_COMPILATION_CACHE_DIR to keep one between runs). Many tests compile the same tiny model's step, and the
 subprocess tests (SIGKILL/resume, two processes) start the same run several
 times: each compiles once. The cache hands back the executable XLA built for
 the same program, so no result changes."""
@@ -16,9 +16,17 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One cache for the whole run: pytest-xdist's workers (children of the
+# pytest process that started them) share their parent's, so a program one
+# worker compiled is not compiled again by the other; only that process
+# removes it.
+_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
 _SESSION_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-  _SESSION_CACHE = tempfile.mkdtemp(prefix="jaxcnn-tests-xla-cache-")
+  _owner = os.getppid() if _XDIST_WORKER else os.getpid()
+  _SESSION_CACHE = os.path.join(tempfile.gettempdir(),
+                                f"jaxcnn-tests-xla-cache-{_owner}")
+  os.makedirs(_SESSION_CACHE, exist_ok=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 # Every program, however quick to compile (subprocesses inherit these).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -70,5 +78,5 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  if _SESSION_CACHE is not None:
+  if _SESSION_CACHE is not None and not _XDIST_WORKER:
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
