@@ -165,6 +165,10 @@ def check_config(config: Config) -> None:
                        ("train.final_tta", augment.TTA_MODES)):
     if flat[key] not in choices:
       raise ConfigError(f"{key}={flat[key]!r}; use one of {', '.join(choices)}")
+  if not 0 <= config.train.stop_at_train_error < 1:
+    raise ConfigError(
+        f"train.stop_at_train_error must be in [0, 1) (a fraction: 0.25 for "
+        f"25%; 0 is off), got {config.train.stop_at_train_error}")
   if not 0 <= config.train.label_smoothing < 1:
     raise ConfigError(f"train.label_smoothing must be in [0, 1), got "
                       f"{config.train.label_smoothing}")

@@ -90,6 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "jaxcnn/defaults.py, --print_config)")
   p.add_argument("--print_config", action="store_true",
                  help="print the resolved config and exit")
+  p.add_argument("--seeds", type=int, default=None, metavar="N",
+                 help="train N seeds, S..S+N-1 (S: the config's seed, 0 "
+                 "unless --set seed=S), one after another in WORKDIR/seed<k> "
+                 "(default WORKDIR: runs/<exp>_seeds), each resumable; then "
+                 "print each seed's final test accuracy (raw, EMA, and with "
+                 "train.final_tta), training, compile and TTA seconds, and "
+                 "their mean ± std (also in WORKDIR/seeds.json)")
   multi = p.add_argument_group(
       "multi-process training (one process per host; see README). Defaults "
       "come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, "
@@ -123,7 +130,11 @@ def main(argv=None) -> int:
   if args.print_config:
     print(config.to_json())
     return 0
+  if args.seeds is not None and args.seeds < 1:
+    raise config_lib.ConfigError(f"--seeds must be >= 1, got {args.seeds}")
   workdir = args.workdir or default_workdir(args.exp)
+  if args.seeds is not None and not args.workdir:
+    workdir += "_seeds"
   for folder in (pathlib.Path(workdir), *pathlib.Path(workdir).parents):
     if folder.exists() and not folder.is_dir():
       raise config_lib.ConfigError(
@@ -134,6 +145,10 @@ def main(argv=None) -> int:
                                  args.process_id)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
+  if args.seeds is not None:
+    from jaxcnn import seeds
+    seeds.run_seeds(config, workdir, args.seeds)
+    return 0
   from jaxcnn.trainer import train_and_evaluate
   train_and_evaluate(config, workdir)
   return 0

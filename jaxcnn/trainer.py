@@ -393,7 +393,10 @@ class _Loop:
       self.timing = self.clock.training_seconds(
           step - self.start_step - self.clock.first_call["steps"])
       if self.timing is not None:
-        self.writer.write("timing", step, **self.timing)
+        # from_step: where this process started (a resumed run's timing
+        # covers only its own steps).
+        self.writer.write("timing", step, from_step=self.start_step,
+                          **self.timing)
     if save:
       with self.paused():
         self.save()
@@ -548,14 +551,17 @@ class _Loop:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
     setup, step = self.setup, self.step
     tta = setup.config.train.final_tta
+    t0 = time.time()
     results = self.run_eval(f"evaluating with TTA ({tta})", tta=tta)
-    self.writer.write("eval_tta", step, tta=tta,
+    # Wall seconds of both weight sets' TTA evaluation, its compile included.
+    seconds = time.time() - t0
+    self.writer.write("eval_tta", step, tta=tta, seconds=seconds,
                       **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
                          for k in ("accuracy", "loss", "top5_accuracy")})
     self.say(f"step {step}: test accuracy with TTA ({tta}) raw "
              f"{results['raw']['accuracy']:.2%}, EMA "
              f"{results['ema']['accuracy']:.2%}")
-    return {"mode": tta, **results}
+    return {"mode": tta, "seconds": seconds, **results}
 
   def save(self) -> None:
     # What the metrics say is on disk with the checkpoint (a SIGKILL loses

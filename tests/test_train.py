@@ -435,3 +435,41 @@ def test_stop_at_train_error_ends_the_run_at_the_first_log_under_it(tmp_path):
   assert not [r for r in reporting.read_metrics(stopped)
               if r["kind"] == "train" and r["step"] > stop]
   assert (stopped / "metrics.jsonl").read_text().startswith(metrics_before)
+
+
+def test_seeds_trains_each_seed_once_and_reports_their_mean(tmp_path,
+                                                            count_calls,
+                                                            capsys):
+  # --seeds 2 with --set seed=3: seeds 3 and 4, each a run of its own whose
+  # config says its seed; the table's numbers are each run's own final
+  # evaluation, and its last row their mean and sample std. Run again,
+  # nothing trains and the same table comes back.
+  from jaxcnn import train
+  root = tmp_path / "seeds"
+  argv = ["--exp", "test", "--seeds", "2", "--workdir", str(root),
+          "--set", "seed=3", "--set", "train.num_epochs=1",
+          "--set", "train.final_tta=mirror", "--set", "train.num_devices=1"]
+  calls = count_calls(trainer, "train_and_evaluate")
+  assert train.main(argv) == 0
+  assert calls["train_and_evaluate"] == 2
+  first = capsys.readouterr().out
+  saved = json.loads((root / "seeds.json").read_text())
+  assert saved["seeds"] == [3, 4]
+  for row in saved["rows"]:
+    workdir = root / f"seed{row['seed']}"
+    assert json.loads((workdir / "config.json").read_text())["seed"] == \
+        row["seed"]
+    [last] = reporting.read_metrics(workdir, "eval")[-1:]
+    [tta] = reporting.read_metrics(workdir, "eval_tta")
+    assert row["test_accuracy_ema"] == last["test_accuracy_ema"]
+    assert row["tta_accuracy_raw"] == tta["test_accuracy_raw"]
+    assert row["train_seconds"] > 0 and not row["resumed"]
+  raw = [r["test_accuracy_raw"] for r in saved["rows"]]
+  assert saved["summary"]["test_accuracy_raw"]["mean"] == pytest.approx(
+      sum(raw) / 2)
+  assert saved["summary"]["test_accuracy_raw"]["std"] == pytest.approx(
+      abs(raw[0] - raw[1]) / 2 ** 0.5)
+  assert "mean ± std (n=2)" in first
+  assert train.main(argv) == 0
+  assert calls["train_and_evaluate"] == 2
+  assert capsys.readouterr().out == first
