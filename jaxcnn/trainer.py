@@ -308,9 +308,12 @@ class _Loop:
     self.clock = _Clock()
     self.mark_log()
     # train.stop_at_train_error: reached (now, or by the run resumed: its
-    # 'target' record is at the restored step) means the run is complete.
-    self.target_reached = config.train.stop_at_train_error > 0 and any(
-        r["step"] == self.step for r in reporting.read_metrics(workdir, "target"))
+    # 'target' record at the restored step is under this run's target too)
+    # means the run is complete.
+    target = config.train.stop_at_train_error
+    self.target_reached = target > 0 and any(
+        r["step"] == self.step and r["train_error"] <= target
+        for r in reporting.read_metrics(workdir, "target"))
     self.result = None
     self.timing = None
     self.say(f"training {config.model.name} on {setup.data.source}: "
