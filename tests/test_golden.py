@@ -35,6 +35,12 @@ import pytest
 
 from jaxcnn import checkpoint, config as config_lib, trainer
 
+# The golden runs and the old workdirs of tests/test_legacy.py (which resume
+# to the golden ends) compile the same programs: under `make test`'s
+# `--dist loadgroup` they run on one worker, one after the other, so the
+# second compiles nothing (the shared XLA cache of conftest.py).
+pytestmark = pytest.mark.xdist_group("golden")
+
 JAX_VERSION = "0.10.2"
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"
 

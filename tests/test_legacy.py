@@ -30,6 +30,9 @@ from jaxcnn.models.tiny import TinyCNN
 from jaxcnn.models.vgg import VGG
 from tests import test_golden
 
+# With the golden runs on one worker (see tests/test_golden.py).
+pytestmark = pytest.mark.xdist_group("golden")
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / \
     "legacy_2026-12-01"
 CONFIGS = sorted((FIXTURES / "configs").glob("*.json"))

@@ -403,6 +403,7 @@ def test_stop_at_train_error_ends_the_run_at_the_first_log_under_it(tmp_path):
   # record); run again it trains nothing, and a study counts it done.
   from jaxcnn import study_runner
   over = ("train.num_devices=1", "train.num_epochs=6", "train.log_every_steps=4",
+          "train.eval_every_epochs=0", "train.checkpoint_every_steps=1000",
           "optim.schedule=constant", "model.dropout=0.0")
   full = tmp_path / "full"
   trainer.train_and_evaluate(tiny_config(*over), str(full))
