@@ -161,6 +161,12 @@ def epoch_of_stats(entry_seed: dict) -> dict:
 # --- Choosing the best rate of a sweep ------------------------------------------
 
 
+def seed0_of(entry: dict) -> dict | None:
+  """The summary of an entry's seed 0 (the seed a sweep chooses on)."""
+  return next((s for s in entry["seeds"]
+               if s["workdir"].endswith("_seed0")), None)
+
+
 def best_of_groups(entries: list[dict], on: str = "validation"
                    ) -> dict[str, dict | None]:
   """Members named GROUP@LR: {group: the best member}, None for a group
@@ -177,16 +183,16 @@ def best_of_groups(entries: list[dict], on: str = "validation"
       groups.setdefault(e["name"].split("@")[0], []).append(e)
   out = {}
   for group, members in groups.items():
+    scored = []
     if on == "validation":
-      scored = [(-mean_std([s.get("validation_accuracy_raw")
-                            for s in e["seeds"]])[0], e) for e in members
-                if mean_std([s.get("validation_accuracy_raw")
-                             for s in e["seeds"]])[0] is not None]
-    elif on.startswith("epochs_to_"):
-      scored = []
       for e in members:
-        first = next((s for s in e["seeds"]
-                      if s["workdir"].endswith("_seed0")), None)
+        mean = mean_std([s.get("validation_accuracy_raw")
+                         for s in e["seeds"]])[0]
+        if mean is not None:
+          scored.append((-mean, e))
+    elif on.startswith("epochs_to_"):
+      for e in members:
+        first = seed0_of(e)
         if first is None or first["failed"] or first["final_train_loss"] is None:
           continue
         epochs = first.get(on)

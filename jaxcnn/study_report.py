@@ -26,7 +26,7 @@ from jaxcnn import plots
 from jaxcnn.config import Config
 from jaxcnn.studies import THRESHOLDS, Study, scale_of
 from jaxcnn.study_metrics import (best_of_groups, collect, epoch_of_stats,
-                                  layers_of, mean_curve, mean_std)
+                                  layers_of, mean_curve, mean_std, seed0_of)
 from jaxcnn.tables import format_table
 
 # Markdown tables for report.md, through the formatter the CLIs use.
@@ -206,13 +206,13 @@ def _fastest_lr_table(entries: list[dict], on: str) -> str:
   cap over the first group's epochs)."""
   tag = on[len("epochs_to_"):]
   rows, first = [], None
-  for group, best in best_lr_choices(entries, on).items():
+  choices = best_lr_choices(entries, on)
+  for group, best in choices.items():
     tried = []
     for e in entries:
       if e["name"].split("@")[0] != group:
         continue
-      seed0 = next((x for x in e["seeds"] if x["workdir"].endswith("_seed0")),
-                   None)
+      seed0 = seed0_of(e)
       epochs = None if seed0 is None else seed0.get(on)
       cap = _cap_epochs(e)
       at = (seed0 or {}).get("final_epoch") or 0
@@ -237,7 +237,7 @@ def _fastest_lr_table(entries: list[dict], on: str) -> str:
                  fmt([x.get(f"seconds_to_{tag}") for x in seeds], digits=0),
                  ratio,
                  fmt([x["test_accuracy_raw"] for x in seeds], scale=100)])
-  firsts = next(iter(best_lr_choices(entries, on)), "the first")
+  firsts = next(iter(choices), "the first")
   return _markdown(
       ["activation", f"best lr (fewest epochs to {tag}%, seed 0)",
        f"lrs tried: epochs to {tag}% train err (seed 0)", "seeds",

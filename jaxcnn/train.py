@@ -130,8 +130,6 @@ def main(argv=None) -> int:
   if args.print_config:
     print(config.to_json())
     return 0
-  if args.seeds is not None and args.seeds < 1:
-    raise config_lib.ConfigError(f"--seeds must be >= 1, got {args.seeds}")
   workdir = args.workdir or default_workdir(args.exp)
   if args.seeds is not None and not args.workdir:
     workdir += "_seeds"
