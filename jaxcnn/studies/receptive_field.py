@@ -22,10 +22,12 @@ STUDY = Study(
                      # All 50,000 images (nothing is chosen, so no
                      # validation split), the VGG recipe (crop and flip,
                      # dropout 0.5, L2 5e-4, momentum 0.9 at 0.05, EMA) at
-                     # quarter width, cosine over 15 epochs: estimated at
-                     # 90 s an epoch on the 2-core CPU from the small
-                     # scale's images per second (not run yet), so 2
-                     # members x 2 seeds would fit one 1.5-hour job.
+                     # quarter width, cosine over 10 epochs. Measured on the
+                     # 2-core AMD EPYC without AVX-512: 0.27 s a step at
+                     # batch 128, about 117 s an epoch with its evaluation,
+                     # so a member takes about 20 minutes there and 2
+                     # members x 2 seeds about 80 (15 epochs did not fit a
+                     # session beside the rest of its work).
                      "full": ("data.validation_size=0", "model.width=0.25",
                               "optim.schedule=cosine")},
-    epochs={"small": 15, "full": 15}, extras=("flops",))
+    epochs={"small": 15, "full": 10}, extras=("flops",))
