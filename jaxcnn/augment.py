@@ -79,6 +79,20 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
   return out
 
 
+def color_jitter(x, key, *, global_batch: int, offset, brightness: float,
+                 contrast: float):
+  """(x + u) * (1 + v) per example of a normalized batch x [b, H, W, C]
+  (this device's slice of a global batch, from example `offset`), with u ~
+  U(-brightness, brightness) and v ~ U(-contrast, contrast) drawn for the
+  whole global batch from `key`: hiverge's batch_color_jitter."""
+  b = x.shape[0]
+  draws = jax.random.uniform(key, (global_batch, 2), jnp.float32, -1.0, 1.0)
+  draws = jax.lax.dynamic_slice_in_dim(draws, offset, b, axis=0)
+  u = (draws[:, 0] * brightness).astype(x.dtype)[:, None, None, None]
+  v = (draws[:, 1] * contrast).astype(x.dtype)[:, None, None, None]
+  return (x + u) * (1 + v)
+
+
 def alternating_flips(seed_key, example_ids, epoch):
   """Bool [len(example_ids)]: whether each image is flipped in `epoch`: its
   own fair coin (a pure function of `seed_key` and its index) XOR whether

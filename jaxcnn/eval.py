@@ -50,6 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "its mirror (mirror), and also of both shifted by one pixel "
                  "either way along both axes, borders reflected "
                  "(mirror_translate); default none")
+  p.add_argument("--tta_fraction", type=float, default=1.0,
+                 help="give --tta to only this fraction of the images, the "
+                 "least confident (smallest largest softmax probability "
+                 "under the plain pass); the others keep their plain "
+                 "logits; in (0, 1], default 1: all")
   p.add_argument("--batch_size", type=int, default=0,
                  help="global eval batch (default: the run's "
                  "train.eval_batch_size)")
@@ -76,6 +81,8 @@ def format_report(report: dict) -> str:
       f"{report['count']} images, {report['num_devices']} "
       f"{report['platform']} device(s), batch {report['batch_size']}"
       + (f", test-time augmentation {report['tta']}"
+         + (f" on the {report['tta_fraction']:.0%} least confident images"
+            if report.get("tta_fraction", 1) != 1 else "")
          if report.get("tta", "none") != "none" else ""),
   ]
   if len(report["steps"]) > 1:
@@ -146,7 +153,7 @@ def main(argv=None) -> int:
       weights=args.weights, source=args.data, data_dir=args.data_dir,
       split=args.split, batch_size=args.batch_size,
       num_devices=args.num_devices, tta=args.tta,
-      log=lambda text: print(text, file=sys.stderr, flush=True))
+      tta_fraction=args.tta_fraction, log=lambda text: print(text, file=sys.stderr, flush=True))
   files = []
   if not args.no_plots:
     out_dir = pathlib.Path(args.out_dir or pathlib.Path(args.workdir) / "eval")

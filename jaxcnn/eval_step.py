@@ -6,6 +6,15 @@ a train state, with optional test-time augmentation, one pmap'd batch per
 call, summing loss, top-1 and top-5 hits and the confusion matrix. Between
 batches the host shows progress and can stop the pass (a signal during the
 trainer's evaluations).
+
+Test-time augmentation can be given to only the least confident images (a
+`tta_fraction` below 1, hiverge's cifar10_speedrun: the 25% whose largest
+softmax probability under the plain forward pass is smallest): one plain
+pass over the split gives every image's results and confidence, a second
+pass augments the chosen images alone, and their results replace the plain
+ones. Both passes write each image's results at its own position, summed
+over the devices, so the choice is global: the same on any device count and
+process count.
 """
 from __future__ import annotations
 
@@ -34,17 +43,25 @@ class EvalData:
   count: int  # Real examples.
 
 
+def eval_layout(n: int, num_devices: int, batch_size: int) -> tuple[int, int]:
+  """(batches, images per device and batch) that place_eval_data gives n
+  images over num_devices devices in global batches of batch_size."""
+  per_device = max(1, math.ceil(min(batch_size, n) / num_devices))
+  return math.ceil(n / (per_device * num_devices)), per_device
+
+
 def place_eval_data(images: np.ndarray, labels: np.ndarray, devices: list,
                     batch_size: int) -> EvalData:
   """Pads the split to whole batches over the devices; each image counts once.
 
   `devices` are all the devices of the pmap; this process places the rows of
-  its own devices (all of them with one process)."""
+  its own devices (all of them with one process). Image j of the split is at
+  [d, i, b] with j = (d * batches + i) * per_device + b: the padding comes
+  last."""
   n = len(labels)
   if n == 0:
     raise ConfigError("the evaluation split is empty")
-  per_device = max(1, math.ceil(min(batch_size, n) / len(devices)))
-  batches = math.ceil(n / (per_device * len(devices)))
+  batches, per_device = eval_layout(n, len(devices), batch_size)
   total = batches * per_device * len(devices)
   pad = total - n
   images = np.concatenate(
@@ -67,28 +84,64 @@ def _check_tta(tta: str) -> None:
                       f"{', '.join(augment.TTA_MODES)}")
 
 
-def _eval_body(model, config: Config, tta: str):
-  """(body, init): adds one batch to the totals, and the zero totals."""
+def check_tta_fraction(fraction: float, what: str = "tta_fraction") -> float:
+  """`fraction` as a float in (0, 1], else a ConfigError naming `what`."""
+  try:
+    value = float(fraction)
+  except (TypeError, ValueError):
+    value = math.nan
+  if not 0 < value <= 1:
+    raise ConfigError(
+        f"{what} must be in (0, 1] (the fraction of the least confident test "
+        f"images that get the test-time augmentation; 1: all), got {fraction!r}")
+  return value
+
+
+def _logits_fn(model, config: Config, tta: str):
+  """logits(variables, uint8 images) in float32 under test-time
+  augmentation `tta`."""
   _check_tta(tta)
-  num_classes = config.model.num_classes
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
   normalization = config.data.normalization
 
-  def body(variables, totals, batch):
-    x_u8, y, m = batch
+  def logits(variables, x_u8):
     x = augment.normalize(x_u8, normalization, mean, std)
-    logits = augment.tta_logits(
+    return augment.tta_logits(
         lambda x: model.apply(variables, x, train=False).astype(jnp.float32),
         x, tta)
+
+  return logits
+
+
+def _per_image(logits, y, num_classes: int) -> dict:
+  """Each image's loss, top-1 and top-5 hit, prediction and confidence (its
+  largest softmax probability), all float32."""
+  pred = jnp.argmax(logits, -1)
+  top_k = jax.lax.top_k(logits, min(5, num_classes))[1]
+  f32 = jnp.float32
+  return {"loss": cross_entropy(logits, y).astype(f32),
+          "correct": (pred == y).astype(f32),
+          "correct_top5": jnp.any(top_k == y[:, None], axis=-1).astype(f32),
+          "pred": pred.astype(f32),
+          "confidence": jnp.max(jax.nn.softmax(logits, -1), -1).astype(f32)}
+
+
+def _eval_body(model, config: Config, tta: str):
+  """(body, init): adds one batch to the totals, and the zero totals."""
+  num_classes = config.model.num_classes
+  logits_of = _logits_fn(model, config, tta)
+
+  def body(variables, totals, batch):
+    x_u8, y, m = batch
+    logits = logits_of(variables, x_u8)
+    image = _per_image(logits, y, num_classes)
     pred = jnp.argmax(logits, -1)
-    k = min(5, num_classes)
-    top_k = jax.lax.top_k(logits, k)[1]
-    in_top_k = jnp.any(top_k == y[:, None], axis=-1)
     return {
-        "loss_sum": totals["loss_sum"] + jnp.sum(cross_entropy(logits, y) * m),
-        "correct": totals["correct"] + jnp.sum((pred == y) * m),
-        "correct_top5": totals["correct_top5"] + jnp.sum(in_top_k * m),
+        "loss_sum": totals["loss_sum"] + jnp.sum(image["loss"] * m),
+        "correct": totals["correct"] + jnp.sum(image["correct"] * m),
+        "correct_top5": totals["correct_top5"] + jnp.sum(
+            image["correct_top5"] * m),
         "count": totals["count"] + jnp.sum(m),
         "confusion": totals["confusion"].at[y, pred].add(m),
     }
@@ -135,9 +188,68 @@ class _Pass:
     return self._sum(totals)
 
 
+class _ImagePass:
+  """Per-image results (_per_image) of every placed image, in the split's
+  order, on every process: each device writes its images' results at their
+  positions (place_eval_data's layout) of one zero vector per result, and the
+  vectors are summed over the devices at the end."""
+
+  def __init__(self, model, config: Config, devices: list, tta: str):
+    logits_of = _logits_fn(model, config, tta)
+    num_classes = config.model.num_classes
+    self.local = parallel.local_part(devices)
+
+    def one(variables, images, labels, out, i):
+      batches, per_device = labels.shape  # This device's [batches, batch].
+      start = (jax.lax.axis_index(AXIS) * batches + i) * per_device
+      image = _per_image(logits_of(variables, images[i]), labels[i],
+                         num_classes)
+      return {k: jax.lax.dynamic_update_slice(out[k], image[k], (start,))
+              for k in out}
+
+    self._one = jax.pmap(one, axis_name=AXIS, devices=devices,
+                         in_axes=(0, 0, 0, 0, None), donate_argnums=(3,))
+    self._sum = jax.pmap(lambda t: jax.lax.psum(t, AXIS), axis_name=AXIS,
+                         devices=devices)
+    self.num_devices = len(devices)
+
+  def __call__(self, variables, data: EvalData, before_batch=None) -> dict:
+    """{loss, correct, correct_top5, pred, confidence}: float32 [count]."""
+    _, batches, per_device = data.labels.shape
+    size = self.num_devices * batches * per_device
+    zero = np.zeros((size,), np.float32)
+    out = parallel.replicate(
+        {k: zero for k in ("loss", "correct", "correct_top5", "pred",
+                           "confidence")}, self.local)
+    for i in range(batches):
+      if before_batch is not None:
+        before_batch(i)
+      out = self._one(variables, data.images, data.labels, out, np.int32(i))
+      jax.block_until_ready(out)
+    summed = jax.tree.map(np.asarray, parallel.unreplicate(self._sum(out)))
+    return {k: v[:data.count] for k, v in summed.items()}
+
+
+def least_confident(confidence: np.ndarray, fraction: float) -> np.ndarray:
+  """Indices (ascending) of the int(n * fraction) images of smallest
+  confidence, ties broken by position."""
+  k = int(len(confidence) * fraction)
+  return np.sort(np.argsort(confidence, kind="stable")[:k])
+
+
+def totals_of_images(images: dict, labels: np.ndarray,
+                     num_classes: int) -> dict:
+  """The summed totals (as _eval_body's, on the host) of per-image results."""
+  confusion = np.zeros((num_classes, num_classes), np.float64)
+  np.add.at(confusion, (labels, images["pred"].astype(np.int64)), 1.0)
+  return {"loss_sum": np.float64(images["loss"].astype(np.float64).sum()),
+          "correct": np.float64(images["correct"].sum()),
+          "correct_top5": np.float64(images["correct_top5"].sum()),
+          "count": np.float64(len(labels)), "confusion": confusion}
+
+
 def summarize_eval(totals: dict) -> dict:
-  """Host-side numbers from the summed eval outputs of one device."""
-  totals = jax.tree.map(np.asarray, parallel.unreplicate(totals))
+  """Host-side numbers from the summed totals (host arrays, Evaluator.totals)."""
   count = float(totals["count"])
   return {
       "loss": float(totals["loss_sum"]) / count,
@@ -160,37 +272,98 @@ class Evaluator:
 
   Called with a state, it returns {weights: {loss, accuracy, top5_accuracy,
   count, confusion [true, predicted]}}: `weights` among WEIGHTS; `tta` one
-  of augment.TTA_MODES (default: the evaluator's); `before_batch(weights,
+  of augment.TTA_MODES and `tta_fraction` in (0, 1] (the least confident
+  images that get it; defaults: the evaluator's); `before_batch(weights,
   done, total)` is called before each batch and once at the end (done ==
-  total), and what it raises stops the pass; `replicated`: the state is the
-  trainer's, replicated over this process's devices (else it is replicated
-  here, after a check that the images fit the model)."""
+  total == pass_batches()), and what it raises stops the pass; `replicated`:
+  the state is the trainer's, replicated over this process's devices (else
+  it is replicated here, after a check that the images fit the model)."""
 
   def __init__(self, model, config: Config, devices: list, images: np.ndarray,
-               labels: np.ndarray, *, batch_size: int, tta: str = "none"):
+               labels: np.ndarray, *, batch_size: int, tta: str = "none",
+               tta_fraction: float = 1.0):
     _check_tta(tta)
     self.model, self.config, self.devices, self.tta = model, config, devices, tta
+    self.tta_fraction = check_tta_fraction(tta_fraction)
     self.batch_size = int(batch_size)
     self.local = parallel.local_part(devices)
     self.image_shape = tuple(int(d) for d in images.shape[1:])
-    self.data = place_eval_data(images, np.asarray(labels).astype(np.int32),
-                                devices, self.batch_size)
+    self.images = images
+    self.labels = np.asarray(labels).astype(np.int32)
+    self.data = place_eval_data(images, self.labels, devices, self.batch_size)
     self.count = self.data.count
-    self.batches = int(self.data.images.shape[1])  # Per pass.
+    self.batches = int(self.data.images.shape[1])  # Per plain pass.
     self._passes: dict[str, _Pass] = {}
+    self._image_passes: dict[str, _ImagePass] = {}
     self._checked = False
 
-  def totals(self, variables, tta: str | None = None,
-             before_batch=None) -> dict:
-    """The summed totals (on the devices) of replicated `variables`."""
+  def _options(self, tta, tta_fraction) -> tuple[str, float]:
     tta = self.tta if tta is None else tta
+    _check_tta(tta)
+    fraction = self.tta_fraction if tta_fraction is None else \
+        check_tta_fraction(tta_fraction)
+    return tta, fraction
+
+  def _selective(self, tta: str, fraction: float) -> bool:
+    return tta != "none" and fraction < 1
+
+  def pass_batches(self, tta: str | None = None,
+                   tta_fraction: float | None = None) -> int:
+    """The batches of one weight set's pass: before_batch's `total`."""
+    tta, fraction = self._options(tta, tta_fraction)
+    if not self._selective(tta, fraction):
+      return self.batches
+    k = int(self.count * fraction)
+    return self.batches + (
+        eval_layout(k, len(self.devices), self.batch_size)[0] if k else 0)
+
+  def totals(self, variables, tta: str | None = None, before_batch=None,
+             tta_fraction: float | None = None) -> dict:
+    """The summed totals (host arrays) of replicated `variables`."""
+    tta, fraction = self._options(tta, tta_fraction)
+    if self._selective(tta, fraction):
+      return self._selective_totals(variables, tta, fraction, before_batch)
     if tta not in self._passes:
       self._passes[tta] = _Pass(self.model, self.config, self.devices, tta)
-    return self._passes[tta](variables, self.data, before_batch)
+    totals = self._passes[tta](variables, self.data, before_batch)
+    return jax.tree.map(np.asarray, parallel.unreplicate(totals))
+
+  def image_results(self, variables, tta: str, data: EvalData | None = None,
+                    before_batch=None) -> dict:
+    """Per-image results (float32 [count] each: loss, correct, correct_top5,
+    pred, confidence) of replicated `variables` on `data` (default: the
+    split), under test-time augmentation `tta`."""
+    _check_tta(tta)
+    if tta not in self._image_passes:
+      self._image_passes[tta] = _ImagePass(self.model, self.config,
+                                           self.devices, tta)
+    return self._image_passes[tta](
+        variables, self.data if data is None else data, before_batch)
+
+  def _selective_totals(self, variables, tta: str, fraction: float,
+                        before_batch) -> dict:
+    total = self.pass_batches(tta, fraction)
+    hook = None if before_batch is None else (
+        lambda i, start=0: before_batch(start + i, total))
+    plain = self.image_results(variables, "none", before_batch=hook)
+    chosen = least_confident(plain["confidence"], fraction)
+    if len(chosen):
+      subset = place_eval_data(self.images[chosen], self.labels[chosen],
+                               self.devices, self.batch_size)
+      hook = None if before_batch is None else (
+          lambda i: before_batch(self.batches + i, total))
+      augmented = self.image_results(variables, tta, subset, hook)
+      for k in plain:
+        plain[k] = plain[k].copy()
+        plain[k][chosen] = augmented[k]
+    if before_batch is not None:
+      before_batch(total, total)
+    return totals_of_images(plain, self.labels, self.config.model.num_classes)
 
   def __call__(self, state: TrainState, weights=WEIGHTS, *,
                tta: str | None = None, before_batch=None,
-               replicated: bool = False) -> dict[str, dict]:
+               replicated: bool = False,
+               tta_fraction: float | None = None) -> dict[str, dict]:
     out = {}
     for name in weights:
       variables = variables_of(state, name)
@@ -200,7 +373,8 @@ class Evaluator:
         variables = parallel.replicate(variables, self.local)
       hook = None if before_batch is None else (
           lambda done, total, name=name: before_batch(name, done, total))
-      out[name] = summarize_eval(self.totals(variables, tta, hook))
+      out[name] = summarize_eval(
+          self.totals(variables, tta, hook, tta_fraction=tta_fraction))
     return out
 
   def _check_fits(self, variables: dict) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxcnn import augment, models, parallel
 from jaxcnn import state as state_lib
-from jaxcnn.eval_step import WEIGHTS, Evaluator
+from jaxcnn.eval_step import WEIGHTS, Evaluator, check_tta_fraction
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
                          load_from_config)
@@ -107,11 +107,12 @@ def _plain(summary: dict) -> dict:
 
 def make_evaluator(config: Config, images: np.ndarray, labels: np.ndarray,
                    *, batch_size: int = 0, num_devices: int = 0,
-                   tta: str = "none") -> Evaluator:
+                   tta: str = "none", tta_fraction: float = 1.0) -> Evaluator:
   """The trainer's evaluator (eval_step.Evaluator) for states of `config` on
   one split, data-parallel over `num_devices` local devices (0: all) in
   batches of `batch_size` (0: train.eval_batch_size): the figures training
-  logged, on any device count."""
+  logged, on any device count; `tta_fraction` of the images, the least
+  confident, get the test-time augmentation `tta`."""
   available = len(jax.local_devices())
   if num_devices > available:  # select_devices would blame train.num_devices.
     raise parallel.DeviceError(
@@ -123,7 +124,7 @@ def make_evaluator(config: Config, images: np.ndarray, labels: np.ndarray,
     raise DataError(f"batch size must be positive, got {batch_size}")
   model = create_model(config.model, bn_axis_name=parallel.AXIS)
   return Evaluator(model, config, devices, images, labels,
-                   batch_size=batch_size, tta=tta)
+                   batch_size=batch_size, tta=tta, tta_fraction=tta_fraction)
 
 
 def run_evaluator(evaluator: Evaluator, state: state_lib.TrainState,
@@ -137,11 +138,13 @@ def run_evaluator(evaluator: Evaluator, state: state_lib.TrainState,
 def evaluate(config: Config, state: state_lib.TrainState, dataset: Dataset, *,
              split: str = "test", batch_size: int = 0,
              weights: str | Sequence[str] = "both",
-             num_devices: int = 0, tta: str = "none") -> dict[str, dict]:
+             num_devices: int = 0, tta: str = "none",
+             tta_fraction: float = 1.0) -> dict[str, dict]:
   """Evaluates one state on a split of `dataset` (see make_evaluator)."""
   images, labels = split_arrays(dataset, split)
   evaluator = make_evaluator(config, images, labels, batch_size=batch_size,
-                             num_devices=num_devices, tta=tta)
+                             num_devices=num_devices, tta=tta,
+                             tta_fraction=tta_fraction)
   return run_evaluator(evaluator, state, weights)
 
 
@@ -149,13 +152,14 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
                  weights: str = "both", source: str | None = None,
                  data_dir: str | None = None, split: str = "test",
                  batch_size: int = 0, num_devices: int = 0, tta: str = "none",
-                 log: Callable[[str], None] | None = None) -> dict:
+                 tta_fraction: float = 1.0, log: Callable[[str], None] | None = None) -> dict:
   """What `python -m jaxcnn.eval` computes: one step (default the latest), or
   every kept step with `all_steps`, with test-time augmentation `tta` (one
-  of augment.TTA_MODES). Plain data:
+  of augment.TTA_MODES) on the `tta_fraction` least confident images. Plain
+  data:
 
     {workdir, model, data, split, class_names, count, num_devices, batch_size,
-     weights, tta, step (the last evaluated), results: {raw|ema: {...}} of
+     weights, tta, tta_fraction, step (the last evaluated), results: {raw|ema: {...}} of
      that step, steps: [{step, raw|ema: {...}}, ...]}
   """
   chosen = weights_list(weights)
@@ -165,6 +169,7 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
   if tta not in augment.TTA_MODES:
     raise ConfigError(f"unknown --tta {tta!r}; use one of "
                       f"{', '.join(augment.TTA_MODES)}")
+  tta_fraction = check_tta_fraction(tta_fraction, "--tta_fraction")
   reader, step = (CheckpointReader(workdir), None) if all_steps else \
       open_reader(workdir, step)
   with reader:
@@ -182,7 +187,8 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
       if evaluator is None:
         evaluator = make_evaluator(config, images, labels,
                                    batch_size=batch_size,
-                                   num_devices=num_devices, tta=tta)
+                                   num_devices=num_devices, tta=tta,
+                                   tta_fraction=tta_fraction)
       results = run_evaluator(evaluator, state, chosen)
       records.append({"step": s, **results})
   last = records[-1]
@@ -198,6 +204,7 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
       "batch_size": evaluator.batch_size,
       "weights": list(chosen),
       "tta": tta,
+      "tta_fraction": tta_fraction,
       "step": last["step"],
       "results": {w: last[w] for w in chosen},
       "steps": records,

@@ -5,7 +5,7 @@ The whole uint8 training set sits on every device. The host computes each
 epoch's permutation once (a pure function of seed and epoch, see
 `epoch_permutation`) and sends it to the devices; inside the compiled step,
 `train_batch` picks this device's examples from it by the step counter,
-crops, flips and normalizes them. Nothing crosses from the host per step,
+crops, flips, normalizes and (data.jitter_*) color-jitters them. Nothing crosses from the host per step,
 and every random choice is a pure function of (seed, step), so a resumed run
 repeats an uninterrupted one.
 """
@@ -66,4 +66,10 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device):
       flip_mode=cfg.data.flip_mode, epoch=setup.epoch_of(step),
       example_ids=idx, seed_key=flip_coins_key(cfg.seed))
   mean, std = setup.mean_std
-  return augment.normalize(images, cfg.data.normalization, mean, std), labels
+  x = augment.normalize(images, cfg.data.normalization, mean, std)
+  if cfg.data.jitter_brightness or cfg.data.jitter_contrast:
+    x = augment.color_jitter(
+        x, jax.random.fold_in(step_key, 2), global_batch=global_batch,
+        offset=offset, brightness=cfg.data.jitter_brightness,
+        contrast=cfg.data.jitter_contrast)
+  return x, labels

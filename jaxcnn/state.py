@@ -146,7 +146,8 @@ def check_config(config: Config) -> None:
   non_negative = ["train.num_epochs", "train.num_steps",
                   "train.eval_every_epochs", "data.train_limit",
                   "data.test_limit", "data.validation_size",
-                  "data.crop_padding"]
+                  "data.crop_padding", "data.jitter_brightness",
+                  "data.jitter_contrast"]
   flat = dict(config.flat_items())
   for key in positive:
     if flat[key] <= 0:
@@ -165,6 +166,11 @@ def check_config(config: Config) -> None:
                        ("train.final_tta", augment.TTA_MODES)):
     if flat[key] not in choices:
       raise ConfigError(f"{key}={flat[key]!r}; use one of {', '.join(choices)}")
+  if not 0 < config.train.final_tta_fraction <= 1:
+    raise ConfigError(
+        f"train.final_tta_fraction must be in (0, 1] (the fraction of the "
+        f"least confident test images that get train.final_tta; 1: all), got "
+        f"{config.train.final_tta_fraction}")
   if not 0 <= config.train.stop_at_train_error < 1:
     raise ConfigError(
         f"train.stop_at_train_error must be in [0, 1) (a fraction: 0.25 for "

@@ -142,11 +142,15 @@ def refused_resume_message(workdir: str, changed: list[str],
           f"--workdir, e.g. --workdir {fresh_workdir_suggestion(workdir)}")
 
 
-def eval_command(workdir: str, tta: str = "none") -> str:
+def eval_command(workdir: str, tta: str = "none", fraction: float = 1.0) -> str:
   """The command that evaluates the latest checkpoint of `workdir`."""
   import shlex
   command = f"python -m jaxcnn.eval --workdir {shlex.quote(str(workdir))}"
-  return command + (f" --tta {tta}" if tta != "none" else "")
+  if tta != "none":
+    command += f" --tta {tta}"
+    if fraction != 1:
+      command += f" --tta_fraction {fraction:g}"
+  return command
 
 
 class _StopFlag:
@@ -425,11 +429,12 @@ class _Loop:
                          evaluated: bool = False) -> Interrupted:
     """The stop of a run whose training is done and saved: how to evaluate
     it instead of waiting (`evaluated`: the evaluation had ended, printed)."""
-    tta = self.setup.config.train.final_tta
+    train = self.setup.config.train
+    tta = train.final_tta
     how = f"`{eval_command(self.workdir)}`"
     if tta != "none":
       how += (" (with train.final_tta's test-time augmentation: "
-              f"`{eval_command(self.workdir, tta)}`)")
+              f"`{eval_command(self.workdir, tta, train.final_tta_fraction)}`)")
     stopped = ("its evaluation is printed above; evaluate it again with"
                if evaluated else "the evaluation was stopped. Evaluate it with")
     return Interrupted(
@@ -450,7 +455,8 @@ class _Loop:
     with progress over its batches (raw, then EMA) when the bar is on; a
     signal stops it between batches (_EvaluationStopped)."""
     evaluator = self.test_eval if evaluator is None else evaluator
-    batches = evaluator.batches
+    fraction = self.setup.config.train.final_tta_fraction
+    batches = evaluator.pass_batches(tta, fraction)
     offset = {"raw": 0, "ema": batches}
     bar = self.progress.sub_bar(what, 2 * batches)
 
@@ -461,7 +467,7 @@ class _Loop:
 
     try:
       return evaluator(self.state_r, tta=tta, before_batch=before_batch,
-                       replicated=True)
+                       replicated=True, tta_fraction=fraction)
     finally:
       bar.close()
 
@@ -554,17 +560,21 @@ class _Loop:
     """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
     setup, step = self.setup, self.step
     tta = setup.config.train.final_tta
+    fraction = setup.config.train.final_tta_fraction
+    label = tta if fraction == 1 else f"{tta} on the {fraction:.0%} least " \
+        "confident"
     t0 = time.time()
-    results = self.run_eval(f"evaluating with TTA ({tta})", tta=tta)
+    results = self.run_eval(f"evaluating with TTA ({label})", tta=tta)
     # Wall seconds of both weight sets' TTA evaluation, its compile included.
     seconds = time.time() - t0
-    self.writer.write("eval_tta", step, tta=tta, seconds=seconds,
+    self.writer.write("eval_tta", step, tta=tta, tta_fraction=fraction,
+                      seconds=seconds,
                       **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
                          for k in ("accuracy", "loss", "top5_accuracy")})
-    self.say(f"step {step}: test accuracy with TTA ({tta}) raw "
+    self.say(f"step {step}: test accuracy with TTA ({label}) raw "
              f"{results['raw']['accuracy']:.2%}, EMA "
              f"{results['ema']['accuracy']:.2%}")
-    return {"mode": tta, "seconds": seconds, **results}
+    return {"mode": tta, "fraction": fraction, "seconds": seconds, **results}
 
   def save(self) -> None:
     # What the metrics say is on disk with the checkpoint (a SIGKILL loses

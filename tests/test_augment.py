@@ -165,6 +165,53 @@ def test_each_device_gets_its_slice_of_one_global_draw():
   assert not np.array_equal(alone, whole[b:2 * b])
 
 
+# --- Color jitter ----------------------------------------------------------------
+
+
+def test_color_jitter_is_one_brightness_shift_and_contrast_scale_per_example():
+  # Each example is (x + u) * (1 + v) for one (u, v) of its own within the
+  # ranges: read (u, v) back from two pixels and check every other pixel.
+  n = 64
+  x = np.random.default_rng(1).normal(size=(n, 5, 5, 3)).astype(np.float32)
+  out = np.asarray(augment.color_jitter(
+      jnp.asarray(x), jax.random.key(3), global_batch=n, offset=0,
+      brightness=0.14, contrast=0.13), np.float64)
+  x64 = x.astype(np.float64)
+  a, b = (0, 0, 0, 0), (0, 1, 2, 1)  # Two pixels of each image.
+  for i in range(n):
+    # out = (x + u)(1 + v): (out_a - out_b) = (x_a - x_b)(1 + v).
+    scale = (out[i][a[1:]] - out[i][b[1:]]) / (x64[i][a[1:]] - x64[i][b[1:]])
+    u = out[i][a[1:]] / scale - x64[i][a[1:]]
+    assert abs(scale - 1) <= 0.13 + 1e-5 and abs(u) <= 0.14 + 1e-5
+    np.testing.assert_allclose(out[i], (x64[i] + u) * scale, atol=1e-5)
+  scales = (out[:, 0, 0, 0] - out[:, 1, 2, 1]) / (
+      x64[:, 0, 0, 0] - x64[:, 1, 2, 1])
+  # Drawn per example, over most of the range.
+  assert len(np.unique(np.round(scales, 6))) == n
+  assert scales.min() < 0.93 and scales.max() > 1.07
+
+
+def test_color_jitter_each_device_gets_its_slice_of_one_global_draw():
+  devices = jax.local_devices()[:4]
+  n, b = 32, 8
+  x = np.random.default_rng(2).normal(size=(n, 4, 4, 3)).astype(np.float32)
+  key = jax.random.key(5)
+  options = dict(brightness=0.2, contrast=0.1)
+  whole = np.asarray(augment.color_jitter(jnp.asarray(x), key, global_batch=n,
+                                          offset=0, **options))
+
+  def per_device(local):
+    offset = jax.lax.axis_index(parallel.AXIS) * b
+    return augment.color_jitter(local, key, global_batch=n, offset=offset,
+                                **options)
+
+  split = jax.pmap(per_device, axis_name=parallel.AXIS, devices=devices)(
+      x.reshape(4, b, 4, 4, 3))
+  np.testing.assert_allclose(np.asarray(split).reshape(whole.shape), whole,
+                             rtol=1e-6, atol=1e-6)
+  assert not np.allclose(whole, x)
+
+
 # --- Normalization -----------------------------------------------------------------
 
 MEAN = np.array([0.49, 0.48, 0.45])

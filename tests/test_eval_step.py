@@ -19,14 +19,21 @@ def tiny_config(*overrides):
                                     list(overrides))
 
 
-def direct(model, variables, config, images, labels, tta="none") -> dict:
-  """The figures of one plain model apply over the whole split (of the
+def direct_logits(model, variables, config, images, tta="none"):
+  """The logits of one plain model apply over the whole split (of the
   test-time augmentation's views), in float64."""
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
   x = augment.normalize(images, config.data.normalization, mean, std)
-  logits = np.asarray(augment.tta_logits(
+  return np.asarray(augment.tta_logits(
       lambda x: model.apply(variables, x, train=False), x, tta), np.float64)
+
+
+def direct(model, variables, config, images, labels, tta="none",
+           logits=None) -> dict:
+  """The figures of `logits` (default: direct_logits), in float64."""
+  if logits is None:
+    logits = direct_logits(model, variables, config, images, tta)
   pred = logits.argmax(-1)
   top5 = np.argsort(-logits, axis=-1)[:, :5]
   shifted = logits - logits.max(-1, keepdims=True)
@@ -154,3 +161,81 @@ def test_an_unknown_tta_is_refused(fresh):
     eval_step.Evaluator(setup.model, setup.config, setup.devices,
                         setup.data.test_images, setup.data.test_labels,
                         batch_size=48, tta="sideways")
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_tta_on_the_least_confident_images_only(fresh, devices):
+  # The reference: the plain logits of every image, those of the quarter
+  # with the smallest largest softmax probability replaced by their TTA
+  # logits (hiverge's selective TTA), chosen over the whole split.
+  setup, state = fresh
+  data, config = setup.data, setup.config
+  variables = trainer.variables_of(state, "raw")
+  plain = direct_logits(setup.model, variables, config, data.test_images)
+  augmented = direct_logits(setup.model, variables, config, data.test_images,
+                            "mirror_translate")
+  shifted = plain - plain.max(-1, keepdims=True)
+  confidence = 1.0 / np.exp(shifted).sum(-1)  # The largest probability.
+  order = np.argsort(confidence)
+  # A choice float rounding cannot flip: the 50th and 51st differ clearly.
+  assert confidence[order[50]] - confidence[order[49]] > 1e-6
+  merged = plain.copy()
+  merged[order[:50]] = augmented[order[:50]]
+  want = direct(None, None, config, None, data.test_labels, logits=merged)
+  unaugmented = direct(None, None, config, None, data.test_labels,
+                       logits=plain)
+  assert abs(want["loss"] - unaugmented["loss"]) > 1e-4  # TTA shows.
+
+  evaluator = eval_step.Evaluator(
+      setup.model, config, jax.local_devices()[:devices], data.test_images,
+      data.test_labels, batch_size=48, tta="mirror_translate",
+      tta_fraction=0.25)
+  # 200 images in 5 batches of 48, then the 50 chosen in 2.
+  assert evaluator.batches == 5 and evaluator.pass_batches() == 7
+  seen = []
+  got = evaluator(state, ("raw",), before_batch=lambda *a: seen.append(a))
+  got = got["raw"]
+  total = evaluator.pass_batches()
+  assert seen == [("raw", i, total) for i in range(total + 1)]
+  assert got["count"] == 200
+  np.testing.assert_array_equal(got["confusion"], want["confusion"])
+  assert got["accuracy"] == pytest.approx(want["accuracy"])
+  assert got["top5_accuracy"] == pytest.approx(want["top5_accuracy"])
+  assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+  # Fraction 1 is the TTA of every image, as without a fraction.
+  every = evaluator(state, ("raw",), tta_fraction=1.0)["raw"]
+  full = direct(setup.model, variables, config, data.test_images,
+                data.test_labels, "mirror_translate")
+  np.testing.assert_array_equal(every["confusion"], full["confusion"])
+  assert every["loss"] == pytest.approx(full["loss"], rel=1e-4)
+
+
+def test_image_results_are_those_of_the_totals(fresh):
+  # The per-image pass (selective TTA's) summed equals the totals pass.
+  setup, state = fresh
+  data = setup.data
+  evaluator = eval_step.Evaluator(
+      setup.model, setup.config, setup.devices, data.test_images,
+      data.test_labels, batch_size=48)
+  variables = parallel.replicate(trainer.variables_of(state, "ema"),
+                                 setup.local_devices)
+  images = evaluator.image_results(variables, "mirror")
+  assert all(v.shape == (200,) for v in images.values())
+  assert set(np.unique(images["correct"])) <= {0.0, 1.0}
+  assert np.all((images["confidence"] > 0.1 - 1e-6)
+                & (images["confidence"] <= 1))
+  from_images = eval_step.totals_of_images(images, evaluator.labels, 10)
+  totals = evaluator.totals(variables, "mirror")
+  np.testing.assert_array_equal(from_images["confusion"], totals["confusion"])
+  for k in ("correct", "correct_top5", "count"):
+    assert from_images[k] == totals[k], k
+  assert from_images["loss_sum"] == pytest.approx(totals["loss_sum"], rel=1e-5)
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "all"])
+def test_a_tta_fraction_outside_0_1_is_refused(fresh, fraction):
+  setup, _ = fresh
+  with pytest.raises(config_lib.ConfigError, match=r"in \(0, 1\]"):
+    eval_step.Evaluator(setup.model, setup.config, setup.devices,
+                        setup.data.test_images, setup.data.test_labels,
+                        batch_size=48, tta="mirror", tta_fraction=fraction)

@@ -548,7 +548,8 @@ def test_config_has_common_fields_and_one_section_per_model_with_own_fields():
   assert sections["convnet4"] == {"hidden": 0}
   assert sections["speednet"] == {
       "widths": [64, 256, 256], "logit_scale": 1.0 / 9.0,
-      "head_init_std": 0.0, "whiten": True, "whiten_images": 5000}
+      "head_init_std": 0.0, "whiten": True, "whiten_images": 5000,
+      "group_activation": "gelu"}
   # The TF tutorial's tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75).
   assert sections["alexnet"] == {"lrn_depth_radius": 4, "lrn_bias": 1.0,
                                  "lrn_alpha": 0.001 / 9.0, "lrn_beta": 0.75}

@@ -12,8 +12,11 @@ import numpy as np
 from jaxcnn import checkpoint, config as config_lib, restore, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The final TTA on the least confident half: chosen over the images of both
+# processes.
 RUN = ["train.eval_every_epochs=1", "train.checkpoint_every_steps=16",
-       "optim.schedule=exponential"]
+       "optim.schedule=exponential", "train.final_tta=mirror",
+       "train.final_tta_fraction=0.5"]
 
 
 def free_port() -> int:
@@ -79,3 +82,7 @@ def test_two_processes_equal_one_process(tmp_path):
   final = [l for l in errs[0].splitlines() if l.startswith("final:")][0]
   assert "on 200 images" in final
   assert f"raw {reference['raw']['accuracy']:.2%}" in final
+  tta = [l for l in errs[0].splitlines() if "with TTA (mirror on the 50%" in l]
+  assert len(tta) == 1, errs[0]
+  assert (f"raw {reference['tta']['raw']['accuracy']:.2%}, EMA "
+          f"{reference['tta']['ema']['accuracy']:.2%}") in tta[0]

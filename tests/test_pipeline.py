@@ -173,6 +173,34 @@ def test_flips_alone_mirror_some_images_of_the_plain_batch(setup4):
   assert (same & ~mirrored).any() and (mirrored & ~same).any()
 
 
+def test_color_jitter_after_normalization_and_only_when_on(setup4):
+  # data.jitter_*: the plain (no crop, no flip) batch of each device, each
+  # example shifted and scaled by its own (u, v) within the ranges; the
+  # crops and flips of the same step are those without jitter.
+  plain_setup = with_data(setup4, random_crop=False, random_flip=False)
+  jitter_setup = with_data(plain_setup, jitter_brightness=0.3,
+                           jitter_contrast=0.2)
+  x, y, perm2 = inputs(setup4, 0)
+  step = 2
+  plain = np.concatenate([batch_fn(plain_setup)(x, y, perm2, step, 0, d)[0]
+                          for d in range(4)]).astype(np.float64)
+  jittered = np.concatenate([batch_fn(jitter_setup)(x, y, perm2, step, 0, d)[0]
+                             for d in range(4)]).astype(np.float64)
+  flat_p, flat_j = plain.reshape(32, -1), jittered.reshape(32, -1)
+  for p, j in zip(flat_p, flat_j):
+    scale, shift = np.polyfit(p, j, 1)  # j = (p + u)(1 + v) = scale p + shift.
+    np.testing.assert_allclose(j, scale * p + shift, atol=1e-4)
+    assert abs(scale - 1) <= 0.2 + 1e-5 and abs(shift / scale) <= 0.3 + 1e-5
+  assert np.abs(flat_j - flat_p).max() > 0.05
+  # With crops and flips on too, jitter changes nothing but the colours.
+  both = with_data(setup4, jitter_brightness=0.3, jitter_contrast=0.2)
+  augmented = np.asarray(batch_fn(setup4)(x, y, perm2, step, 0, 1)[0])
+  with_jitter = np.asarray(batch_fn(both)(x, y, perm2, step, 0, 1)[0])
+  for a, j in zip(augmented.reshape(8, -1), with_jitter.reshape(8, -1)):
+    scale, shift = np.polyfit(a, j, 1)
+    np.testing.assert_allclose(j, scale * a + shift, atol=1e-4)
+
+
 # --- Keys ---------------------------------------------------------------------
 
 

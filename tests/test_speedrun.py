@@ -450,6 +450,73 @@ def test_speedrun_groups_are_airbench94_muons_param_configs():
   assert optim.frozen_from(o, ["whiten/kernel", "whiten/bias"], 25) == 75
 
 
+def test_speedrun_hiverge_is_hiverges_numbers():
+  # hiverge's cifar10_speedrun main(): batch 1536, ceil(7.59 * 32) steps,
+  # whitening bias for ceil(0.19 * 32), bias_lr 0.0573, head_lr 0.5415, wd
+  # 1.0418e-6 * 1536 (L2 wd / lr on the SGD groups, decoupled on Muon's),
+  # SGD momentum 0.825 (Nesterov), Muon lr 0.205 momentum 0.655, label
+  # smoothing 0.09, jitter 0.1399 / 0.1308, SiLU, BatchNorm momentum 0.5566,
+  # whitening from 960 images, TTA on the 25% least confident.
+  config = config_lib.load_experiment("speedrun_hiverge")
+  o, batch = config.optim, 1536
+  g = {x.name: x for x in o.groups}
+  wd = 1.0418e-6 * batch
+  assert config.train.batch_size == batch and config.train.num_steps == 243
+  for name, lr in (("whiten_bias", 0.0573), ("bn_bias", 0.0573),
+                   ("head", 0.5415)):
+    assert (g[name].optimizer, g[name].momentum) == ("nesterov", 0.825)
+    assert g[name].lr == pytest.approx(lr * batch)
+    assert g[name].weight_decay == pytest.approx(wd / (lr * batch))
+  f = g["filters"]
+  assert (f.optimizer, f.lr, f.momentum, f.ns_steps, f.normalize,
+          f.weight_decay_mode) == ("muon", 0.205, 0.655, 3, True, "decoupled")
+  assert f.weight_decay == pytest.approx(wd)
+  assert optim.frozen_from(o, ["whiten/kernel", "whiten/bias"], 32) == 7
+  wb = optim.make_group_schedule(o, g["whiten_bias"], 32, total_steps=243)
+  np.testing.assert_allclose([wb(t) for t in (0, 3, 7)],
+                             [0.0573 * batch * r for r in (1, 1 - 3 / 7, 0)],
+                             rtol=1e-6, atol=1e-6)
+  s = optim.make_group_schedule(o, f, 32, total_steps=243)
+  np.testing.assert_allclose([s(t) for t in (0, 81, 243)],
+                             [0.205, 0.205 * 162 / 243, 0.0], rtol=1e-6,
+                             atol=1e-6)
+  d, m = config.data, config.model
+  assert (d.jitter_brightness, d.jitter_contrast) == (0.1399, 0.1308)
+  assert (m.speednet.group_activation, m.bn_momentum,
+          m.speednet.whiten_images) == ("silu", 0.5566, 960)
+  assert (config.train.label_smoothing, config.train.final_tta,
+          config.train.final_tta_fraction) == (0.09, "mirror_translate", 0.25)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_speednet_group_activation_is_its_formula(activation):
+  # One conv group in eval mode (running statistics 0 and 1, no scale):
+  # conv -> 2x2 max-pool -> BN -> act -> conv -> BN -> act, in numpy.
+  group = speednet.ConvGroup(4, bn_scale=False, activation=activation)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  v = jax.jit(lambda x: group.init({"params": jax.random.key(1)}, x,
+                                   train=False))(x)
+  got = np.asarray(jax.jit(lambda v, x: group.apply(v, x, train=False))(v, x))
+
+  def conv(x, k):
+    return np.asarray(jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST), np.float64)
+
+  act = {"gelu": lambda z: 0.5 * z * (1 + np.vectorize(math.erf)(z / 2 ** 0.5)),
+         "silu": lambda z: z / (1 + np.exp(-z))}[activation]
+  bn = 1 / math.sqrt(1 + 1e-5)
+  p = v["params"]
+  y = conv(np.asarray(x), p["conv1"]["kernel"])
+  y = y.reshape(2, 3, 2, 3, 2, 4).max(axis=(2, 4))
+  y = act(y * bn)
+  y = act(conv(y.astype(np.float32), p["conv2"]["kernel"]) * bn)
+  np.testing.assert_allclose(got, y, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="model.speednet.group_activation"):
+    create_model({"name": "speednet",
+                  "speednet": {"group_activation": "swish"}})
+
+
 def test_speednet_head_init_std():
   model = create_model({"name": "speednet", "width": 0.125,
                         "speednet": {"head_init_std": 1.0}})

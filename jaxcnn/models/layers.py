@@ -30,6 +30,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
     "gelu": functools.partial(nn.gelu, approximate=False),
+    "silu": nn.silu,
 }
 
 CONV_IMPLS = ("auto", "xla", "shifted")

@@ -3,7 +3,8 @@ Jordan 2024, arXiv 2404.00498), written for jaxcnn.
 
   whiten: 2x2 VALID conv, 3 -> 24 channels, frozen patch-whitening filters
           (with a trainable bias) -> GELU                          32 -> 31
-  group1..3: conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU
+  group1..3: conv3x3 -> max-pool 2 -> BN -> act -> conv3x3 -> BN -> act
+          (act: model.speednet.group_activation, GELU; hiverge's SiLU)
           widths (64, 256, 256) x `width`                  31 -> 15 -> 7 -> 3
   max-pool 3 -> linear (no bias) -> x logit_scale (1/9)             3 -> 1
 
@@ -49,6 +50,10 @@ CONFIG = dict(
     # its filters are computed from.
     whiten=True,
     whiten_images=5000,
+    # The activation inside the conv groups (one of model.activation's
+    # choices: airbench's GELU, hiverge's SiLU); the whitening layer's stays
+    # GELU, as in both.
+    group_activation="gelu",
 )
 
 # PyTorch's default conv and linear init: uniform(+-1/sqrt(fan_in)).
@@ -146,10 +151,11 @@ class ConvGroup(nn.Module):
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_scale: bool = True
+  activation: str = "gelu"
 
   @nn.compact
   def __call__(self, x, train: bool):
-    act = layers.ACTIVATIONS["gelu"]
+    act = layers.ACTIVATIONS[self.activation]
 
     def bn(x, name):
       return layers.batch_norm(x, train=train, axis_name=self.bn_axis_name,
@@ -171,13 +177,14 @@ class SpeedNet(layers.ModelBase):
   """See the module docstring. `widths`: the three groups' channels before
   the `width` multiplier. `whiten=False` makes the first layer an ordinary
   trainable conv of the same shape (the ablation of the whitening). `norm`
-  must be 'batchnorm'; `activation` and `dropout` are not used (GELU, no
-  dropout, as the recipe)."""
+  must be 'batchnorm'; `activation` and `dropout` are not used (no dropout,
+  as the recipe; the groups' activation is `group_activation`)."""
   widths: Sequence[int] = (64, 256, 256)
   logit_scale: float = 1.0 / 9.0
   head_init_std: float = 0.0  # 0: PyTorch's default; else unit_std_head_init.
   whiten: bool = True
   conv_impl: str = "auto"
+  group_activation: str = "gelu"
 
   @nn.compact
   def __call__(self, x, train: bool, stem_frozen: bool = False):
@@ -190,6 +197,7 @@ class SpeedNet(layers.ModelBase):
       x = ConvGroup(layers.scaled(features, self.width), dtype=self.dtype,
                     conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name,
                     bn_momentum=self.bn_momentum, bn_scale=self.bn_scale,
+                    activation=self.group_activation,
                     name=f"group{g}")(x, train)
     x = layers.max_pool(x, 3, 3, "VALID")
     x = x.reshape(x.shape[0], -1)
@@ -229,19 +237,26 @@ def build(common: Common, own: dict) -> SpeedNet:
     raise ModelConfigError(
         f"model.speednet.widths={widths!r} must be three positive integers")
   check_positive_int("speednet.whiten_images", own["whiten_images"])
+  if own["group_activation"] not in layers.ACTIVATIONS:
+    raise ModelConfigError(
+        f"model.speednet.group_activation={own['group_activation']!r}; use "
+        f"one of {', '.join(layers.ACTIVATIONS)}")
   head_std = check_finite("speednet.head_init_std", own["head_init_std"], 0.0,
                           " (0: PyTorch's default init)")
   return SpeedNet(widths=widths,
                   logit_scale=check_finite("speednet.logit_scale",
                                            own["logit_scale"]),
                   head_init_std=head_std, whiten=bool(own["whiten"]),
+                  group_activation=own["group_activation"],
                   conv_impl=common.conv_impl, **common.module_kwargs)
 
 
 def describe(m) -> str:
-  # Its activation is GELU whatever the config says.
-  widths = "/".join(str(w) for w in m["speednet"]["widths"])
-  return f"speednet {widths}{width_text(m)} (batchnorm, gelu)"
+  # Its activation is the groups', whatever model.activation says.
+  own = m["speednet"]
+  widths = "/".join(str(w) for w in own["widths"])
+  return (f"speednet {widths}{width_text(m)} (batchnorm, "
+          f"{own.get('group_activation', 'gelu')})")
 
 
 SPEC = ModelSpec(
