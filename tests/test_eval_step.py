@@ -239,3 +239,28 @@ def test_a_tta_fraction_outside_0_1_is_refused(fresh, fraction):
     eval_step.Evaluator(setup.model, setup.config, setup.devices,
                         setup.data.test_images, setup.data.test_labels,
                         batch_size=48, tta="mirror", tta_fraction=fraction)
+
+
+def test_tta_fraction_benchmark_gives_the_evaluators_figures(tmp_path, capsys):
+  # benchmarks/tta_fraction.py on a trained workdir: its accuracies are
+  # those of `jaxcnn.eval --tta ... --tta_fraction ...`.
+  from benchmarks import tta_fraction
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config(
+      "train.num_steps=8", "train.eval_every_epochs=0"), workdir)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_main(lambda: tta_fraction.main(
+        ["--workdir", workdir, "--fractions", "1,0.25", "--tta", "mirror",
+         "--repeats", "1", "--json"]))
+  assert exit_info.value.code == 0
+  out = json.loads(capsys.readouterr().out)
+  rows = {(r["fraction"], r["weights"]): r for r in out["rows"]}
+  assert set(rows) == {(f, w) for f in (1.0, 0.25) for w in ("raw", "ema")}
+  for f in (1, 0.25):
+    report = run_eval_cli(capsys, "--workdir", workdir, "--tta", "mirror",
+                          "--tta_fraction", str(f))
+    assert report["tta_fraction"] == f
+    for w in ("raw", "ema"):
+      assert rows[(f, w)]["accuracy"] == report["results"][w]["accuracy"]
+      assert rows[(f, w)]["seconds"] > 0
