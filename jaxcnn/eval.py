@@ -153,7 +153,8 @@ def main(argv=None) -> int:
       weights=args.weights, source=args.data, data_dir=args.data_dir,
       split=args.split, batch_size=args.batch_size,
       num_devices=args.num_devices, tta=args.tta,
-      tta_fraction=args.tta_fraction, log=lambda text: print(text, file=sys.stderr, flush=True))
+      tta_fraction=args.tta_fraction,
+      log=lambda text: print(text, file=sys.stderr, flush=True))
   files = []
   if not args.no_plots:
     out_dir = pathlib.Path(args.out_dir or pathlib.Path(args.workdir) / "eval")

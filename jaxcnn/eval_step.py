@@ -344,7 +344,7 @@ class Evaluator:
                         before_batch) -> dict:
     total = self.pass_batches(tta, fraction)
     hook = None if before_batch is None else (
-        lambda i, start=0: before_batch(start + i, total))
+        lambda i: before_batch(i, total))
     plain = self.image_results(variables, "none", before_batch=hook)
     chosen = least_confident(plain["confidence"], fraction)
     if len(chosen):

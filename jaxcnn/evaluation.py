@@ -152,15 +152,16 @@ def eval_workdir(workdir, *, step: int | None = None, all_steps: bool = False,
                  weights: str = "both", source: str | None = None,
                  data_dir: str | None = None, split: str = "test",
                  batch_size: int = 0, num_devices: int = 0, tta: str = "none",
-                 tta_fraction: float = 1.0, log: Callable[[str], None] | None = None) -> dict:
+                 tta_fraction: float = 1.0,
+                 log: Callable[[str], None] | None = None) -> dict:
   """What `python -m jaxcnn.eval` computes: one step (default the latest), or
   every kept step with `all_steps`, with test-time augmentation `tta` (one
   of augment.TTA_MODES) on the `tta_fraction` least confident images. Plain
   data:
 
     {workdir, model, data, split, class_names, count, num_devices, batch_size,
-     weights, tta, tta_fraction, step (the last evaluated), results: {raw|ema: {...}} of
-     that step, steps: [{step, raw|ema: {...}}, ...]}
+     weights, tta, tta_fraction, step (the last evaluated), results:
+     {raw|ema: {...}} of that step, steps: [{step, raw|ema: {...}}, ...]}
   """
   chosen = weights_list(weights)
   if split not in EVAL_SPLITS:
