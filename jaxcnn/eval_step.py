@@ -315,7 +315,8 @@ class Evaluator:
       return self.batches
     k = int(self.count * fraction)
     return self.batches + (
-        eval_layout(k, len(self.devices), self.batch_size)[0] if k else 0)
+        eval_layout(k, len(self.devices), self._subset_batch(k))[0] if k
+        else 0)
 
   def totals(self, variables, tta: str | None = None, before_batch=None,
              tta_fraction: float | None = None) -> dict:
@@ -340,6 +341,13 @@ class Evaluator:
     return self._image_passes[tta](
         variables, self.data if data is None else data, before_batch)
 
+  def _subset_batch(self, k: int) -> int:
+    """The global batch for k chosen images: as many batches as
+    batch_size needs, of equal size, so little is padding (1,250 images in
+    batches of 1,000 are two of 625, not two of 1,000)."""
+    batches = math.ceil(k / self.batch_size)
+    return math.ceil(k / batches)
+
   def _selective_totals(self, variables, tta: str, fraction: float,
                         before_batch) -> dict:
     total = self.pass_batches(tta, fraction)
@@ -349,7 +357,7 @@ class Evaluator:
     chosen = least_confident(plain["confidence"], fraction)
     if len(chosen):
       subset = place_eval_data(self.images[chosen], self.labels[chosen],
-                               self.devices, self.batch_size)
+                               self.devices, self._subset_batch(len(chosen)))
       hook = None if before_batch is None else (
           lambda i: before_batch(self.batches + i, total))
       augmented = self.image_results(variables, tta, subset, hook)

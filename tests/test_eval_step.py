@@ -190,8 +190,11 @@ def test_tta_on_the_least_confident_images_only(fresh, devices):
       setup.model, config, jax.local_devices()[:devices], data.test_images,
       data.test_labels, batch_size=48, tta="mirror_translate",
       tta_fraction=0.25)
-  # 200 images in 5 batches of 48, then the 50 chosen in 2.
+  # 200 images in 5 batches of 48, then the 50 chosen in 2 (of 25: the
+  # chosen are split evenly, not padded to 48).
   assert evaluator.batches == 5 and evaluator.pass_batches() == 7
+  assert evaluator._subset_batch(50) == 25
+  assert evaluator._subset_batch(48) == 48 and evaluator._subset_batch(7) == 7
   seen = []
   got = evaluator(state, ("raw",), before_batch=lambda *a: seen.append(a))
   got = got["raw"]
