@@ -156,26 +156,27 @@ def _eval_body(model, config: Config, tta: str):
 
 
 class _Pass:
-  """_eval_body over the placed batches, one batch per call; each device
-  adds its batches in order and the devices' totals are summed once at the
-  end."""
+  """`body(variables, totals, (images, labels, mask), index)` over the placed
+  batches, one batch per call (`index`: the batch's position in
+  place_eval_data's layout, device-major); each device adds its batches in
+  order and the devices' totals are summed once at the end."""
 
-  def __init__(self, model, config: Config, devices: list, tta: str):
-    body, init = _eval_body(model, config, tta)
+  def __init__(self, body, devices: list):
     self.local = parallel.local_part(devices)
 
     def one(variables, images, labels, mask, totals, i):
-      return body(variables, totals, (images[i], labels[i], mask[i]))
+      index = jax.lax.axis_index(AXIS) * labels.shape[0] + i
+      return body(variables, totals, (images[i], labels[i], mask[i]), index)
 
     self._one = jax.pmap(one, axis_name=AXIS, devices=devices,
                          in_axes=(0, 0, 0, 0, 0, None), donate_argnums=(4,))
     self._sum = jax.pmap(lambda t: jax.lax.psum(t, AXIS), axis_name=AXIS,
                          devices=devices)
-    self._init = jax.jit(init)
 
-  def __call__(self, variables, data: EvalData, before_batch=None):
+  def __call__(self, variables, data: EvalData, init: dict, before_batch=None):
+    """The summed totals (on the devices), from the host zeros `init`."""
     total = data.images.shape[1]
-    totals = parallel.replicate(jax.device_get(self._init()), self.local)
+    totals = parallel.replicate(init, self.local)
     for i in range(total):
       if before_batch is not None:
         before_batch(i, total)
@@ -188,46 +189,24 @@ class _Pass:
     return self._sum(totals)
 
 
-class _ImagePass:
-  """Per-image results (_per_image) of every placed image, in the split's
-  order, on every process: each device writes its images' results at their
-  positions (place_eval_data's layout) of one zero vector per result, and the
-  vectors are summed over the devices at the end."""
+IMAGE_RESULTS = ("loss", "correct", "correct_top5", "pred", "confidence")
 
-  def __init__(self, model, config: Config, devices: list, tta: str):
-    logits_of = _logits_fn(model, config, tta)
-    num_classes = config.model.num_classes
-    self.local = parallel.local_part(devices)
 
-    def one(variables, images, labels, out, i):
-      batches, per_device = labels.shape  # This device's [batches, batch].
-      start = (jax.lax.axis_index(AXIS) * batches + i) * per_device
-      image = _per_image(logits_of(variables, images[i]), labels[i],
-                         num_classes)
-      return {k: jax.lax.dynamic_update_slice(out[k], image[k], (start,))
-              for k in out}
+def _image_body(model, config: Config, tta: str):
+  """A _Pass body writing each image's results (_per_image) at its position
+  (place_eval_data's layout) of one vector per result; the other devices'
+  vectors hold zeros there, so the summed vectors hold every image once."""
+  logits_of = _logits_fn(model, config, tta)
+  num_classes = config.model.num_classes
 
-    self._one = jax.pmap(one, axis_name=AXIS, devices=devices,
-                         in_axes=(0, 0, 0, 0, None), donate_argnums=(3,))
-    self._sum = jax.pmap(lambda t: jax.lax.psum(t, AXIS), axis_name=AXIS,
-                         devices=devices)
-    self.num_devices = len(devices)
+  def body(variables, out, batch, index):
+    x_u8, y, _ = batch
+    image = _per_image(logits_of(variables, x_u8), y, num_classes)
+    start = index * y.shape[0]
+    return {k: jax.lax.dynamic_update_slice(out[k], image[k], (start,))
+            for k in IMAGE_RESULTS}
 
-  def __call__(self, variables, data: EvalData, before_batch=None) -> dict:
-    """{loss, correct, correct_top5, pred, confidence}: float32 [count]."""
-    _, batches, per_device = data.labels.shape
-    size = self.num_devices * batches * per_device
-    zero = np.zeros((size,), np.float32)
-    out = parallel.replicate(
-        {k: zero for k in ("loss", "correct", "correct_top5", "pred",
-                           "confidence")}, self.local)
-    for i in range(batches):
-      if before_batch is not None:
-        before_batch(i)
-      out = self._one(variables, data.images, data.labels, out, np.int32(i))
-      jax.block_until_ready(out)
-    summed = jax.tree.map(np.asarray, parallel.unreplicate(self._sum(out)))
-    return {k: v[:data.count] for k, v in summed.items()}
+  return body
 
 
 def least_confident(confidence: np.ndarray, fraction: float) -> np.ndarray:
@@ -293,8 +272,8 @@ class Evaluator:
     self.data = place_eval_data(images, self.labels, devices, self.batch_size)
     self.count = self.data.count
     self.batches = int(self.data.images.shape[1])  # Per plain pass.
-    self._passes: dict[str, _Pass] = {}
-    self._image_passes: dict[str, _ImagePass] = {}
+    self._passes: dict[str, tuple[_Pass, dict]] = {}  # With its zeros.
+    self._image_passes: dict[str, _Pass] = {}
     self._checked = False
 
   def _options(self, tta, tta_fraction) -> tuple[str, float]:
@@ -325,8 +304,12 @@ class Evaluator:
     if self._selective(tta, fraction):
       return self._selective_totals(variables, tta, fraction, before_batch)
     if tta not in self._passes:
-      self._passes[tta] = _Pass(self.model, self.config, self.devices, tta)
-    totals = self._passes[tta](variables, self.data, before_batch)
+      body, init = _eval_body(self.model, self.config, tta)
+      self._passes[tta] = (
+          _Pass(lambda v, t, batch, _: body(v, t, batch), self.devices),
+          jax.device_get(jax.jit(init)()))
+    run, init = self._passes[tta]
+    totals = run(variables, self.data, init, before_batch)
     return jax.tree.map(np.asarray, parallel.unreplicate(totals))
 
   def image_results(self, variables, tta: str, data: EvalData | None = None,
@@ -335,11 +318,18 @@ class Evaluator:
     pred, confidence) of replicated `variables` on `data` (default: the
     split), under test-time augmentation `tta`."""
     _check_tta(tta)
+    data = self.data if data is None else data
     if tta not in self._image_passes:
-      self._image_passes[tta] = _ImagePass(self.model, self.config,
-                                           self.devices, tta)
-    return self._image_passes[tta](
-        variables, self.data if data is None else data, before_batch)
+      self._image_passes[tta] = _Pass(
+          _image_body(self.model, self.config, tta), self.devices)
+    _, batches, per_device = data.labels.shape  # This process's devices.
+    # Every device's images, padding included.
+    zero = np.zeros((len(self.devices) * batches * per_device,), np.float32)
+    out = self._image_passes[tta](variables, data,
+                                  {k: zero for k in IMAGE_RESULTS},
+                                  before_batch)
+    out = jax.tree.map(np.asarray, parallel.unreplicate(out))
+    return {k: v[:data.count] for k, v in out.items()}
 
   def _subset_batch(self, k: int) -> int:
     """The global batch for k chosen images: as many batches as
@@ -350,22 +340,24 @@ class Evaluator:
 
   def _selective_totals(self, variables, tta: str, fraction: float,
                         before_batch) -> dict:
+    # One progress count over both passes: the plain pass's batches, then
+    # the chosen images'.
     total = self.pass_batches(tta, fraction)
-    hook = None if before_batch is None else (
-        lambda i: before_batch(i, total))
+    hook = None if before_batch is None else (  # Its end is not the end.
+        lambda i, n: before_batch(i, total) if i < n else None)
     plain = self.image_results(variables, "none", before_batch=hook)
     chosen = least_confident(plain["confidence"], fraction)
+    if not len(chosen) and before_batch is not None:
+      before_batch(total, total)
     if len(chosen):
       subset = place_eval_data(self.images[chosen], self.labels[chosen],
                                self.devices, self._subset_batch(len(chosen)))
       hook = None if before_batch is None else (
-          lambda i: before_batch(self.batches + i, total))
+          lambda i, _: before_batch(self.batches + i, total))
       augmented = self.image_results(variables, tta, subset, hook)
       for k in plain:
         plain[k] = plain[k].copy()
         plain[k][chosen] = augmented[k]
-    if before_batch is not None:
-      before_batch(total, total)
     return totals_of_images(plain, self.labels, self.config.model.num_classes)
 
   def __call__(self, state: TrainState, weights=WEIGHTS, *,
