@@ -39,8 +39,8 @@ images) more with TTA.
 On a GPU: not run yet (use --set model.dtype=bfloat16 and
 --set train.steps_per_dispatch=5 or so).
 """
-from jaxcnn.config import Config, load_experiment
-from jaxcnn.groups import group
+from jaxcnn.config import load_experiment
+from jaxcnn.groups import muon_record_groups
 
 BATCH = 2000
 # airbench94_muon's rates are per summed example: times the batch here.
@@ -54,23 +54,12 @@ def get_config():
   c = load_experiment("speedrun_airbench94")
   c.model.speednet.logit_scale = 1.0 / 256
   c.model.speednet.head_init_std = 1.0
-  sgd = dict(momentum=0.85)  # torch.optim.SGD(momentum=0.85, nesterov=True)
-  c.optim.groups = (
-      group("whiten_kernel", r"^whiten/kernel$", "nesterov", BIAS_LR,
-            frozen_from_epochs=0, **sgd),
-      # lr = initial_lr * (1 - step / whiten_bias_train_steps), then no grad.
-      group("whiten_bias", r"^whiten/bias$", "nesterov", BIAS_LR,
-            weight_decay=WD / BIAS_LR, frozen_from_epochs=WHITEN_BIAS_EPOCHS,
-            schedule=Config(schedule="triangular", triangle_start=1.0,
-                            triangle_peak=0.0, triangle_end=0.0,
-                            length_epochs=WHITEN_BIAS_EPOCHS), **sgd),
-      group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", BIAS_LR,
-            weight_decay=WD / BIAS_LR, **sgd),
-      group("head", r"^head/kernel$", "nesterov", HEAD_LR,
-            weight_decay=WD / HEAD_LR, **sgd),
-      group("filters", r"(^|/)conv\d+/kernel$", "muon", 0.24, momentum=0.6,
-            ns_steps=3, normalize=True),
-  )
+  # torch.optim.SGD(momentum=0.85, nesterov=True); the whitening bias's
+  # lr = initial_lr * (1 - step / whiten_bias_train_steps), then no grad.
+  c.optim.groups = muon_record_groups(
+      bias_lr=BIAS_LR, head_lr=HEAD_LR, wd=WD, sgd_momentum=0.85,
+      whiten_bias_epochs=WHITEN_BIAS_EPOCHS, lr=0.24, momentum=0.6,
+      ns_steps=3, normalize=True)
   # lr = initial_lr * (1 - step / total_train_steps) for the others.
   c.optim.schedule = "triangular"
   c.optim.triangle_start = 1.0

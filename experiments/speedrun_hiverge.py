@@ -32,8 +32,8 @@ schedule cancels (the stack is renormalised right after it) and is left out.
 """
 import math
 
-from jaxcnn.config import Config, load_experiment
-from jaxcnn.groups import group
+from jaxcnn.config import load_experiment
+from jaxcnn.groups import muon_record_groups
 
 BATCH = 1536
 STEPS_PER_EPOCH = 50_000 // BATCH  # 32: hiverge's loader drops the rest.
@@ -52,24 +52,11 @@ def get_config():
   c.model.speednet.group_activation = "silu"
   c.model.bn_momentum = 0.5566
   c.model.speednet.whiten_images = 960
-  sgd = dict(momentum=0.825)
-  whiten_epochs = WHITEN_BIAS_STEPS / STEPS_PER_EPOCH
-  c.optim.groups = (
-      group("whiten_kernel", r"^whiten/kernel$", "nesterov", BIAS_LR,
-            frozen_from_epochs=0, **sgd),
-      group("whiten_bias", r"^whiten/bias$", "nesterov", BIAS_LR,
-            weight_decay=WD / BIAS_LR, frozen_from_epochs=whiten_epochs,
-            schedule=Config(schedule="triangular", triangle_start=1.0,
-                            triangle_peak=0.0, triangle_end=0.0,
-                            length_epochs=whiten_epochs), **sgd),
-      group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", BIAS_LR,
-            weight_decay=WD / BIAS_LR, **sgd),
-      group("head", r"^head/kernel$", "nesterov", HEAD_LR,
-            weight_decay=WD / HEAD_LR, **sgd),
-      group("filters", r"(^|/)conv\d+/kernel$", "muon", 0.205, momentum=0.655,
-            ns_steps=3, normalize=True, weight_decay=WD,
-            weight_decay_mode="decoupled"),
-  )
+  c.optim.groups = muon_record_groups(
+      bias_lr=BIAS_LR, head_lr=HEAD_LR, wd=WD, sgd_momentum=0.825,
+      whiten_bias_epochs=WHITEN_BIAS_STEPS / STEPS_PER_EPOCH, lr=0.205,
+      momentum=0.655, ns_steps=3, normalize=True, weight_decay=WD,
+      weight_decay_mode="decoupled")
   c.train.label_smoothing = 0.09
   c.train.batch_size = BATCH
   c.train.num_epochs = 0

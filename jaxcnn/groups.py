@@ -128,6 +128,33 @@ def group(name: str, match: str, optimizer: str, lr: float,
   return out
 
 
+def muon_record_groups(*, bias_lr: float, head_lr: float, wd: float,
+                       sgd_momentum: float, whiten_bias_epochs: float,
+                       **filters: Any) -> tuple:
+  """The five groups of the Muon speed records (airbench94_muon's
+  param_configs, which hiverge's cifar10_speedrun keeps) on speednet's
+  names: the whitening kernel never updated; its bias Nesterov SGD at
+  `bias_lr` falling linearly to 0 over `whiten_bias_epochs`, then frozen;
+  the BatchNorm biases at `bias_lr` and the head at `head_lr`, the same SGD
+  (`sgd_momentum`), each with L2 coefficient wd / lr; the conv filters
+  Muon with `filters` (lr, momentum, ns_steps, ...)."""
+  sgd = dict(momentum=sgd_momentum)
+  return (
+      group("whiten_kernel", r"^whiten/kernel$", "nesterov", bias_lr,
+            frozen_from_epochs=0, **sgd),
+      group("whiten_bias", r"^whiten/bias$", "nesterov", bias_lr,
+            weight_decay=wd / bias_lr, frozen_from_epochs=whiten_bias_epochs,
+            schedule=Config(schedule="triangular", triangle_start=1.0,
+                            triangle_peak=0.0, triangle_end=0.0,
+                            length_epochs=whiten_bias_epochs), **sgd),
+      group("bn_bias", r"(^|/)bn[^/]*/bias$", "nesterov", bias_lr,
+            weight_decay=wd / bias_lr, **sgd),
+      group("head", r"^head/kernel$", "nesterov", head_lr,
+            weight_decay=wd / head_lr, **sgd),
+      group("filters", r"(^|/)conv\d+/kernel$", "muon", **filters),
+  )
+
+
 def complete(g: Any) -> Config:
   """A group (Config or dict, e.g. from a saved config.json) with every
   field: missing ones take their defaults; a field its optimizer does not
