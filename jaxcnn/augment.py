@@ -44,7 +44,8 @@ TTA_MODES = ("none", "mirror", "mirror_translate")
 def random_crop_flip(images_u8, key, *, global_batch: int, offset,
                      crop: bool, padding: int, flip: bool,
                      pad_mode: str = "zeros", flip_mode: str = "random",
-                     epoch=None, example_ids=None, seed_key=None):
+                     epoch=None, example_ids=None, seed_key=None,
+                     size: int | None = None):
   """Random crop of the padded image and horizontal flip.
 
   images_u8: this device's [b, H, W, C] slice of a global batch, starting at
@@ -54,8 +55,19 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
   image iff its own fixed coin (from `seed_key` and its dataset index in
   `example_ids`) differs from the parity of `epoch`, so every odd epoch
   flips exactly the images an even epoch leaves, and the reverse.
+
+  `size` (default: the image's own side, H = W): the output's side. A
+  smaller window is the middle size x size of the crop the full side would
+  take (the same draws, so the same translations), cut before the flip:
+  with H - size even it is exactly the centre of the full-size output
+  (data.small_crop_size: the early, cheaper steps of a run).
   """
   b, h, w, _ = images_u8.shape
+  size = h if size is None else size
+  if h != w or not 0 < size <= h:
+    raise ValueError(f"random_crop_flip: size {size} for {h}x{w} images "
+                     "(square images, 0 < size <= side)")
+  margin = (h - size) // 2
   crop_key, flip_key = jax.random.split(key)
   out = images_u8
   if crop and padding > 0:
@@ -65,10 +77,12 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
                            (0, 0)), mode=PAD_MODES[pad_mode])
 
     def crop_one(img, shift):
-      return jax.lax.dynamic_slice(img, (shift[0], shift[1], 0),
-                                   (h, w, img.shape[-1]))
+      return jax.lax.dynamic_slice(img, (shift[0] + margin, shift[1] + margin,
+                                         0), (size, size, img.shape[-1]))
 
     out = jax.vmap(crop_one)(padded, shifts)
+  elif size < h:
+    out = out[:, margin:margin + size, margin:margin + size, :]
   if flip:
     if flip_mode == "alternate":
       flips = alternating_flips(seed_key, example_ids, epoch)

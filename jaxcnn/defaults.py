@@ -64,6 +64,14 @@ def base_config() -> Config:
       # and v ~ U(-contrast, contrast) drawn per example. 0: off.
       jitter_brightness=0.0,
       jitter_contrast=0.0,
+      # Cheaper early steps: the first small_crop_fraction of the training
+      # steps (rounded) train on small_crop_size x small_crop_size windows,
+      # the middle of each step's usual crop (same translations and flips,
+      # less border), the rest and every evaluation on whole images. The
+      # model must accept both sides with the same parameters (speednet:
+      # 28-32). 0: off.
+      small_crop_size=0,
+      small_crop_fraction=0.0,
   )
 
   # --- Model ----------------------------------------------------------------

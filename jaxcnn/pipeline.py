@@ -42,13 +42,16 @@ def flip_coins_key(seed: int) -> jax.Array:
     return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
-def train_batch(setup, train_x, train_y, perm2, step, base, device):
+def train_batch(setup, train_x, train_y, perm2, step, base, device,
+                crop_size: int | None = None):
   """This device's shard of the augmented, normalized global batch of
   `step` (traced, inside the pmap'd step).
 
   train_x, train_y: the resident uint8 training set and its labels; perm2:
   `two_epochs(...)` of the epoch starting at step `base`; device: this
-  device's index along the pmap axis. Returns (float images, int labels).
+  device's index along the pmap axis; crop_size: the images' side (default
+  the data's; data.small_crop_size in a run's early steps). Returns (float
+  images, int labels).
   """
   cfg = setup.config
   global_batch = cfg.train.batch_size
@@ -64,7 +67,7 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device):
       offset=offset, crop=cfg.data.random_crop, padding=cfg.data.crop_padding,
       flip=cfg.data.random_flip, pad_mode=cfg.data.crop_pad_mode,
       flip_mode=cfg.data.flip_mode, epoch=setup.epoch_of(step),
-      example_ids=idx, seed_key=flip_coins_key(cfg.seed))
+      example_ids=idx, seed_key=flip_coins_key(cfg.seed), size=crop_size)
   mean, std = setup.mean_std
   x = augment.normalize(images, cfg.data.normalization, mean, std)
   if cfg.data.jitter_brightness or cfg.data.jitter_contrast:

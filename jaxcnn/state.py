@@ -107,6 +107,9 @@ class Setup:
   # gradient at the stem's output; None: never (or the model has no stem to
   # freeze).
   stem_frozen_from: int | None = None
+  # The steps before this one train on data.small_crop_size crops; None:
+  # none do.
+  small_crop_until: int | None = None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -147,7 +150,7 @@ def check_config(config: Config) -> None:
                   "train.eval_every_epochs", "data.train_limit",
                   "data.test_limit", "data.validation_size",
                   "data.crop_padding", "data.jitter_brightness",
-                  "data.jitter_contrast"]
+                  "data.jitter_contrast", "data.small_crop_size"]
   flat = dict(config.flat_items())
   for key in positive:
     if flat[key] <= 0:
@@ -175,6 +178,16 @@ def check_config(config: Config) -> None:
     raise ConfigError(
         f"train.stop_at_train_error must be in [0, 1) (a fraction: 0.25 for "
         f"25%; 0 is off), got {config.train.stop_at_train_error}")
+  if not 0 <= config.data.small_crop_fraction <= 1:
+    raise ConfigError(
+        f"data.small_crop_fraction must be in [0, 1] (the fraction of the "
+        f"training steps on data.small_crop_size crops), got "
+        f"{config.data.small_crop_fraction}")
+  if bool(config.data.small_crop_size) != bool(config.data.small_crop_fraction):
+    raise ConfigError(
+        "data.small_crop_size and data.small_crop_fraction go together: set "
+        "both above 0 (or both to 0, off), got "
+        f"{config.data.small_crop_size} and {config.data.small_crop_fraction}")
   if not 0 <= config.train.label_smoothing < 1:
     raise ConfigError(f"train.label_smoothing must be in [0, 1), got "
                       f"{config.train.label_smoothing}")
@@ -255,7 +268,38 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
       config.optim, models.stem_params(config.model), steps_per_epoch)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
-               stem_frozen_from=stem_frozen_from)
+               stem_frozen_from=stem_frozen_from,
+               small_crop_until=small_crop_until(config, model, total_steps))
+
+
+def small_crop_until(config: Config, model: Any, total_steps: int
+                     ) -> int | None:
+  """Setup.small_crop_until of a resolved config: round(data.
+  small_crop_fraction * total steps), None when off or no step; refuses a
+  side the images or the model cannot take (ConfigError)."""
+  size = config.data.small_crop_size
+  until = round(config.data.small_crop_fraction * total_steps)
+  if not size or not until:
+    return None
+  shape = tuple(int(d) for d in config.data.image_shape)
+  if len(shape) != 3 or shape[0] != shape[1] or size >= shape[0]:
+    raise ConfigError(
+        f"data.small_crop_size={size} needs square images larger than it; "
+        f"the data's are {'x'.join(map(str, shape))}")
+  small = config.copy()
+  small.data.image_shape = (size, size, shape[2])
+  try:
+    same = (jax.tree.map(lambda s: s.shape, param_shapes(model, small))
+            == jax.tree.map(lambda s: s.shape, param_shapes(model, config)))
+  except Exception:  # noqa: BLE001 - the model cannot run at that side.
+    same = False
+  if not same:
+    raise ConfigError(
+        f"data.small_crop_size={size}: model {config.model.name!r} cannot "
+        f"train {size}x{size} crops with the parameters of its "
+        f"{shape[0]}x{shape[1]} images (its head depends on the side; "
+        "speednet takes 28-32)")
+  return until
 
 
 # Parameter shapes by (model section, image shape): tracing the init is

@@ -133,17 +133,21 @@ def accumulate(acc: dict, metrics: dict, step) -> dict:
 # --- The dispatch: input pipeline, k train steps, accumulation ----------------
 
 
-def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False):
+def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False,
+                  small_crop: bool = False):
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
   accumulator donated. perm2 is pipeline.two_epochs of the first step's
-  epoch. `stem_frozen`: see train_step (the caller picks it by step)."""
+  epoch. `stem_frozen`: see train_step; `small_crop`: the steps train on
+  data.small_crop_size crops (the caller picks both by step: Setup.
+  stem_frozen_from, Setup.small_crop_until)."""
   step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
+  crop_size = setup.config.data.small_crop_size if small_crop else None
 
   def one_step(state, acc, train_x, train_y, perm2, base):
     images, labels = pipeline.train_batch(
         setup, train_x, train_y, perm2, state.step, base,
-        jax.lax.axis_index(AXIS))
+        jax.lax.axis_index(AXIS), crop_size=crop_size)
     new_state, metrics = step_fn(state, {"images": images, "labels": labels})
     return new_state, accumulate(acc, metrics, state.step)
 

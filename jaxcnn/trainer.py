@@ -340,11 +340,15 @@ class _Loop:
     near the end, so the run stops exactly at total_steps)."""
     setup, step = self.setup, self.step
     n = setup.config.train.steps_per_dispatch
-    frozen_from = setup.stem_frozen_from
-    if step + n > setup.total_steps or (
-        frozen_from is not None and step < frozen_from < step + n):
-      n = 1  # Stop exactly at the end, and at the step the stem freezes.
-    key = (n, frozen_from is not None and step >= frozen_from)
+    frozen_from, small_until = setup.stem_frozen_from, setup.small_crop_until
+    if step + n > setup.total_steps or any(
+        s is not None and step < s < step + n
+        for s in (frozen_from, small_until)):
+      # Stop exactly at the end, at the step the stem freezes and at the
+      # step the crops grow to the whole image.
+      n = 1
+    key = (n, frozen_from is not None and step >= frozen_from,
+           small_until is not None and step < small_until)
     self.feed.at_epoch(setup.epoch_of(step))
     if key not in self.train_fns:
       self.train_fns[key] = make_train_fn(setup, *key)

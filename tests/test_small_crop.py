@@ -1,0 +1,151 @@
+"""data.small_crop_size / small_crop_fraction: the early steps of a run train
+on smaller windows of the usual crop (cheaper steps), the rest and every
+evaluation on whole images."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import (augment, checkpoint, config as config_lib, pipeline,
+                    restore, steps, trainer)
+from jaxcnn.config import ConfigError
+
+
+def _images(n=16, side=12, seed=0):
+  return jax.random.randint(jax.random.key(seed), (n, side, side, 3), 0, 255
+                            ).astype(jnp.uint8)
+
+
+@pytest.mark.parametrize("flip_mode", ["random", "alternate"])
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_small_crop_is_the_middle_of_the_full_crop(flip_mode, pad_mode):
+  # Same draws: the small window is the centre of the full-size crop, the
+  # flip included (12 - 8 is even: the centre is exact).
+  images, key = _images(), jax.random.key(3)
+  kw = dict(global_batch=16, offset=0, crop=True, padding=2, flip=True,
+            pad_mode=pad_mode, flip_mode=flip_mode, epoch=1,
+            example_ids=jnp.arange(16), seed_key=jax.random.key(9))
+  full = np.asarray(augment.random_crop_flip(images, key, **kw))
+  small = np.asarray(augment.random_crop_flip(images, key, size=8, **kw))
+  assert small.shape == (16, 8, 8, 3)
+  np.testing.assert_array_equal(small, full[:, 2:10, 2:10])
+  # Not a constant window: the translations vary per image.
+  assert len({small[i].tobytes() for i in range(16)}) == 16
+
+
+def test_small_crop_of_an_odd_margin_and_without_translation():
+  images, key = _images(), jax.random.key(5)
+  kw = dict(global_batch=16, offset=0, padding=2, flip=False)
+  # 12 -> 9: the window starts floor(3 / 2) = 1 into the full crop's.
+  full = np.asarray(augment.random_crop_flip(images, key, crop=True, **kw))
+  small = np.asarray(augment.random_crop_flip(images, key, crop=True, size=9,
+                                              **kw))
+  np.testing.assert_array_equal(small, full[:, 1:10, 1:10])
+  # Without the random crop: the centre of the image itself.
+  plain = augment.random_crop_flip(images, key, crop=False, size=8, **kw)
+  np.testing.assert_array_equal(plain, np.asarray(images)[:, 2:10, 2:10])
+  with pytest.raises(ValueError, match="size 13"):
+    augment.random_crop_flip(images, key, crop=True, size=13, **kw)
+
+
+def speednet_config(*overrides):
+  c = config_lib.load_experiment("speedrun_hiverge")
+  return config_lib.apply_overrides(c, [
+      "data.source=synthetic", "data.synthetic_train_size=256",
+      "data.synthetic_test_size=64", "model.width=0.125",
+      "train.batch_size=64", "train.num_steps=10", "train.eval_batch_size=64",
+      "train.log_every_steps=4", "train.progress_bar=false",
+      "train.final_tta=none", "model.speednet.whiten_images=64",
+      *overrides])
+
+
+def test_pipeline_batch_of_the_early_steps_is_the_centre():
+  setup = trainer.build(speednet_config(
+      "data.small_crop_size=28", "data.small_crop_fraction=0.5"))
+  assert setup.small_crop_until == 5  # round(0.5 * 10)
+  feed = steps.TrainFeed.place(setup)
+  x, y = (np.asarray(a[0]) for a in feed.inputs()[:2])
+  perm2 = np.asarray(feed.inputs()[2][0])
+
+  def batch(size):
+    return jax.jit(lambda: pipeline.train_batch(
+        setup, x, y, perm2, 3, 0, 0, crop_size=size))()
+
+  (full, labels_full), (small, labels_small) = batch(None), batch(28)
+  b = 64 // setup.num_devices  # Device 0's shard.
+  assert full.shape == (b, 32, 32, 3) and small.shape == (b, 28, 28, 3)
+  # Normalization and the per-example colour jitter commute with the window.
+  np.testing.assert_allclose(small, full[:, 2:30, 2:30], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(labels_small, labels_full)
+
+
+def test_early_steps_train_small_crops_and_chunks_split_at_the_switch(
+    tmp_path, monkeypatch):
+  # 6 steps, the first round(0.667 * 6) = 4 on 28x28 crops. Every call of
+  # the trained step is recorded: the small one runs exactly steps 0-3. In
+  # chunks of 2: step 0 alone (the whitening bias freezes at step 1), 1-2,
+  # then 3 alone (3 -> 5 would cross the switch at 4), 4-5; and the run
+  # equals one of single steps.
+  calls = []
+  real = trainer.make_train_fn
+
+  def spy(setup, n, stem_frozen=False, small_crop=False):
+    fn = real(setup, n, stem_frozen, small_crop)
+
+    def run(state, *args):
+      calls.append((int(np.asarray(state.step)[0]), n, small_crop))
+      return fn(state, *args)
+    return run
+
+  monkeypatch.setattr(trainer, "make_train_fn", spy)
+  small = ["train.num_steps=6", "data.small_crop_size=28",
+           "data.small_crop_fraction=0.667"]
+  trainer.train_and_evaluate(
+      speednet_config(*small, "train.steps_per_dispatch=2"),
+      str(tmp_path / "k2"))
+  assert calls == [(0, 1, True), (1, 2, True), (3, 1, True), (4, 2, False)]
+  calls.clear()
+  trainer.train_and_evaluate(speednet_config(*small), str(tmp_path / "k1"))
+  assert [c[0] for c in calls if c[2]] == [0, 1, 2, 3]
+  assert [c[0] for c in calls if not c[2]] == [4, 5]
+
+  def params(name):
+    return jax.tree.map(np.asarray, checkpoint.restore_latest_good(
+        str(tmp_path / name), restore.build_target).state["params"])
+
+  for a, b in zip(jax.tree.leaves(params("k1")), jax.tree.leaves(params("k2"))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.small_crop_size=28"], "go together"),
+    (["data.small_crop_fraction=0.5"], "go together"),
+    (["data.small_crop_size=28", "data.small_crop_fraction=1.5"],
+     r"must be in \[0, 1\]"),
+    (["data.small_crop_size=32", "data.small_crop_fraction=0.5"],
+     "larger than it"),
+    (["data.small_crop_size=-2", "data.small_crop_fraction=0.5"], ">= 0"),
+    # At 24 the last map is 2x2: speednet's 3x3 pool has nothing to pool.
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5"],
+     "cannot train 24x24"),
+])
+def test_bad_small_crop_settings_are_refused(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    trainer.build(speednet_config(*overrides))
+
+
+def test_a_model_whose_head_depends_on_the_side_is_refused():
+  # The AlexNet-like model flattens its last map into fc384: another side,
+  # other parameters.
+  c = config_lib.apply_overrides(config_lib.load_experiment("alexnet"), [
+      "data.source=synthetic", "data.small_crop_size=24",
+      "data.small_crop_fraction=0.5"])
+  with pytest.raises(ConfigError, match="cannot train 24x24"):
+    trainer.build(c)
+  # The tiny test model pools globally: any side, the same parameters.
+  tiny = trainer.build(config_lib.apply_overrides(
+      config_lib.load_experiment("test"),
+      ["data.small_crop_size=20", "data.small_crop_fraction=0.25"]))
+  assert tiny.small_crop_until == round(0.25 * tiny.total_steps) > 0
+  assert trainer.build(config_lib.load_experiment("test")
+                       ).small_crop_until is None
