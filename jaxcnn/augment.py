@@ -56,18 +56,21 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
   `example_ids`) differs from the parity of `epoch`, so every odd epoch
   flips exactly the images an even epoch leaves, and the reverse.
 
-  `size` (default: the image's own side, H = W): the output's side. A
-  smaller window is the middle size x size of the crop the full side would
-  take (the same draws, so the same translations), cut before the flip:
+  `size` (default None: the output is H x W): the output's side, for square
+  images only. A smaller window is the middle size x size of the crop the
+  full side would take (the same draws, so the same translations), cut before the flip:
   with H - size even it is exactly the centre of the full-size output
   (data.small_crop_size: the early, cheaper steps of a run).
   """
   b, h, w, _ = images_u8.shape
-  size = h if size is None else size
-  if h != w or not 0 < size <= h:
+  if size is None:
+    out_h, out_w = h, w
+  elif h != w or not 0 < size <= h:
     raise ValueError(f"random_crop_flip: size {size} for {h}x{w} images "
                      "(square images, 0 < size <= side)")
-  margin = (h - size) // 2
+  else:
+    out_h = out_w = size
+  margin_h, margin_w = (h - out_h) // 2, (w - out_w) // 2
   crop_key, flip_key = jax.random.split(key)
   out = images_u8
   if crop and padding > 0:
@@ -77,12 +80,13 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
                            (0, 0)), mode=PAD_MODES[pad_mode])
 
     def crop_one(img, shift):
-      return jax.lax.dynamic_slice(img, (shift[0] + margin, shift[1] + margin,
-                                         0), (size, size, img.shape[-1]))
+      return jax.lax.dynamic_slice(
+          img, (shift[0] + margin_h, shift[1] + margin_w, 0),
+          (out_h, out_w, img.shape[-1]))
 
     out = jax.vmap(crop_one)(padded, shifts)
-  elif size < h:
-    out = out[:, margin:margin + size, margin:margin + size, :]
+  elif (out_h, out_w) != (h, w):
+    out = out[:, margin_h:margin_h + out_h, margin_w:margin_w + out_w, :]
   if flip:
     if flip_mode == "alternate":
       flips = alternating_flips(seed_key, example_ids, epoch)
