@@ -69,7 +69,7 @@ def base_config() -> Config:
       # the middle of each step's usual crop (same translations and flips,
       # less border), the rest and every evaluation on whole images. The
       # model must accept both sides with the same parameters (speednet:
-      # 28-32). 0: off.
+      # any side from 9; the AlexNet-like net: none). 0: off.
       small_crop_size=0,
       small_crop_fraction=0.0,
   )

@@ -297,8 +297,8 @@ def small_crop_until(config: Config, model: Any, total_steps: int
     raise ConfigError(
         f"data.small_crop_size={size}: model {config.model.name!r} cannot "
         f"train {size}x{size} crops with the parameters of its "
-        f"{shape[0]}x{shape[1]} images (its head depends on the side; "
-        "speednet takes 28-32)")
+        f"{shape[0]}x{shape[1]} images (its head depends on the side, or "
+        "the side is too small for its pooling; speednet takes 9 and up)")
   return until
 
 

@@ -125,9 +125,10 @@ def test_early_steps_train_small_crops_and_chunks_split_at_the_switch(
     (["data.small_crop_size=32", "data.small_crop_fraction=0.5"],
      "larger than it"),
     (["data.small_crop_size=-2", "data.small_crop_fraction=0.5"], ">= 0"),
-    # At 24 the last map is 2x2: speednet's 3x3 pool has nothing to pool.
-    (["data.small_crop_size=24", "data.small_crop_fraction=0.5"],
-     "cannot train 24x24"),
+    # At 8 the whitening conv and three 2x2 pools leave no pixel
+    # (8 -> 7 -> 3 -> 1 -> 0); 9 still leaves one.
+    (["data.small_crop_size=8", "data.small_crop_fraction=0.5"],
+     "cannot train 8x8"),
 ])
 def test_bad_small_crop_settings_are_refused(overrides, match):
   with pytest.raises(ConfigError, match=match):

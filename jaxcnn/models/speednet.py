@@ -6,7 +6,9 @@ Jordan 2024, arXiv 2404.00498), written for jaxcnn.
   group1..3: conv3x3 -> max-pool 2 -> BN -> act -> conv3x3 -> BN -> act
           (act: model.speednet.group_activation, GELU; hiverge's SiLU)
           widths (64, 256, 256) x `width`                  31 -> 15 -> 7 -> 3
-  max-pool 3 -> linear (no bias) -> x logit_scale (1/9)             3 -> 1
+  global max-pool -> linear (no bias) -> x logit_scale (1/9)       3 -> 1
+          (airbench's 3x3 max-pool of its 3x3 map; smaller images,
+          e.g. 24 -> 23 -> 11 -> 5 -> 2, take the max of their 2x2 map)
 
 The whitening filters are computed from the training images by
 `whitening_kernel` (`init_from_data`, which the trainer calls once at
@@ -199,8 +201,10 @@ class SpeedNet(layers.ModelBase):
                     bn_momentum=self.bn_momentum, bn_scale=self.bn_scale,
                     activation=self.group_activation,
                     name=f"group{g}")(x, train)
-    x = layers.max_pool(x, 3, 3, "VALID")
-    x = x.reshape(x.shape[0], -1)
+    # airbench's MaxPool2d(3) on the 3x3 map of a 28-32 pixel image, as a
+    # global max: the same numbers there, and any side down to 9 pixels
+    # trains the same parameters (data.small_crop_size).
+    x = jnp.max(x, axis=(1, 2))
     head_init = (unit_std_head_init(self.head_init_std)
                  if self.head_init_std > 0 else torch_default_init)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=jnp.float32,
