@@ -58,8 +58,9 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
 
   `size` (default None: the output is H x W): the output's side, for square
   images only. A smaller window is the middle size x size of the crop the
-  full side would take (the same draws, so the same translations), cut before the flip:
-  with H - size even it is exactly the centre of the full-size output
+  full side would take (the same draws, so the same translations), cut
+  before the flip: with H - size even it is exactly the centre of the
+  full-size output
   (data.small_crop_size: the early, cheaper steps of a run).
   """
   b, h, w, _ = images_u8.shape
