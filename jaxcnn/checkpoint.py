@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
@@ -440,8 +441,10 @@ def damage_report(error: BaseException, step_dir: pathlib.Path,
 class QuietOrbaxLeftovers:
   """After a failed restore, orbax's background reads finish on a closed
   event loop and print dozens of tracebacks, through the unraisable hook, the
-  excepthook (PyErr_Print from a callback) or a thread's excepthook. These
-  hooks drop exactly those and pass everything else on."""
+  excepthook (PyErr_Print from a callback), a thread's excepthook or, when a
+  read task is collected before anyone awaited it, asyncio's "Task exception
+  was never retrieved" log record. These hooks drop exactly those and pass
+  everything else on."""
   installed = False
 
   @staticmethod
@@ -450,6 +453,13 @@ class QuietOrbaxLeftovers:
     return ((isinstance(exc, RuntimeError) and "Event loop is closed" in text)
             or "error while reading array index" in text
             or "_read_array_index" in getattr(obj, "__qualname__", ""))
+
+  @staticmethod
+  def _is_leftover_read_task(record: logging.LogRecord) -> bool:
+    # The failed read's error itself: tensorstore's, naming its spec.
+    exc = record.exc_info[1] if record.exc_info else None
+    return (str(record.msg).startswith("Task exception was never retrieved")
+            and exc is not None and "tensorstore_spec" in str(exc))
 
   @classmethod
   def install(cls) -> None:
@@ -474,6 +484,8 @@ class QuietOrbaxLeftovers:
     sys.unraisablehook = unraisable_hook
     sys.excepthook = except_hook
     threading.excepthook = thread_hook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not cls._is_leftover_read_task(record))
     cls.installed = True
 
 

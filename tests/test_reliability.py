@@ -178,3 +178,34 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
   assert checkpoint.saved_steps(workdir) == [8]
   step, leaves = state_leaves(workdir)
   assert step == 8
+
+
+def test_unretrieved_read_task_errors_are_dropped_and_others_kept(caplog):
+  # A failed restore's background read tasks, collected before anyone awaited
+  # them, make asyncio log "Task exception was never retrieved" with the
+  # tensorstore error: dropped once a checkpoint manager was made. Another
+  # task's unretrieved error still reaches the log.
+  import asyncio
+  import gc
+  checkpoint.QuietOrbaxLeftovers.install()
+
+  async def fails(message):
+    raise ValueError(message)
+
+  def unretrieved(message):
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fails(message))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert task.done()
+    loop.close()
+    del task
+    gc.collect()
+
+  with caplog.at_level("ERROR", logger="asyncio"):
+    unretrieved('OUT_OF_RANGE: Error reading "step/.zarray" '
+                '[tensorstore_spec=\'{"driver":"zarr"}\']')
+    assert not caplog.records
+    unretrieved("some other failure")
+  assert len(caplog.records) == 1
+  assert "never retrieved" in caplog.records[0].getMessage()
+  assert "some other failure" in str(caplog.records[0].exc_info[1])
