@@ -3,16 +3,19 @@ entry point asks for them), set before XLA starts.
 
 Compiled programs go to a persistent XLA cache for the session (a
 temporary folder shared by the xdist workers, removed at the end; set
-JAX_COMPILATION_CACHE_DIR to keep one between runs). Many tests compile the same tiny model's step, and the
-subprocess tests (SIGKILL/resume, two processes) start the same run several
-times: each compiles once. The cache hands back the executable XLA built for
-the same program, so no result changes.
+JAX_COMPILATION_CACHE_DIR to keep one between runs). Many tests compile the
+same tiny model's step, and the subprocess tests (SIGKILL/resume, two
+processes) start the same run several times: each compiles once. The cache
+hands back the executable XLA built for the same program, so no result
+changes.
 
 XLA's CPU backend compiles at LLVM optimization level 0 in the tests
 (`--xla_backend_optimization_level=0`, subprocesses included): the suite's
-programs are tiny, so compiling them is most of its time, and level 0 cut
-the suite from 516 s to 366 s on the 2-core Zen 4 machine (2026-12-03). The
-HLO passes (fusion, layouts) are the same; only the machine code of fused
+programs are tiny, so compiling them is most of its time: on the 2-core
+Zen 4 machine (2026-12-03) level 0 took the suite from 516 s to 366 s, and
+with RUN_FIRST below four runs took 247-392 s (the machine's speed drifts
+that much; two of them from a fresh clone: 383 s and 392 s). The HLO
+passes (fusion, layouts) are the same; only the machine code of fused
 loops is less optimized, so a test compares two paths compiled the same way
 and cross-machine numbers keep their tolerances. JAXCNN_TEST_FULL_OPT=1 (or
 an optimization level of your own in XLA_FLAGS) tests the default level."""
@@ -21,7 +24,8 @@ import pathlib
 import shutil
 import tempfile
 
-_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+_flags = (os.environ.get("XLA_FLAGS", "") +
+          " --xla_force_host_platform_device_count=4")
 if ("xla_backend_optimization_level" not in _flags
     and os.environ.get("JAXCNN_TEST_FULL_OPT", "") in ("", "0")):
   _flags += " --xla_backend_optimization_level=0"
