@@ -24,8 +24,8 @@ train: $(VENV)/.installed
 # Two pytest workers (pytest-xdist), one per core of the 2-core CI machine
 # (3 workers and --dist worksteal were each slower there: 492 s and 449 s
 # against 385 s; 3 workers again on 2026-12-03, with tests/conftest.py's
-# level-0 compiles: 445 s against 378 s); loadgroup keeps the tests marked xdist_group("golden") on
-# one worker, where the later ones reuse the earlier ones' compiled
-# programs. ARGS="-n 0 ..." runs in one process.
+# level-0 compiles: 445 s against 378 s); loadgroup keeps the tests marked
+# xdist_group("golden") on one worker, where the later ones reuse the
+# earlier ones' compiled programs. ARGS="-n 0 ..." runs in one process.
 test: $(VENV)/.installed
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PY) -m pytest -q -n 2 --dist loadgroup $(ARGS)

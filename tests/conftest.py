@@ -13,8 +13,8 @@ XLA's CPU backend compiles at LLVM optimization level 0 in the tests
 (`--xla_backend_optimization_level=0`, subprocesses included): the suite's
 programs are tiny, so compiling them is most of its time: on the 2-core
 Zen 4 machine (2026-12-03) level 0 took the suite from 516 s to 366 s, and
-with RUN_FIRST below four runs took 247-392 s (the machine's speed drifts
-that much; two of them from a fresh clone: 383 s and 392 s). The HLO
+with RUN_FIRST below five runs took 247-422 s (the machine's speed drifts
+that much; three of them from fresh clones: 383, 392 and 422 s). The HLO
 passes (fusion, layouts) are the same; only the machine code of fused
 loops is less optimized, so a test compares two paths compiled the same way
 and cross-machine numbers keep their tolerances. JAXCNN_TEST_FULL_OPT=1 (or

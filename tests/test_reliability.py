@@ -1,5 +1,7 @@
 """Fault injection: SIGKILL at random points, SIGTERM, corrupt checkpoints,
 two trainers on one workdir, non-finite loss, a full disk."""
+import asyncio
+import gc
 import os
 import random
 import signal
@@ -185,8 +187,6 @@ def test_unretrieved_read_task_errors_are_dropped_and_others_kept(caplog):
   # them, make asyncio log "Task exception was never retrieved" with the
   # tensorstore error: dropped once a checkpoint manager was made. Another
   # task's unretrieved error still reaches the log.
-  import asyncio
-  import gc
   checkpoint.QuietOrbaxLeftovers.install()
 
   async def fails(message):
