@@ -29,7 +29,8 @@ def parse_args(argv=None):
   p.add_argument("--fractions", default="1,0.25",
                  help="comma-separated fractions in (0, 1] (default 1,0.25)")
   p.add_argument("--tta", default="mirror_translate",
-                 choices=("mirror", "mirror_translate"),
+                 choices=("mirror", "mirror_translate",
+                          "mirror_translate_mean"),
                  help="the augmentation (default mirror_translate)")
   p.add_argument("--repeats", type=int, default=2,
                  help="timed passes of each (default 2)")

@@ -23,7 +23,9 @@ where jaxcnn has them (issue #21's first lever):
     test images only (train.final_tta_fraction), the others keep their plain
     logits.
 Left as speedrun has them: hiverge renormalises the kernels every 2 to 17
-steps (rising over the run) where jaxcnn's Muon does it every step; its
+steps (rising over the run) where jaxcnn's Muon does it every step
+(`--set optim.groups.filters.normalize_every=2 --set
+optim.groups.filters.normalize_every_rise=15` gives hiverge's intervals); its
 BatchNorm eps is 1e-12 (jaxcnn's 1e-5, with no BatchNorm scale either way);
 its TTA averages its six views equally. Its Newton-Schulz target magnitude
 schedule cancels (the stack is renormalised right after it) and is left out.

@@ -117,7 +117,9 @@ def base_config() -> Config:
       # run's, below; or a Config of schedule fields laid over the run's),
       # and exactly its optimizer's options (momentum/nesterov: momentum;
       # adam/adamw: b1, b2, eps; rmsprop: decay, momentum, eps; adagrad: eps;
-      # muon, airbench94_muon's form: momentum, ns_steps, eps, normalize).
+      # muon, airbench94_muon's form: momentum, ns_steps, eps, normalize,
+      # normalize_every and normalize_every_rise: hiverge's rescaling
+      # intervals, every + int(rise * step / steps), 1 and 0: every step).
       # Every parameter must be matched, every group must match one; a muon
       # group's parameters must be 2-D or 4-D.
       # Write them with jaxcnn.groups.group(name, match, optimizer, lr, ...).
@@ -187,7 +189,9 @@ def base_config() -> Config:
       eval_batch_size=1000,  # Global eval batch.
       # Test-time augmentation of the final evaluation: 'none' | 'mirror'
       # (mean logits of the image and its mirror) | 'mirror_translate' (also
-      # of both shifted by one pixel up-left and down-right, reflect padded).
+      # of both shifted by one pixel up-left and down-right, reflect padded;
+      # half the weight on the unshifted pair, airbench's) |
+      # 'mirror_translate_mean' (the same six views weighted alike, hiverge's).
       final_tta="none",
       # The fraction of the test images that get final_tta: the least
       # confident ones (smallest largest softmax probability under the plain

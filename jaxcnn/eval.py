@@ -44,12 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="split to evaluate (validation: the run's held-out "
                  "training images, data.validation_size; train: the images "
                  "trained on, not augmented); default test")
-  p.add_argument("--tta", choices=("none", "mirror", "mirror_translate"),
+  # augment.TTA_MODES, written out: --help imports no jax.
+  p.add_argument("--tta", choices=("none", "mirror", "mirror_translate",
+                                   "mirror_translate_mean"),
                  default="none",
                  help="test-time augmentation: mean logits of the image and "
                  "its mirror (mirror), and also of both shifted by one pixel "
                  "either way along both axes, borders reflected "
-                 "(mirror_translate); default none")
+                 "(mirror_translate: half the weight on the unshifted pair, "
+                 "airbench's; mirror_translate_mean: the six views alike, "
+                 "hiverge's); default none")
   p.add_argument("--tta_fraction", type=float, default=1.0,
                  help="give --tta to only this fraction of the images, the "
                  "least confident (smallest largest softmax probability "

@@ -30,9 +30,12 @@ Fields of every group (COMMON_FIELDS):
                       triangle_peak=0.0, triangle_end=0.0, length_epochs=3.0)
 and the options of its optimizer, exactly those (OPTIONS): momentum and
 nesterov {momentum}; adam, adamw {b1, b2, eps}; rmsprop {decay, momentum,
-eps}; adagrad {eps}; muon {momentum, ns_steps, eps, normalize} (muon:
-airbench94_muon's form, PyTorch-style Nesterov momentum then Newton-Schulz;
-normalize rescales each kernel to norm sqrt(output channels) before its step;
+eps}; adagrad {eps}; muon {momentum, ns_steps, eps, normalize,
+normalize_every, normalize_every_rise} (muon: airbench94_muon's form,
+PyTorch-style Nesterov momentum then Newton-Schulz; normalize rescales each
+kernel to norm sqrt(output channels) before its step, on every step by
+default; at step s (1-based) of T only once every + int(rise * s / T) steps
+have passed since the last rescaling: hiverge's Muon is every=2, rise=15;
 its parameters must all be 2-D or 4-D).
 
 Giving a group another optimizer (`--set optim.groups.head.optimizer=adam`,
@@ -62,7 +65,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     # eps inside the sqrt; momentum on the lr-scaled step (0: none).
     "rmsprop": {"decay": 0.9, "momentum": 0.9, "eps": 1e-8},
     "adagrad": {"eps": 1e-8},
-    "muon": {"momentum": 0.9, "ns_steps": 5, "eps": 1e-8, "normalize": False},
+    "muon": {"momentum": 0.9, "ns_steps": 5, "eps": 1e-8, "normalize": False,
+             "normalize_every": 1, "normalize_every_rise": 0},
 }
 
 # The fields every group has, with their defaults (name, match, optimizer

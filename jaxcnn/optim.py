@@ -14,7 +14,8 @@ then `ema_of_params`. Each group's own chain is, in order:
      subtracted from the weights, so decoupled decay follows the schedule
      as in AdamW;
   3b. muon with `normalize`: each kernel rescaled to norm sqrt(output
-     channels) (airbench94_muon);
+     channels) (airbench94_muon), on every update, or (normalize_every,
+     normalize_every_rise) on hiverge's rising intervals (normalize_steps);
   4. with frozen_from_epochs x > 0: zero updates from the step x epochs end
      on (`freeze_after`); a group with frozen_from_epochs 0 is never updated
      and keeps no optimizer state (optax.set_to_zero).
@@ -44,6 +45,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcnn.averaging import (EmaParamsState, ema_decay_at,  # noqa: F401
@@ -364,26 +366,90 @@ def orthogonalize(steps: int, eps: float = 1e-7
       lambda updates, params=None: jax.tree_util.tree_map(one, updates))
 
 
-def _normalize_kernels() -> optax.GradientTransformation:
+class NormalizeState(NamedTuple):
+  count: jax.Array  # int32 scalar: updates done so far.
+
+
+def normalize_steps(every: int, rise: int, total_steps: int) -> np.ndarray:
+  """Which of the updates 0 .. total_steps - 1 renormalise (a bool array):
+  hiverge's cifar10_speedrun rule, with update k as its step s = k + 1. The
+  interval at step s is `every + int(rise * s / total_steps)`, and a step
+  renormalises once that many steps have passed since the last one that
+  did (none before: step 0). With rise 0 that is every `every`-th update
+  (every = 1: all of them); hiverge's Muon is every=2, rise=15."""
+  out = np.zeros(total_steps, bool)
+  last = 0
+  for s in range(1, total_steps + 1):
+    if s - last >= every + int(rise * (s / total_steps)):
+      out[s - 1] = True
+      last = s
+  return out
+
+
+def _normalize_kernels(every: int = 1, rise: int = 0,
+                       total_steps: Optional[int] = None
+                       ) -> optax.GradientTransformation:
   """airbench94_muon's weight normalization: the update also rescales each
   kernel to Frobenius norm sqrt(output channels) (its last axis) before the
-  step, w_new = w * sqrt(Cout) / |w| + u."""
-  def update_fn(updates, state, params=None):
+  step, w_new = w * sqrt(Cout) / |w| + u. Every update by default; with
+  `every` > 1 or `rise` > 0 only on the updates `normalize_steps` picks
+  (the others pass through unchanged; the state counts updates), past
+  `total_steps` as on the last one."""
+  def rescaled(u, w, on):
+    factor = jnp.sqrt(jnp.float32(w.shape[-1])) / jnp.linalg.norm(w)
+    if on is not None:
+      factor = jnp.where(on, factor, jnp.float32(1.0))
+    return u + (w * (factor - 1.0)).astype(u.dtype)
+
+  def need(params):
     if params is None:
       raise ValueError("muon_normalize needs params: call "
                        "optimizer.update(grads, opt_state, params)")
-    def one(u, w):
-      factor = jnp.sqrt(jnp.float32(w.shape[-1])) / jnp.linalg.norm(w)
-      return u + (w * (factor - 1.0)).astype(u.dtype)
-    return jax.tree_util.tree_map(one, updates, params), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                      update_fn)
+
+  if every == 1 and rise == 0:
+    def update_fn(updates, state, params=None):
+      need(params)
+      return jax.tree_util.tree_map(
+          lambda u, w: rescaled(u, w, None), updates, params), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                        update_fn)
+
+  if rise > 0:
+    check(total_steps is not None and total_steps >= 1,
+          "normalize_every_rise needs the run's total steps")
+    table = normalize_steps(every, rise, total_steps)
+    picked = lambda count: jnp.asarray(table)[
+        jnp.minimum(count, total_steps - 1)]
+  else:
+    picked = lambda count: (count + 1) % every == 0
+
+  def init_fn(params):
+    del params
+    return NormalizeState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    need(params)
+    on = picked(state.count)
+    updates = jax.tree_util.tree_map(lambda u, w: rescaled(u, w, on),
+                                     updates, params)
+    return updates, NormalizeState(count=state.count + 1)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _fraction(g: Any, key: str) -> float:
   value = float(g[key])
   check(0.0 <= value < 1.0, f"{_where(g)}.{key} must be in [0, 1), got {value}")
   return value
+
+
+def _normalize_interval(g: Any) -> tuple[int, int]:
+  every, rise = g.normalize_every, g.normalize_every_rise
+  for key, value, low in (("normalize_every", every, 1),
+                          ("normalize_every_rise", rise, 0)):
+    check(isinstance(value, int) and not isinstance(value, bool)
+          and value >= low, f"{_where(g)}.{key} must be an integer >= {low}, "
+          f"got {value!r}")
+  return every, rise
 
 
 def _eps(g: Any) -> float:
@@ -425,6 +491,7 @@ def _base_optimizer(g: Any, schedule: optax.Schedule,
     check(isinstance(ns_steps, int) and not isinstance(ns_steps, bool)
           and ns_steps >= 1, f"{_where(g)}.ns_steps must be an integer >= 1, "
           f"got {ns_steps!r}")
+    _normalize_interval(g)  # Checked whether or not normalize is on.
     # airbench94_muon's Muon: PyTorch-style Nesterov momentum, then
     # Newton-Schulz (no width factor).
     return optax.chain(optax.trace(decay=_fraction(g, "momentum"),
@@ -493,7 +560,7 @@ def group_chain(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
   if weight_decay > 0 and decoupled and name != "adamw":
     links.append(_scheduled_decoupled_decay(weight_decay, schedule))
   if name == "muon" and bool(g.normalize):
-    links.append(_normalize_kernels())
+    links.append(_normalize_kernels(*_normalize_interval(g), total_steps))
   if g.frozen_from_epochs is not None:
     links.append(freeze_after(epochs_to_steps(float(g.frozen_from_epochs),
                                               steps_per_epoch)))

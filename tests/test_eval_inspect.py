@@ -713,3 +713,11 @@ def test_unreadable_newest_step_names_the_newest_readable_one(copy_of, capsys):
   assert code == 1 and err.strip().endswith(
       "no other checkpoint here can be read"), err
   assert snapshot(copy_of)["checkpoints"] == before["checkpoints"]
+
+
+def test_eval_offers_every_tta_mode():
+  # The CLI spells the modes out (its --help imports no jax): the same list.
+  for mode in augment.TTA_MODES:
+    assert eval_cli.parse_args(["--workdir", "w", "--tta", mode]).tta == mode
+  with pytest.raises(SystemExit):
+    eval_cli.parse_args(["--workdir", "w", "--tta", "rotate"])

@@ -207,6 +207,13 @@ def test_tta_of_a_flip_invariant_model_equals_no_tta():
   np.testing.assert_allclose(
       augment.tta_logits(asymmetric, x, "mirror_translate"), expect,
       rtol=1e-5, atol=1e-5)
+  # hiverge's: the six views (x, its top-left and bottom-right crops of the
+  # padded image, and their mirrors) averaged alike.
+  views = [np.asarray(x), xp[:, :8, :8], xp[:, 2:, 2:]]
+  views += [v[:, :, ::-1] for v in views]
+  np.testing.assert_allclose(
+      augment.tta_logits(asymmetric, x, "mirror_translate_mean"),
+      np.mean([asymmetric(v) for v in views], axis=0), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="test-time augmentation"):
     augment.tta_logits(symmetric, x, "rotate")
 
@@ -386,6 +393,85 @@ def test_muon_nesterov_equals_airbench94_muon_loop():
       np.sqrt(8), rel=1e-3)  # The step moved it off the normalized sphere.
 
 
+class _HivergeNormClock:
+  """hiverge's Muon.step bookkeeping (cifar10_speedrun.py, lines 149-195),
+  transcribed: which of its steps rescale the kernels."""
+
+  def __init__(self, total_train_steps):
+    self.step_count, self.last_norm_step = 0, 0
+    self.total_train_steps = total_train_steps
+
+  def step(self):
+    self.step_count += 1
+    progress = self.step_count / self.total_train_steps
+    norm_freq = 2 + int(15 * progress)
+    do_norm_scaling = self.step_count - self.last_norm_step >= norm_freq
+    if do_norm_scaling:
+      self.last_norm_step = self.step_count
+    return do_norm_scaling
+
+
+def test_normalize_steps_are_hiverges_rising_intervals():
+  # By hand, T = 8, every 1, rise 3: the interval at s is 1 + int(3 s / 8):
+  # 1, 1, 2, 2, 2, 3, 3, 4; s = 1, 2 rescale, then 4 (2 after 2), 7 (3 after
+  # 4); updates 0, 1, 3, 6.
+  np.testing.assert_array_equal(
+      np.flatnonzero(optim.normalize_steps(1, 3, 8)), [0, 1, 3, 6])
+  # Without a rise: every `every`-th update.
+  np.testing.assert_array_equal(
+      np.flatnonzero(optim.normalize_steps(3, 0, 10)), [2, 5, 8])
+  assert optim.normalize_steps(1, 0, 5).all()
+  # hiverge's own numbers: its 243 steps, every 2, rise 15.
+  clock = _HivergeNormClock(243)
+  theirs = [clock.step() for _ in range(243)]
+  ours = optim.normalize_steps(2, 15, 243)
+  np.testing.assert_array_equal(ours, theirs)
+  gaps = np.diff(np.flatnonzero(ours))
+  assert gaps[0] == 2 and gaps[-1] >= 16 and (np.diff(gaps) >= 0).all()
+
+
+@pytest.mark.parametrize("every,rise,picked", [(1, 3, [0, 1, 3, 6]),
+                                               (3, 0, [2, 5])])
+def test_muon_rescales_only_on_the_picked_updates(every, rise, picked):
+  # A kernel replayed in numpy over 8 updates: buf = m buf + g, then the
+  # weight rescaled to norm sqrt(Cout) on the picked updates only, then
+  # w -= lr NS(g + m buf).
+  cfg = base_config().optim
+  cfg.schedule = "constant"
+  cfg.groups = (group("filters", r"kernel$", "muon", 0.1, momentum=0.5,
+                      ns_steps=3, normalize=True, normalize_every=every,
+                      normalize_every_rise=rise),)
+  tx = optim.make_optimizer(cfg, 4, total_steps=8)
+  rng = np.random.default_rng(1)
+  params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)),
+                                           jnp.float32)}}
+  state = tx.init(params)
+  w = np.asarray(params["conv"]["kernel"], np.float64)
+  buf = np.zeros_like(w)
+  for k in range(8):
+    g = rng.normal(size=w.shape)
+    updates, state = tx.update({"conv": {"kernel": jnp.asarray(g, jnp.float32)}},
+                               state, params)
+    params = optax.apply_updates(params, updates)
+    buf = 0.5 * buf + g
+    step = _numpy_newton_schulz((g + 0.5 * buf).reshape(-1, 4), 3)
+    # sqrt(Cout) = 2.
+    scale = 2.0 / np.linalg.norm(w) if k in picked else 1.0
+    w = w * scale - 0.1 * step.reshape(w.shape)
+    np.testing.assert_allclose(params["conv"]["kernel"], w, rtol=1e-4,
+                               atol=1e-5, err_msg=f"update {k}")
+  # The default (every update) keeps no count: its checkpoints keep their
+  # layout.
+  cfg.groups = (group("filters", r"kernel$", "muon", 0.1, normalize=True),)
+  default = optim.make_optimizer(cfg, 4, total_steps=8).init(params)
+  assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(default)) + 1
+  # A rising interval needs the run's length.
+  cfg.groups = (group("filters", r"kernel$", "muon", 0.1, normalize=True,
+                      normalize_every_rise=2),)
+  with pytest.raises(optim.OptimConfigError, match="needs the run's total"):
+    optim.make_optimizer(cfg, 4)
+
+
 def test_muon_options_reject_bad_values():
   params = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4))},
             "bn": {"bias": jnp.zeros(4)}}
@@ -393,6 +479,12 @@ def test_muon_options_reject_bad_values():
       ((group("filters", r"kernel$", "muon", 0.1, ns_steps=0),
         group("rest", r".*", "sgd", 0.1)),
        "optim.groups.filters.ns_steps must be an integer >= 1"),
+      ((group("filters", r"kernel$", "muon", 0.1, normalize_every=0),
+        group("rest", r".*", "sgd", 0.1)),
+       "optim.groups.filters.normalize_every must be an integer >= 1, got 0"),
+      ((group("filters", r"kernel$", "muon", 0.1, normalize_every_rise=1.5),
+        group("rest", r".*", "sgd", 0.1)),
+       "optim.groups.filters.normalize_every_rise must be an integer >= 0"),
       ((group("filters", r".*", "muon", 0.1),),
        "muon trains 2-D and 4-D parameters only, not bn/bias (4,)"),
       ((group("filters", r"(", "muon", 0.1),),
