@@ -442,14 +442,12 @@ def _fraction(g: Any, key: str) -> float:
   return value
 
 
-def _normalize_interval(g: Any) -> tuple[int, int]:
-  every, rise = g.normalize_every, g.normalize_every_rise
-  for key, value, low in (("normalize_every", every, 1),
-                          ("normalize_every_rise", rise, 0)):
-    check(isinstance(value, int) and not isinstance(value, bool)
-          and value >= low, f"{_where(g)}.{key} must be an integer >= {low}, "
-          f"got {value!r}")
-  return every, rise
+def _integer(g: Any, key: str, low: int) -> int:
+  value = g[key]
+  check(isinstance(value, int) and not isinstance(value, bool)
+        and value >= low, f"{_where(g)}.{key} must be an integer >= {low}, "
+        f"got {value!r}")
+  return value
 
 
 def _eps(g: Any) -> float:
@@ -487,11 +485,10 @@ def _base_optimizer(g: Any, schedule: optax.Schedule,
     # Accumulator starts at 0.1 as in TF's AdagradOptimizer.
     return optax.adagrad(schedule, initial_accumulator_value=0.1, eps=_eps(g))
   if name == "muon":
-    ns_steps = g.ns_steps
-    check(isinstance(ns_steps, int) and not isinstance(ns_steps, bool)
-          and ns_steps >= 1, f"{_where(g)}.ns_steps must be an integer >= 1, "
-          f"got {ns_steps!r}")
-    _normalize_interval(g)  # Checked whether or not normalize is on.
+    ns_steps = _integer(g, "ns_steps", 1)
+    # Checked whether or not normalize is on; group_chain reads them.
+    _integer(g, "normalize_every", 1)
+    _integer(g, "normalize_every_rise", 0)
     # airbench94_muon's Muon: PyTorch-style Nesterov momentum, then
     # Newton-Schulz (no width factor).
     return optax.chain(optax.trace(decay=_fraction(g, "momentum"),
@@ -560,7 +557,8 @@ def group_chain(optim_cfg: Any, g: Any, steps_per_epoch: int, *,
   if weight_decay > 0 and decoupled and name != "adamw":
     links.append(_scheduled_decoupled_decay(weight_decay, schedule))
   if name == "muon" and bool(g.normalize):
-    links.append(_normalize_kernels(*_normalize_interval(g), total_steps))
+    links.append(_normalize_kernels(g.normalize_every, g.normalize_every_rise,
+                                    total_steps))
   if g.frozen_from_epochs is not None:
     links.append(freeze_after(epochs_to_steps(float(g.frozen_from_epochs),
                                               steps_per_epoch)))
