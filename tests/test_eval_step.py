@@ -267,3 +267,16 @@ def test_tta_fraction_benchmark_gives_the_evaluators_figures(tmp_path, capsys):
     for w in ("raw", "ema"):
       assert rows[(f, w)]["accuracy"] == report["results"][w]["accuracy"]
       assert rows[(f, w)]["seconds"] > 0
+
+
+def test_tta_fraction_benchmark_offers_every_augmenting_mode():
+  # The benchmark spells its --tta choices out (its --help imports no jax):
+  # every augment.TTA_MODES entry but 'none', which augments nothing.
+  from benchmarks import tta_fraction
+  for mode in augment.TTA_MODES:
+    if mode == "none":
+      with pytest.raises(SystemExit):
+        tta_fraction.parse_args(["--workdir", "w", "--tta", mode])
+    else:
+      assert tta_fraction.parse_args(["--workdir", "w", "--tta", mode]).tta \
+          == mode
