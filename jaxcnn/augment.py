@@ -37,6 +37,7 @@ def normalize(images_u8, mode: str, mean, std):
 
 
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
+SMALL_CROP_MODES = ("center", "resize")
 FLIP_MODES = ("random", "alternate")
 TTA_MODES = ("none", "mirror", "mirror_translate", "mirror_translate_mean")
 
@@ -96,6 +97,16 @@ def random_crop_flip(images_u8, key, *, global_batch: int, offset,
       flips = jax.lax.dynamic_slice_in_dim(flips, offset, b, axis=0)
     out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
   return out
+
+
+def downscale(x, size: int):
+  """A float batch x [b, H, W, C] scaled down to size x size: antialiased
+  linear interpolation (each output pixel a weighted mean of the input
+  pixels under it, the weights summing to 1, so it commutes with a
+  per-channel affine normalization)."""
+  b, _, _, c = x.shape
+  return jax.image.resize(x, (b, size, size, c), method="linear",
+                          antialias=True)
 
 
 def color_jitter(x, key, *, global_batch: int, offset, brightness: float,

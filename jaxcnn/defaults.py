@@ -65,13 +65,18 @@ def base_config() -> Config:
       jitter_brightness=0.0,
       jitter_contrast=0.0,
       # Cheaper early steps: the first small_crop_fraction of the training
-      # steps (rounded) train on small_crop_size x small_crop_size windows,
-      # the middle of each step's usual crop (same translations and flips,
-      # less border), the rest and every evaluation on whole images. The
-      # model must accept both sides with the same parameters (speednet:
-      # any side from 9; the AlexNet-like net: none). 0: off.
+      # steps (rounded) train on small_crop_size x small_crop_size images,
+      # the rest and every evaluation on whole images. The model must accept
+      # both sides with the same parameters (speednet: any side from 9; the
+      # AlexNet-like net: none). 0: off.
       small_crop_size=0,
       small_crop_fraction=0.0,
+      # How those images are made from each step's usual crop (same
+      # translations and flips): 'center', its middle window (less border,
+      # objects at their test scale); 'resize', the whole of it scaled down
+      # (antialiased linear interpolation of the normalized image: all of
+      # the picture, objects smaller than at test).
+      small_crop_mode="center",
   )
 
   # --- Model ----------------------------------------------------------------

@@ -50,8 +50,8 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device,
   train_x, train_y: the resident uint8 training set and its labels; perm2:
   `two_epochs(...)` of the epoch starting at step `base`; device: this
   device's index along the pmap axis; crop_size: the images' side (default
-  the data's; data.small_crop_size in a run's early steps). Returns (float
-  images, int labels).
+  the data's; data.small_crop_size in a run's early steps, made as
+  data.small_crop_mode says). Returns (float images, int labels).
   """
   cfg = setup.config
   global_batch = cfg.train.batch_size
@@ -62,14 +62,18 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device,
   images = jnp.take(train_x, idx, axis=0)
   labels = jnp.take(train_y, idx, axis=0)
   step_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
+  resize = crop_size is not None and cfg.data.small_crop_mode == "resize"
   images = augment.random_crop_flip(
       images, jax.random.fold_in(step_key, 0), global_batch=global_batch,
       offset=offset, crop=cfg.data.random_crop, padding=cfg.data.crop_padding,
       flip=cfg.data.random_flip, pad_mode=cfg.data.crop_pad_mode,
       flip_mode=cfg.data.flip_mode, epoch=setup.epoch_of(step),
-      example_ids=idx, seed_key=flip_coins_key(cfg.seed), size=crop_size)
+      example_ids=idx, seed_key=flip_coins_key(cfg.seed),
+      size=None if resize else crop_size)
   mean, std = setup.mean_std
   x = augment.normalize(images, cfg.data.normalization, mean, std)
+  if resize:
+    x = augment.downscale(x, crop_size)
   if cfg.data.jitter_brightness or cfg.data.jitter_contrast:
     x = augment.color_jitter(
         x, jax.random.fold_in(step_key, 2), global_batch=global_batch,

@@ -166,6 +166,7 @@ def check_config(config: Config) -> None:
         f"{', '.join(augment.NORMALIZATIONS)}")
   for key, choices in (("data.crop_pad_mode", tuple(augment.PAD_MODES)),
                        ("data.flip_mode", augment.FLIP_MODES),
+                       ("data.small_crop_mode", augment.SMALL_CROP_MODES),
                        ("train.final_tta", augment.TTA_MODES)):
     if flat[key] not in choices:
       raise ConfigError(f"{key}={flat[key]!r}; use one of {', '.join(choices)}")

@@ -103,6 +103,8 @@ CASES = [
      "data.normalization='zca'"),
     ("unknown flip mode", TINY + ["--set", "data.flip_mode=sometimes"], 2,
      "data.flip_mode='sometimes'"),
+    ("unknown small-crop mode", TINY + ["--set", "data.small_crop_mode=crop"],
+     2, "data.small_crop_mode='crop'"),
     ("unknown test-time augmentation",
      TINY + ["--set", "train.final_tta=rotate"], 2, "train.final_tta='rotate'"),
     ("TTA fraction out of range",

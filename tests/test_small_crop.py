@@ -117,7 +117,66 @@ def test_early_steps_train_small_crops_and_chunks_split_at_the_switch(
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def triangle_downscale(x, size):
+  """Reference: antialiased linear downscaling of [b, H, W, C] to size x
+  size, one axis at a time. Output pixel i is centred at (i + 0.5) / s in
+  input pixels (s = size / side); input pixel j weighs max(0, 1 - s |j +
+  0.5 - centre|) (a triangle as wide as an output pixel each side), the
+  weights renormalised over the pixels inside the image."""
+  def axis_weights(side):
+    s = size / side
+    centres = (np.arange(size) + 0.5) / s
+    w = np.maximum(0.0, 1.0 - s * np.abs(np.arange(side)[None, :] + 0.5
+                                         - centres[:, None]))
+    return w / w.sum(axis=1, keepdims=True)  # [size, side]
+  x = np.asarray(x, np.float64)
+  wh, ww = axis_weights(x.shape[1]), axis_weights(x.shape[2])
+  return np.einsum("ih,jw,bhwc->bijc", wh, ww, x)
+
+
+@pytest.mark.parametrize("side,size", [(32, 24), (32, 16), (12, 9)])
+def test_downscale_is_the_triangle_filter(side, size):
+  x = jax.random.normal(jax.random.key(1), (3, side, side, 2))
+  np.testing.assert_allclose(augment.downscale(x, size),
+                             triangle_downscale(x, size), rtol=1e-5,
+                             atol=1e-5)
+  # 32 -> 16: output row i weighs input rows 2i - 1 .. 2i + 2 by 1/8, 3/8,
+  # 3/8, 1/8, so input row 9 is in output rows 4 (3/8) and 5 (1/8).
+  if (side, size) == (32, 16):
+    row = np.zeros((1, 32, 1, 1), np.float32)
+    row[0, 9] = 8.0
+    out = np.asarray(augment.downscale(jnp.asarray(row).repeat(32, 2), 16))
+    np.testing.assert_allclose(out[0, :, 0, 0], [0] * 4 + [3, 1] + [0] * 10,
+                               atol=1e-6)
+
+
+def test_resized_early_batch_is_the_whole_crop_scaled_down():
+  # data.small_crop_mode=resize: the same translations, flips, labels and
+  # colour jitter as the full-size batch of that step, then all of it
+  # scaled down (the per-example jitter is affine, so it commutes).
+  setup = trainer.build(speednet_config(
+      "data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.small_crop_mode=resize"))
+  feed = steps.TrainFeed.place(setup)
+  x, y = (np.asarray(a[0]) for a in feed.inputs()[:2])
+  perm2 = np.asarray(feed.inputs()[2][0])
+
+  def batch(size):
+    return jax.jit(lambda: pipeline.train_batch(
+        setup, x, y, perm2, 3, 0, 0, crop_size=size))()
+
+  (full, labels_full), (small, labels_small) = batch(None), batch(24)
+  assert small.shape == (full.shape[0], 24, 24, 3)
+  np.testing.assert_allclose(small, triangle_downscale(full, 24), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_array_equal(labels_small, labels_full)
+  # Not the centre window of the center mode.
+  assert not np.allclose(small, full[:, 4:28, 4:28], atol=1e-2)
+
+
 @pytest.mark.parametrize("overrides,match", [
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.small_crop_mode=crop"], "use one of center, resize"),
     (["data.small_crop_size=28"], "go together"),
     (["data.small_crop_fraction=0.5"], "go together"),
     (["data.small_crop_size=28", "data.small_crop_fraction=1.5"],
