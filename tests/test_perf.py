@@ -451,6 +451,31 @@ def test_conv_small_maps_benchmark_runs():
     assert len(numbers) == 3 and all(float(n) >= 0 for n in numbers)
 
 
+def test_conv_backends_benchmark_runs_each_backend_in_its_own_process():
+  # Eigen's flags keep the convolution out of YNNPACK, XLA's default puts it
+  # in; both compute the same convolution (the checksum) in each dtype.
+  from benchmarks import conv_backends
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    # Big enough for XLA to hand the convolution to YNNPACK (it keeps tiny
+    # ones).
+    conv_backends.main(["--batch", "8", "--side", "8", "--channels", "32",
+                        "--repeats", "1", "--rounds", "1",
+                        "--backends", "eigen,ynnpack"])
+  rows = [r.split() for r in out.getvalue().splitlines()[2:]]
+  assert [r[1:3] for r in rows] == [["eigen", "float32"], ["eigen", "bfloat16"],
+                                    ["ynnpack", "float32"],
+                                    ["ynnpack", "bfloat16"]], rows
+  assert [r[-2] for r in rows] == ["False", "False", "True", "True"]
+  sums = {(r[1], r[2]): float(r[-1]) for r in rows}
+  for dtype, tol in (("float32", 1e-5), ("bfloat16", 1e-2)):
+    assert sums[("eigen", dtype)] > 0
+    np.testing.assert_allclose(sums[("ynnpack", dtype)],
+                               sums[("eigen", dtype)], rtol=tol)
+  with pytest.raises(SystemExit):
+    conv_backends.main(["--backends", "eigen,mkl"])
+
+
 def test_benchmark_runs_one_step_without_torch():
   from benchmarks import throughput
   out = io.StringIO()
