@@ -8,8 +8,8 @@ whether bf16 is any faster on this CPU (issue #21's bf16 lever).
 
 Each backend is a set of XLA_FLAGS, so each (backend, dtype) runs in its own
 process; the cases take turns for --rounds rounds. Printed per case: the
-best of --repeats calls in ms and GFLOP/s (2 x multiply-adds; the
-gradients count twice the forward), whether the convolution ran as a
+best of --repeats calls in ms and GFLOP/s (2 x multiply-adds; forward +
+both gradients count three times the forward's), whether the convolution ran as a
 YNNPACK fusion, and the sum of squares of its output (every backend must
 give the same within rounding). Backends:
   eigen    jaxcnn's default on CPU (`cpu_kernels.EIGEN_CONV_FLAG`);
