@@ -15,7 +15,7 @@ Everything else (optimizer groups and their rates, whitening bias for 7
 steps, TTA on the 25% least confident test images) is speedrun_hiverge's;
 its rates fall linearly to 0 over the 277 steps. With `--set
 data.small_crop_mode=resize` the early steps see the whole crop scaled down
-to 24x24 instead of its middle: level with the windows over two seeds.
+to 24x24 instead of its middle: level with the windows over three seeds.
 
 Measured for issue #21 beside hiverge and airbench94_muon on the same
 2-core CPU: README "Results" and docs/performance.md.
