@@ -45,11 +45,11 @@ def measure(dtype: str, batch: int, side: int, channels: int,
             repeats: int) -> dict:
   """In this process (its XLA_FLAGS already set): the best times of the
   forward and of forward + input and kernel gradients."""
-  import time
-
   import jax
   import jax.numpy as jnp
   from jax import lax
+
+  from benchmarks.conv_small_maps import time_ms
 
   dt = jnp.dtype(dtype)
   keys = jax.random.split(jax.random.key(0))
@@ -73,14 +73,9 @@ def measure(dtype: str, batch: int, side: int, channels: int,
          "checksum": float(jnp.sum(fwd(x, k) ** 2))}
   for name, fn, flops in (("fwd", fwd, 2 * macs), ("fwd_bwd", grads,
                                                    6 * macs)):
-    jax.block_until_ready(fn(x, k))
-    best = float("inf")
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(x, k))
-      best = min(best, time.perf_counter() - start)
-    out[name + "_ms"] = best * 1e3
-    out[name + "_gflops"] = flops / best / 1e9
+    ms = time_ms(fn, x, k, repeats=repeats)
+    out[name + "_ms"] = ms
+    out[name + "_gflops"] = flops / ms / 1e6
   return out
 
 

@@ -59,19 +59,26 @@ def speednet_config(*overrides):
       *overrides])
 
 
-def test_pipeline_batch_of_the_early_steps_is_the_centre():
-  setup = trainer.build(speednet_config(
-      "data.small_crop_size=28", "data.small_crop_fraction=0.5"))
-  assert setup.small_crop_until == 5  # round(0.5 * 10)
+def full_and_small_batches(setup, size):
+  """Device 0's (images, labels) of step 3 at the data's side and at
+  `size`, as the pipeline makes them inside the train step."""
   feed = steps.TrainFeed.place(setup)
   x, y = (np.asarray(a[0]) for a in feed.inputs()[:2])
   perm2 = np.asarray(feed.inputs()[2][0])
 
-  def batch(size):
+  def batch(crop_size):
     return jax.jit(lambda: pipeline.train_batch(
-        setup, x, y, perm2, 3, 0, 0, crop_size=size))()
+        setup, x, y, perm2, 3, 0, 0, crop_size=crop_size))()
 
-  (full, labels_full), (small, labels_small) = batch(None), batch(28)
+  return batch(None), batch(size)
+
+
+def test_pipeline_batch_of_the_early_steps_is_the_centre():
+  setup = trainer.build(speednet_config(
+      "data.small_crop_size=28", "data.small_crop_fraction=0.5"))
+  assert setup.small_crop_until == 5  # round(0.5 * 10)
+  (full, labels_full), (small, labels_small) = full_and_small_batches(setup,
+                                                                      28)
   b = 64 // setup.num_devices  # Device 0's shard.
   assert full.shape == (b, 32, 32, 3) and small.shape == (b, 28, 28, 3)
   # Normalization and the per-example colour jitter commute with the window.
@@ -157,15 +164,8 @@ def test_resized_early_batch_is_the_whole_crop_scaled_down():
   setup = trainer.build(speednet_config(
       "data.small_crop_size=24", "data.small_crop_fraction=0.5",
       "data.small_crop_mode=resize"))
-  feed = steps.TrainFeed.place(setup)
-  x, y = (np.asarray(a[0]) for a in feed.inputs()[:2])
-  perm2 = np.asarray(feed.inputs()[2][0])
-
-  def batch(size):
-    return jax.jit(lambda: pipeline.train_batch(
-        setup, x, y, perm2, 3, 0, 0, crop_size=size))()
-
-  (full, labels_full), (small, labels_small) = batch(None), batch(24)
+  (full, labels_full), (small, labels_small) = full_and_small_batches(setup,
+                                                                      24)
   assert small.shape == (full.shape[0], 24, 24, 3)
   np.testing.assert_allclose(small, triangle_downscale(full, 24), rtol=1e-5,
                              atol=1e-5)
