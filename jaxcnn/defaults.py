@@ -77,6 +77,16 @@ def base_config() -> Config:
       # (antialiased linear interpolation of the normalized image: all of
       # the picture, objects smaller than at test).
       small_crop_mode="center",
+      # Loss-based data pruning: from epoch prune_from_epochs on (rounded up
+      # to a whole epoch), each epoch trains only on the (1 - prune_fraction)
+      # of the training images whose loss was highest when each was last
+      # trained on (never-trained images first), in a fresh seeded order;
+      # the rest sit that epoch out. Such an epoch is the whole batches of
+      # the kept images, so it is shorter; train.num_epochs still counts
+      # whole-set epochs of steps (num_epochs * train_size // batch_size),
+      # as do every other `*_epochs` field. 0: off.
+      prune_fraction=0.0,
+      prune_from_epochs=1.0,
   )
 
   # --- Model ----------------------------------------------------------------

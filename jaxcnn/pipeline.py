@@ -3,7 +3,8 @@ that turns it into one step's batch.
 
 The whole uint8 training set sits on every device. The host computes each
 epoch's permutation once (a pure function of seed and epoch, see
-`epoch_permutation`) and sends it to the devices; inside the compiled step,
+`epoch_permutation`; with data.prune_fraction, from the loss table too:
+`pruned_permutation`) and sends it to the devices; inside the compiled step,
 `train_batch` picks this device's examples from it by the step counter,
 crops, flips, normalizes and (data.jitter_*) color-jitters them. Nothing crosses from the host per step,
 and every random choice is a pure function of (seed, step), so a resumed run
@@ -34,6 +35,51 @@ def two_epochs(seed: int, epoch: int, n: int, steps_per_epoch: int,
       for e in (epoch, epoch + 1)])
 
 
+def pruned_permutation(seed: int, epoch: int, scores: np.ndarray, kept: int,
+                       steps: int, batch_size: int) -> np.ndarray:
+  """The example order of a pruned data epoch (data.prune_fraction): the
+  `kept` examples of highest `scores` (each example's loss when it was last
+  trained on; never-trained ones are inf and come first, ties in index
+  order), in an order that is a pure function of (seed, epoch), cut to
+  `steps` whole batches."""
+  scores = np.asarray(scores, np.float32)
+  if not 0 < kept <= len(scores) or steps * batch_size > kept:
+    raise ValueError(f"cannot keep {kept} of {len(scores)} examples for "
+                     f"{steps} batches of {batch_size}")
+  hardest = np.sort(np.argsort(-scores, kind="stable")[:kept])
+  rng = np.random.default_rng([seed, epoch])
+  return hardest[rng.permutation(kept)[:steps * batch_size]].astype(np.int32)
+
+
+def feed_permutations(setup, epoch: int, scores: np.ndarray | None = None
+                      ) -> np.ndarray:
+  """What a dispatch starting in data epoch `epoch` reads (perm2 of
+  `train_batch`): that epoch's order and the next one's, end to end, always
+  2 * steps_per_epoch batches long (one compiled shape). With data pruning
+  a pruned epoch's order comes from `scores` (the loss table at its start)
+  and the next one, not known yet, is zeros: a dispatch never runs past
+  the end of a data epoch whose successor is pruned (see
+  `RunSteps.dispatch_end`)."""
+  steps, cfg = setup.steps, setup.config
+  batch, n = cfg.train.batch_size, len(setup.data.train_labels)
+  spe = steps.steps_per_epoch
+  if not setup.pruning:
+    return two_epochs(cfg.seed, epoch, n, spe, batch)
+  parts = []
+  for e in (epoch, epoch + 1):
+    if not steps.pruned(e):
+      parts.append(epoch_permutation(cfg.seed, e, n, spe, batch))
+    elif e == epoch:
+      if scores is None:
+        raise ValueError(f"data epoch {epoch} is pruned: its order needs the "
+                         "loss table")
+      parts.append(pruned_permutation(cfg.seed, e, scores, steps.kept,
+                                      steps.pruned_steps, batch))
+  order = np.concatenate(parts)
+  return np.concatenate([order, np.zeros(2 * spe * batch - len(order),
+                                         np.int32)])
+
+
 def flip_coins_key(seed: int) -> jax.Array:
   """The key of each image's own flip coin under flip_mode 'alternate' (a
   key no step key can equal: those are fold_ins of the seed key, this is a
@@ -43,7 +89,7 @@ def flip_coins_key(seed: int) -> jax.Array:
 
 
 def train_batch(setup, train_x, train_y, perm2, step, base, device,
-                crop_size: int | None = None):
+                crop_size: int | None = None, with_ids: bool = False):
   """This device's shard of the augmented, normalized global batch of
   `step` (traced, inside the pmap'd step).
 
@@ -51,7 +97,8 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device,
   `two_epochs(...)` of the epoch starting at step `base`; device: this
   device's index along the pmap axis; crop_size: the images' side (default
   the data's; data.small_crop_size in a run's early steps, made as
-  data.small_crop_mode says). Returns (float images, int labels).
+  data.small_crop_mode says). Returns (float images, int labels), and the
+  examples' indices in the training set with `with_ids`.
   """
   cfg = setup.config
   global_batch = cfg.train.batch_size
@@ -79,4 +126,4 @@ def train_batch(setup, train_x, train_y, perm2, step, base, device,
         x, jax.random.fold_in(step_key, 2), global_batch=global_batch,
         offset=offset, brightness=cfg.data.jitter_brightness,
         contrast=cfg.data.jitter_contrast)
-  return x, labels
+  return (x, labels, idx) if with_ids else (x, labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable
 
 import flax
@@ -39,6 +40,11 @@ class TrainState:
   # Lookahead's slow copy {'params', 'batch_stats'} (optim.lookahead); {}
   # when optim.lookahead_every_steps is 0.
   lookahead: Any = dataclasses.field(default_factory=dict)
+  # Data pruning (data.prune_fraction): {'loss': each training image's loss
+  # when it was last trained on (inf: never), 'scores': that table as it was
+  # at the start of the current data epoch, which chose the epoch's images};
+  # {} when off. Checkpointed, so a resumed run picks the same images.
+  example_loss: Any = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -66,11 +72,61 @@ class RunSteps:
   (see run_steps)."""
   steps_per_epoch: int  # Whole batches of the training set: the rest dropped.
   total_steps: int  # train.num_steps, else train.num_epochs epochs.
+  # Data pruning (data.prune_fraction): the first pruned epoch, None when
+  # off; the images each pruned epoch keeps, and its whole batches of them.
+  prune_from: int | None = None
+  kept: int = 0
+  pruned_steps: int = 0
 
   def epoch_of(self, step):
-    """The epoch (from 0) that step `step` (from 0) belongs to; an int, or an
-    array under a trace."""
+    """The epoch (from 0) that step `step` (from 0) belongs to, counted in
+    whole-set epochs of steps_per_epoch (what schedules, evaluations and
+    flips count); an int, or an array under a trace."""
     return step // self.steps_per_epoch
+
+  # The data epochs: what the input pipeline walks through. They are the
+  # epochs above unless data pruning is on; then those from prune_from on
+  # are pruned_steps long.
+
+  def pruned(self, epoch: int) -> bool:
+    """Whether data epoch `epoch` trains on the pruned set."""
+    return self.prune_from is not None and epoch >= self.prune_from
+
+  def data_epoch_steps(self, epoch: int) -> int:
+    return self.pruned_steps if self.pruned(epoch) else self.steps_per_epoch
+
+  def data_epoch_start(self, epoch):
+    """The first step of data epoch `epoch` (an int, or an array under a
+    trace)."""
+    spe = self.steps_per_epoch
+    if self.prune_from is None:
+      return epoch * spe
+    full = self.prune_from * spe
+    after = full + (epoch - self.prune_from) * self.pruned_steps
+    if isinstance(epoch, (int, np.integer)):
+      return int(epoch * spe if epoch <= self.prune_from else after)
+    return jnp.where(epoch <= self.prune_from, epoch * spe, after)
+
+  def data_epoch_of(self, step):
+    """The data epoch that step `step` belongs to (an int, or an array under
+    a trace)."""
+    spe = self.steps_per_epoch
+    if self.prune_from is None:
+      return step // spe
+    full = self.prune_from * spe
+    after = self.prune_from + (step - full) // self.pruned_steps
+    if isinstance(step, (int, np.integer)):
+      return int(step // spe if step < full else after)
+    return jnp.where(step < full, step // spe, after)
+
+  def dispatch_end(self, step: int) -> int | None:
+    """The step a dispatch starting at `step` must stop at: the end of its
+    data epoch when the next one is pruned (its images are chosen from the
+    loss table as it stands there); None: any."""
+    epoch = self.data_epoch_of(step)
+    if not self.pruned(epoch + 1):
+      return None
+    return self.data_epoch_start(epoch) + self.data_epoch_steps(epoch)
 
 
 def run_steps(config: Config) -> RunSteps:
@@ -89,7 +145,17 @@ def run_steps(config: Config) -> RunSteps:
         "the config's data.train_size is not filled in")
   total = int(config.train.num_steps) or int(
       config.train.num_epochs) * steps_per_epoch
-  return RunSteps(steps_per_epoch=steps_per_epoch, total_steps=total)
+  fraction = float(config.data.prune_fraction)
+  if not fraction:
+    return RunSteps(steps_per_epoch=steps_per_epoch, total_steps=total)
+  kept = train_size - int(fraction * train_size)
+  if kept < batch:
+    raise ConfigError(
+        f"data.prune_fraction={fraction:g} keeps {kept} of the {train_size} "
+        f"training images: not one whole batch of train.batch_size={batch}")
+  return RunSteps(steps_per_epoch=steps_per_epoch, total_steps=total,
+                  prune_from=math.ceil(config.data.prune_from_epochs - 1e-9),
+                  kept=kept, pruned_steps=kept // batch)
 
 
 @dataclasses.dataclass
@@ -121,6 +187,10 @@ class Setup:
 
   def epoch_of(self, step):
     return self.steps.epoch_of(step)
+
+  @property
+  def pruning(self) -> bool:
+    return self.steps.prune_from is not None
 
   @property
   def num_devices(self) -> int:
@@ -189,6 +259,14 @@ def check_config(config: Config) -> None:
         "data.small_crop_size and data.small_crop_fraction go together: set "
         "both above 0 (or both to 0, off), got "
         f"{config.data.small_crop_size} and {config.data.small_crop_fraction}")
+  if not 0 <= config.data.prune_fraction < 1:
+    raise ConfigError(
+        f"data.prune_fraction must be in [0, 1) (the fraction of the training "
+        f"images each epoch leaves out, those of lowest loss; 0: off), got "
+        f"{config.data.prune_fraction}")
+  if config.data.prune_from_epochs < 0:
+    raise ConfigError(f"data.prune_from_epochs must be >= 0, got "
+                      f"{config.data.prune_from_epochs}")
   if not 0 <= config.train.label_smoothing < 1:
     raise ConfigError(f"train.label_smoothing must be in [0, 1), got "
                       f"{config.train.label_smoothing}")
@@ -365,6 +443,11 @@ def create_train_state(setup: Setup) -> TrainState:
   batch_stats = variables.get("batch_stats", {})
 
   def assemble(params, batch_stats, rng):
+    example_loss = {}
+    if setup.pruning:
+      never = jnp.full((int(setup.config.data.train_size),), jnp.inf,
+                       jnp.float32)
+      example_loss = {"loss": never, "scores": jnp.copy(never)}
     slow = {}
     if setup.config.optim.lookahead_every_steps:
       slow = jax.tree.map(jnp.copy, {"params": params,
@@ -376,7 +459,8 @@ def create_train_state(setup: Setup) -> TrainState:
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         opt_state=setup.tx.init(params),
         rng=rng,
-        lookahead=slow)
+        lookahead=slow,
+        example_loss=example_loss)
 
   return jax.jit(assemble)(params, batch_stats, dropout_key)
 

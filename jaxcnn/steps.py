@@ -46,7 +46,8 @@ def smoothed_cross_entropy(logits, labels, smoothing: float):
 def train_step(state: TrainState, batch: dict, *, setup: Setup,
                stem_frozen: bool = False) -> tuple[TrainState, dict]:
   """One update from this device's shard `batch` ({'images': normalized
-  float, 'labels': int}). Returns the new state and the step's metrics,
+  float, 'labels': int; with data pruning, 'ids': the examples' indices,
+  whose losses go into state.example_loss['loss']}). Returns the new state and the step's metrics,
   summed over devices: loss_sum, correct, count; and grad_norm (of the
   averaged gradient) and finite (loss and gradient norm are finite).
   `stem_frozen` (from setup.stem_frozen_from on): the model stops the
@@ -63,12 +64,20 @@ def train_step(state: TrainState, batch: dict, *, setup: Setup,
         {"params": params, "batch_stats": state.batch_stats}, images,
         train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"],
         **stem)
-    loss = jnp.mean(smoothed_cross_entropy(logits, labels,
-                                           float(cfg.train.label_smoothing)))
-    return loss, (logits, new_vars.get("batch_stats", {}))
+    losses = smoothed_cross_entropy(logits, labels,
+                                    float(cfg.train.label_smoothing))
+    return jnp.mean(losses), (logits, new_vars.get("batch_stats", {}), losses)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+  (loss, (logits, batch_stats, losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
+  example_loss = state.example_loss
+  if setup.pruning:
+    # Every device records the whole global batch's losses, so the tables
+    # stay replicated.
+    ids = jax.lax.all_gather(batch["ids"], AXIS).reshape(-1)
+    table = example_loss["loss"].at[ids].set(
+        jax.lax.all_gather(jax.lax.stop_gradient(losses), AXIS).reshape(-1))
+    example_loss = {**example_loss, "loss": table}
   # Every device has the same shard size, so the mean of the device means is
   # the mean over the global batch.
   grads = jax.lax.pmean(grads, AXIS)
@@ -101,7 +110,7 @@ def train_step(state: TrainState, batch: dict, *, setup: Setup,
   state = state.replace(step=state.step + 1, params=params,
                         batch_stats=batch_stats,
                         ema_batch_stats=ema_batch_stats, opt_state=opt_state,
-                        lookahead=slow)
+                        lookahead=slow, example_loss=example_loss)
   return state, metrics
 
 
@@ -137,22 +146,23 @@ def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False,
                   small_crop: bool = False):
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
-  accumulator donated. perm2 is pipeline.two_epochs of the first step's
-  epoch. `stem_frozen`: see train_step; `small_crop`: the steps train on
+  accumulator donated. perm2 is pipeline.feed_permutations of the first
+  step's data epoch. `stem_frozen`: see train_step; `small_crop`: the steps train on
   data.small_crop_size crops (the caller picks both by step: Setup.
   stem_frozen_from, Setup.small_crop_until)."""
   step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
   crop_size = setup.config.data.small_crop_size if small_crop else None
 
   def one_step(state, acc, train_x, train_y, perm2, base):
-    images, labels = pipeline.train_batch(
+    images, labels, ids = pipeline.train_batch(
         setup, train_x, train_y, perm2, state.step, base,
-        jax.lax.axis_index(AXIS), crop_size=crop_size)
-    new_state, metrics = step_fn(state, {"images": images, "labels": labels})
+        jax.lax.axis_index(AXIS), crop_size=crop_size, with_ids=True)
+    new_state, metrics = step_fn(
+        state, {"images": images, "labels": labels, "ids": ids})
     return new_state, accumulate(acc, metrics, state.step)
 
   def run(state, acc, train_x, train_y, perm2):
-    base = setup.epoch_of(state.step) * setup.steps_per_epoch
+    base = setup.steps.data_epoch_start(setup.steps.data_epoch_of(state.step))
     if num_steps == 1:
       return one_step(state, acc, train_x, train_y, perm2, base)
 
@@ -178,23 +188,24 @@ class TrainFeed:
   epoch: int | None = None
 
   @classmethod
-  def place(cls, setup: Setup, epoch: int = 0) -> "TrainFeed":
+  def place(cls, setup: Setup, epoch: int = 0,
+            scores: np.ndarray | None = None) -> "TrainFeed":
     local = setup.local_devices
     feed = cls(setup,
                parallel.replicate(setup.data.train_images, local),
                parallel.replicate(setup.data.train_labels.astype(np.int32),
                                   local))
-    feed.at_epoch(epoch)
+    feed.at_epoch(epoch, scores)
     return feed
 
-  def at_epoch(self, epoch: int) -> None:
-    """Places the permutations of `epoch` and the next (if not already)."""
-    if epoch != self.epoch:
-      setup = self.setup
-      perm = pipeline.two_epochs(
-          setup.config.seed, epoch, len(setup.data.train_labels),
-          setup.steps_per_epoch, setup.config.train.batch_size)
-      self.perm2 = parallel.replicate(perm, setup.local_devices)
+  def at_epoch(self, epoch: int, scores: np.ndarray | None = None, *,
+               force: bool = False) -> None:
+    """Places the permutations of data epoch `epoch` and the next (if not
+    already, or `force`); `scores`: the loss table that picks a pruned
+    epoch's images (see pipeline.feed_permutations)."""
+    if epoch != self.epoch or force:
+      perm = pipeline.feed_permutations(self.setup, epoch, scores)
+      self.perm2 = parallel.replicate(perm, self.setup.local_devices)
       self.epoch = epoch
 
   def accumulator(self) -> dict:

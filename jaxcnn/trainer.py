@@ -267,7 +267,9 @@ class _Loop:
     self.step = self.start_step = int(state.step)
     local = setup.local_devices
     self.state_r = parallel.replicate(state, local)
-    self.feed = TrainFeed.place(setup, setup.epoch_of(self.step))
+    epoch = setup.steps.data_epoch_of(self.step)
+    self.feed = TrainFeed.place(
+        setup, epoch, self.host_scores() if setup.steps.pruned(epoch) else None)
     self.acc = self.feed.accumulator()
     # (steps per call, stem frozen) -> compiled train_fn.
     self.train_fns: dict[tuple[int, bool], Any] = {}
@@ -343,13 +345,17 @@ class _Loop:
     frozen_from, small_until = setup.stem_frozen_from, setup.small_crop_until
     if step + n > setup.total_steps or any(
         s is not None and step < s < step + n
-        for s in (frozen_from, small_until)):
-      # Stop exactly at the end, at the step the stem freezes and at the
-      # step the crops grow to the whole image.
+        for s in (frozen_from, small_until, setup.steps.dispatch_end(step))):
+      # Stop exactly at the end, at the step the stem freezes, at the step
+      # the crops grow to the whole image and before a pruned data epoch.
       n = 1
     key = (n, frozen_from is not None and step >= frozen_from,
            small_until is not None and step < small_until)
-    self.feed.at_epoch(setup.epoch_of(step))
+    epoch = setup.steps.data_epoch_of(step)
+    if (setup.steps.pruned(epoch)
+        and step == setup.steps.data_epoch_start(epoch)):
+      self.start_pruned_epoch(epoch)
+    self.feed.at_epoch(epoch)
     if key not in self.train_fns:
       self.train_fns[key] = make_train_fn(setup, *key)
     t0 = time.time()
@@ -366,6 +372,33 @@ class _Loop:
       self.progress.exclude(time.time() - t0)  # The bar's rate: steps only.
       self.say(f"compiled and ran the first step in {time.time() - t0:.1f}s")
       self.mark_log()
+
+  def host_scores(self) -> np.ndarray:
+    """The loss table that chose the current data epoch's images."""
+    return np.asarray(parallel.unreplicate(self.state_r.example_loss["scores"]))
+
+  def start_pruned_epoch(self, epoch: int) -> None:
+    """At the first step of a pruned data epoch: the loss table as it stands
+    becomes the epoch's scores (in the state, so a resumed run picks the
+    same images; doing it twice changes nothing) and picks its images."""
+    setup = self.setup
+    loss = np.asarray(parallel.unreplicate(self.state_r.example_loss["loss"]))
+    self.state_r = self.state_r.replace(example_loss={
+        "loss": self.state_r.example_loss["loss"],
+        "scores": parallel.replicate(loss, setup.local_devices)})
+    self.feed.at_epoch(epoch, loss, force=True)
+    steps, n = setup.steps, len(loss)
+    kept_loss = np.sort(loss)[n - steps.kept:]
+    threshold = float(kept_loss[0])
+    unseen = int(np.sum(np.isinf(loss)))
+    self.writer.write("prune", self.step, data_epoch=epoch, kept=steps.kept,
+                      of=n, steps=steps.pruned_steps,
+                      threshold=threshold if np.isfinite(threshold) else None,
+                      never_trained=unseen)
+    self.say(f"step {self.step}: data epoch {epoch} trains on the "
+             f"{steps.kept} of {n} images of highest loss (>= "
+             f"{threshold:.4g}; {unseen} never trained on) in "
+             f"{steps.pruned_steps} steps")
 
   def between_dispatches(self, prev: int) -> None:
     """Logs, collects statistics, saves, evaluates and stops when due.
