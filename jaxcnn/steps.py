@@ -47,9 +47,10 @@ def train_step(state: TrainState, batch: dict, *, setup: Setup,
                stem_frozen: bool = False) -> tuple[TrainState, dict]:
   """One update from this device's shard `batch` ({'images': normalized
   float, 'labels': int; with data pruning, 'ids': the examples' indices,
-  whose losses go into state.example_loss['loss']}). Returns the new state and the step's metrics,
-  summed over devices: loss_sum, correct, count; and grad_norm (of the
-  averaged gradient) and finite (loss and gradient norm are finite).
+  whose losses go into state.example_loss['loss']}). Returns the new state
+  and the step's metrics, summed over devices: loss_sum, correct, count; and
+  grad_norm (of the averaged gradient) and finite (loss and gradient norm
+  are finite).
   `stem_frozen` (from setup.stem_frozen_from on): the model stops the
   gradient at its frozen stem, whose gradient is then zero."""
   cfg = setup.config
@@ -147,8 +148,8 @@ def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False,
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
   accumulator donated. perm2 is pipeline.feed_permutations of the first
-  step's data epoch. `stem_frozen`: see train_step; `small_crop`: the steps train on
-  data.small_crop_size crops (the caller picks both by step: Setup.
+  step's data epoch. `stem_frozen`: see train_step; `small_crop`: the steps
+  train on data.small_crop_size crops (the caller picks both by step: Setup.
   stem_frozen_from, Setup.small_crop_until)."""
   step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
   crop_size = setup.config.data.small_crop_size if small_crop else None
