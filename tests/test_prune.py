@@ -185,3 +185,20 @@ def test_several_steps_per_dispatch_stop_at_pruned_epochs(tmp_path):
   np.testing.assert_allclose(k5["example_loss"]["scores"],
                              k1["example_loss"]["scores"], rtol=1e-4,
                              atol=1e-5)
+
+
+def test_speedrun_pruned_is_speedrun_small_crops_with_pruning():
+  # The recipe file is the command its numbers were measured with.
+  recipe = config_lib.load_experiment("speedrun_pruned")
+  by_hand = config_lib.apply_overrides(
+      config_lib.load_experiment("speedrun_small_crops"),
+      ["data.prune_fraction=0.25", "data.prune_from_epochs=2"])
+  assert recipe == by_hand
+  # At full scale: 32 batches of 1,536 a whole epoch, then data epochs of
+  # 24 batches on 37,500 images from step 64 on; 277 steps in all.
+  full = recipe.copy()
+  full.data.train_size = 50000
+  rs = run_steps(full)
+  assert (rs.steps_per_epoch, rs.prune_from, rs.kept, rs.pruned_steps,
+          rs.total_steps) == (32, 2, 37500, 24, 277)
+  assert rs.data_epoch_start(3) == 88 and rs.data_epoch_of(276) == 10
