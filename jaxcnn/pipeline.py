@@ -39,14 +39,17 @@ def pruned_permutation(seed: int, epoch: int, scores: np.ndarray, kept: int,
                        steps: int, batch_size: int) -> np.ndarray:
   """The example order of a pruned data epoch (data.prune_fraction): the
   `kept` examples of highest `scores` (each example's loss when it was last
-  trained on; never-trained ones are inf and come first, ties in index
-  order), in an order that is a pure function of (seed, epoch), cut to
+  trained on; never-trained ones are inf and come first; ties broken at
+  random, so a table of ties is a random subset, not the first indices),
+  in an order that is a pure function of (seed, epoch, scores), cut to
   `steps` whole batches."""
   scores = np.asarray(scores, np.float32)
-  if not 0 < kept <= len(scores) or steps * batch_size > kept:
-    raise ValueError(f"cannot keep {kept} of {len(scores)} examples for "
+  n = len(scores)
+  if not 0 < kept <= n or steps * batch_size > kept:
+    raise ValueError(f"cannot keep {kept} of {n} examples for "
                      f"{steps} batches of {batch_size}")
-  hardest = np.sort(np.argsort(-scores, kind="stable")[:kept])
+  tiebreak = np.random.default_rng([seed, epoch, 1]).permutation(n)
+  hardest = np.sort(np.lexsort((tiebreak, -scores))[:kept])
   rng = np.random.default_rng([seed, epoch])
   return hardest[rng.permutation(kept)[:steps * batch_size]].astype(np.int32)
 
