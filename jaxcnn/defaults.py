@@ -213,6 +213,12 @@ def base_config() -> Config:
       # pass; hiverge's cifar10_speedrun augments 0.25), the rest keep their
       # plain logits. 1: all.
       final_tta_fraction=1.0,
+      # Also give the final evaluation with final_tta to the ensemble of the
+      # raw and EMA weights (the mean of their predicted probabilities; two
+      # forward passes an image), logged beside them as
+      # test_accuracy_ensemble; `python -m jaxcnn.eval --weights ensemble`
+      # evaluates it afterwards.
+      final_tta_ensemble=False,
       checkpoint_every_steps=2000,
       keep_checkpoints=3,
       progress_bar=True,

@@ -1,7 +1,8 @@
 """Evaluate a workdir's checkpoint: `python -m jaxcnn.eval --workdir runs/vgg`.
 
 Restores model and config from the checkpoint alone (not the experiment
-file), evaluates raw and EMA weights data-parallel over the local devices,
+file), evaluates raw and EMA weights (or their ensemble: --weights)
+data-parallel over the local devices,
 and prints loss, top-1/top-5 accuracy, per-class accuracy and the confusion
 matrix. Writes WORKDIR/eval/confusion_step<N>_<weights>.png, and with
 --all_steps WORKDIR/eval/accuracy_vs_step.{png,json}. Nothing is written if
@@ -32,8 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   which.add_argument("--all_steps", action="store_true",
                      help="evaluate every kept checkpoint and write an "
                      "accuracy-vs-step curve")
-  p.add_argument("--weights", choices=("raw", "ema", "both"), default="both",
-                 help="which weights to evaluate (default: both)")
+  # evaluation.WEIGHT_CHOICES, written out: --help imports no jax.
+  p.add_argument("--weights", choices=("raw", "ema", "both", "ensemble", "all"),
+                 default="both",
+                 help="which weights to evaluate: raw, ema, both (default), "
+                 "ensemble (the mean of the raw and EMA weights' predicted "
+                 "probabilities: two forward passes an image, each under "
+                 "--tta) or all (the three)")
   p.add_argument("--data", default=None,
                  help="evaluate on another source (tfds:NAME | folder:PATH | "
                  "synthetic) with the same classes; default: the run's own, "

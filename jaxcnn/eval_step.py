@@ -99,17 +99,25 @@ def check_tta_fraction(fraction: float, what: str = "tta_fraction") -> float:
 
 def _logits_fn(model, config: Config, tta: str):
   """logits(variables, uint8 images) in float32 under test-time
-  augmentation `tta`."""
+  augmentation `tta`. `variables` is one weight set's, or a tuple of
+  several (weight_variables' 'ensemble'): then the log of the mean of
+  their softmax probabilities, each under `tta`."""
   _check_tta(tta)
   mean = np.asarray(config.data.channel_mean, np.float32)
   std = np.asarray(config.data.channel_std, np.float32)
   normalization = config.data.normalization
 
-  def logits(variables, x_u8):
-    x = augment.normalize(x_u8, normalization, mean, std)
+  def one(variables, x):
     return augment.tta_logits(
         lambda x: model.apply(variables, x, train=False).astype(jnp.float32),
         x, tta)
+
+  def logits(variables, x_u8):
+    x = augment.normalize(x_u8, normalization, mean, std)
+    if not isinstance(variables, tuple):
+      return one(variables, x)
+    probs = [jax.nn.softmax(one(v, x), -1) for v in variables]
+    return jnp.log(sum(probs) / len(probs))
 
   return logits
 
@@ -239,7 +247,24 @@ def summarize_eval(totals: dict) -> dict:
   }
 
 
+# The weight sets the trainer evaluates, and every one an Evaluator can:
+# 'ensemble' averages the raw and EMA weights' predicted probabilities (two
+# forward passes an image; see _logits_fn).
 WEIGHTS = ("raw", "ema")
+ENSEMBLE = "ensemble"
+ALL_WEIGHTS = WEIGHTS + (ENSEMBLE,)
+
+
+def weight_variables(state: TrainState, weights: str):
+  """What an evaluation pass takes for one name of ALL_WEIGHTS: a weight
+  set's variables (state.variables_of), or for 'ensemble' the tuple of the
+  raw and the EMA ones."""
+  if weights == ENSEMBLE:
+    return tuple(variables_of(state, w) for w in WEIGHTS)
+  if weights not in WEIGHTS:
+    raise ValueError(f"weights must be one of {', '.join(ALL_WEIGHTS)}, got "
+                     f"{weights!r}")
+  return variables_of(state, weights)
 
 
 class Evaluator:
@@ -250,7 +275,7 @@ class Evaluator:
   state: the trainer's evaluations every few epochs, eval's --all_steps.
 
   Called with a state, it returns {weights: {loss, accuracy, top5_accuracy,
-  count, confusion [true, predicted]}}: `weights` among WEIGHTS; `tta` one
+  count, confusion [true, predicted]}}: `weights` among ALL_WEIGHTS; `tta` one
   of augment.TTA_MODES and `tta_fraction` in (0, 1] (the least confident
   images that get it; defaults: the evaluator's); `before_batch(weights,
   done, total)` is called before each batch and once at the end (done ==
@@ -366,10 +391,11 @@ class Evaluator:
                tta_fraction: float | None = None) -> dict[str, dict]:
     out = {}
     for name in weights:
-      variables = variables_of(state, name)
+      variables = weight_variables(state, name)
       if not replicated:
         if not self._checked:
-          self._check_fits(variables)
+          self._check_fits(variables[0] if isinstance(variables, tuple)
+                           else variables)
         variables = parallel.replicate(variables, self.local)
       hook = None if before_batch is None else (
           lambda done, total, name=name: before_batch(name, done, total))

@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxcnn import augment, models, parallel
 from jaxcnn import state as state_lib
-from jaxcnn.eval_step import WEIGHTS, Evaluator, check_tta_fraction
+from jaxcnn.eval_step import (ALL_WEIGHTS, ENSEMBLE, WEIGHTS, Evaluator,
+                              check_tta_fraction)
 from jaxcnn.config import Config, ConfigError
 from jaxcnn.data import (ALL_SPLITS, DataError, Dataset, load_dataset,
                          load_from_config)
@@ -28,20 +29,23 @@ from jaxcnn.restore import CheckpointReader, open_reader, pick_step
 # training images (data.validation_size), rebuilt from the saved config.
 EVAL_SPLITS = ("test", "validation", "train")
 
-WEIGHT_CHOICES = ("raw", "ema", "both")
+# 'both': raw and EMA; 'ensemble': their predictions averaged; 'all': the
+# three.
+WEIGHT_CHOICES = ("raw", "ema", "both", ENSEMBLE, "all")
 
 
 def weights_list(weights: str | Sequence[str]) -> tuple[str, ...]:
-  """'both' | 'raw' | 'ema' (or a sequence of them) -> names in WEIGHTS."""
+  """One of WEIGHT_CHOICES (or a sequence of names) -> names in
+  ALL_WEIGHTS."""
   if isinstance(weights, str):
     if weights not in WEIGHT_CHOICES:
       raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, "
                        f"got {weights!r}")
-    return WEIGHTS if weights == "both" else (weights,)
+    return {"both": WEIGHTS, "all": ALL_WEIGHTS}.get(weights, (weights,))
   out = tuple(weights)
-  bad = [w for w in out if w not in WEIGHTS]
+  bad = [w for w in out if w not in ALL_WEIGHTS]
   if bad or not out:
-    raise ValueError(f"weights must be among {WEIGHTS}, got {out}")
+    raise ValueError(f"weights must be among {ALL_WEIGHTS}, got {out}")
   return out
 
 

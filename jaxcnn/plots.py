@@ -75,14 +75,16 @@ def confusion_matrix(confusion: Sequence[Sequence[int]],
 
 def accuracy_curve(records: Sequence[dict], path, *, title: str) -> str:
   """Top-1 accuracy against step for each weight set in `records`
-  ([{step, raw: {accuracy}, ema: {accuracy}}, ...]), ticks at whole steps."""
+  ([{step, raw: {accuracy}, ema: {accuracy}, ensemble: {accuracy}}, ...],
+  any of the three), ticks at whole steps."""
   fig = _figure(7.0, 4.5)
   ax = fig.add_subplot()
   steps = [r["step"] for r in records]
-  for name, style in (("raw", "o-"), ("ema", "s-")):
+  for name, style in (("raw", "o-"), ("ema", "s-"), ("ensemble", "^-")):
     if all(name in r for r in records):
       ax.plot(steps, [100 * r[name]["accuracy"] for r in records], style,
-              label=f"{name} weights")
+              label=f"{name} weights" if name != "ensemble" else
+              "raw + EMA ensemble")
   _whole_ticks(ax.xaxis)
   ax.set_xlabel("step")
   ax.set_ylabel("top-1 accuracy (%)")

@@ -4,8 +4,9 @@ Seed k of S..S+N-1 (S: the config's `seed`, 0 unless --set says otherwise)
 trains in WORKDIR/seed<k>, one after another, each an ordinary run (run the
 command again: finished seeds are read back, unfinished ones resume). Then
 each seed's final test accuracy (raw and EMA weights; with train.final_tta
-also under it), its training seconds (compile apart, as the trainer times
-them) and its TTA seconds are printed beside their mean ± std, and written
+also under it, and with train.final_tta_ensemble their ensemble's), its
+training seconds (compile apart, as the trainer times them) and its TTA
+seconds (raw and EMA together; the ensemble's apart) are printed beside their mean ± std, and written
 to WORKDIR/seeds.json. Every number is read back from the seed's own
 metrics.jsonl, so the table of a rerun is the table of the runs.
 """
@@ -26,9 +27,12 @@ COLUMNS = (
     ("test_accuracy_ema", "EMA %", True),
     ("tta_accuracy_raw", "TTA raw %", True),
     ("tta_accuracy_ema", "TTA EMA %", True),
+    # With train.final_tta_ensemble only (no column otherwise).
+    ("tta_accuracy_ensemble", "TTA ens. %", True),
     ("train_seconds", "train s", False),
     ("compile_seconds", "compile s", False),
     ("tta_seconds", "TTA s", False),
+    ("tta_seconds_ensemble", "TTA ens. s", False),
 )
 
 
@@ -54,7 +58,11 @@ def seed_row(workdir, seed: int) -> dict:
          "test_accuracy_ema": last["test_accuracy_ema"],
          "tta_accuracy_raw": tta[-1]["test_accuracy_raw"] if tta else None,
          "tta_accuracy_ema": tta[-1]["test_accuracy_ema"] if tta else None,
+         "tta_accuracy_ensemble":
+             tta[-1].get("test_accuracy_ensemble") if tta else None,
          "tta_seconds": tta[-1].get("seconds") if tta else None,
+         "tta_seconds_ensemble":
+             tta[-1].get("seconds_ensemble") if tta else None,
          "resumed": False}
   whole = [t for t in timing if t.get("from_step") == 0]
   if whole:

@@ -27,7 +27,7 @@ import numpy as np
 from jaxcnn import checkpoint, parallel, reporting
 from jaxcnn.config import Config, diff
 from jaxcnn.data import Dataset
-from jaxcnn.eval_step import Evaluator
+from jaxcnn.eval_step import ALL_WEIGHTS, ENSEMBLE, WEIGHTS, Evaluator
 # The names callers know the trainer by (python -m jaxcnn.train, tests).
 from jaxcnn.state import (Setup, TrainState, build,  # noqa: F401
                           create_train_state, variables_of)
@@ -487,15 +487,16 @@ class _Loop:
       yield
 
   def run_eval(self, what: str, evaluator: Evaluator | None = None,
-               tta: str = "none") -> dict:
-    """The raw and EMA figures of `evaluator` (default: the test split's)
-    with progress over its batches (raw, then EMA) when the bar is on; a
-    signal stops it between batches (_EvaluationStopped)."""
+               tta: str = "none", weights: tuple[str, ...] = WEIGHTS) -> dict:
+    """The figures of `weights` (default raw and EMA) under `evaluator`
+    (default: the test split's) with progress over its batches (one weight
+    set after the other) when the bar is on; a signal stops it between
+    batches (_EvaluationStopped)."""
     evaluator = self.test_eval if evaluator is None else evaluator
     fraction = self.setup.config.train.final_tta_fraction
     batches = evaluator.pass_batches(tta, fraction)
-    offset = {"raw": 0, "ema": batches}
-    bar = self.progress.sub_bar(what, 2 * batches)
+    offset = {name: i * batches for i, name in enumerate(weights)}
+    bar = self.progress.sub_bar(what, len(weights) * batches)
 
     def before_batch(name, done, total):
       if self.stop.signum is not None:
@@ -503,8 +504,9 @@ class _Loop:
       bar.update(offset[name] + done)
 
     try:
-      return evaluator(self.state_r, tta=tta, before_batch=before_batch,
-                       replicated=True, tta_fraction=fraction)
+      return evaluator(self.state_r, weights, tta=tta,
+                       before_batch=before_batch, replicated=True,
+                       tta_fraction=fraction)
     finally:
       bar.close()
 
@@ -594,24 +596,37 @@ class _Loop:
     self.best_value = value
 
   def evaluate_tta(self) -> dict:
-    """The final evaluation with train.final_tta, logged as kind 'eval_tta'."""
+    """The final evaluation with train.final_tta, logged as kind 'eval_tta':
+    raw and EMA weights, and their ensemble with train.final_tta_ensemble,
+    each weight set's wall seconds apart (its compile included)."""
     setup, step = self.setup, self.step
-    tta = setup.config.train.final_tta
-    fraction = setup.config.train.final_tta_fraction
+    train = setup.config.train
+    tta, fraction = train.final_tta, train.final_tta_fraction
     label = tta if fraction == 1 else f"{tta} on the {fraction:.0%} least " \
         "confident"
-    t0 = time.time()
-    results = self.run_eval(f"evaluating with TTA ({label})", tta=tta)
-    # Wall seconds of both weight sets' TTA evaluation, its compile included.
-    seconds = time.time() - t0
-    self.writer.write("eval_tta", step, tta=tta, tta_fraction=fraction,
-                      seconds=seconds,
-                      **{f"test_{k}_{w}": results[w][k] for w in ("raw", "ema")
-                         for k in ("accuracy", "loss", "top5_accuracy")})
+    names = ALL_WEIGHTS if train.final_tta_ensemble else WEIGHTS
+    results, seconds = {}, {}
+    for i, name in enumerate(names):
+      t0 = time.time()
+      results.update(self.run_eval(
+          f"evaluating with TTA ({label}), {name} "
+          f"({i + 1}/{len(names)})", tta=tta, weights=(name,)))
+      seconds[name] = time.time() - t0
+    self.writer.write(
+        "eval_tta", step, tta=tta, tta_fraction=fraction,
+        # Raw and EMA together, as before the ensemble.
+        seconds=seconds["raw"] + seconds["ema"],
+        **{f"seconds_{w}": seconds[w] for w in names},
+        **{f"test_{k}_{w}": results[w][k] for w in names
+           for k in ("accuracy", "loss", "top5_accuracy")})
     self.say(f"step {step}: test accuracy with TTA ({label}) raw "
              f"{results['raw']['accuracy']:.2%}, EMA "
-             f"{results['ema']['accuracy']:.2%}")
-    return {"mode": tta, "fraction": fraction, "seconds": seconds, **results}
+             f"{results['ema']['accuracy']:.2%}" + (
+                 f", raw + EMA ensemble {results[ENSEMBLE]['accuracy']:.2%}"
+                 if ENSEMBLE in results else ""))
+    return {"mode": tta, "fraction": fraction,
+            "seconds": seconds["raw"] + seconds["ema"],
+            "seconds_each": seconds, **results}
 
   def save(self) -> None:
     # What the metrics say is on disk with the checkpoint (a SIGKILL loses

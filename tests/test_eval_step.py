@@ -280,3 +280,63 @@ def test_tta_fraction_benchmark_offers_every_augmenting_mode():
     else:
       assert tta_fraction.parse_args(["--workdir", "w", "--tta", mode]).tta \
           == mode
+
+
+def test_raw_and_ema_ensemble_equals_mean_probabilities(tmp_path, capsys):
+  """train.final_tta_ensemble and `eval --weights ensemble`: the log of the
+  mean of the raw and EMA softmax probabilities, each under the TTA, with
+  the TTA given to the least confident half by the ensemble's own plain
+  confidence; the figures training logged are the eval command's."""
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config(
+      "optim.groups.*.optimizer=adam", "optim.groups.*.lr=0.01",
+      "train.num_steps=16", "train.eval_every_epochs=0",
+      "train.final_tta=mirror", "train.final_tta_fraction=0.5",
+      "train.final_tta_ensemble=true", "train.eval_batch_size=48",
+      "train.num_devices=2"), workdir)
+  logged = reporting.read_metrics(workdir, "eval_tta")[-1]
+  assert {"seconds_raw", "seconds_ema", "seconds_ensemble"} <= set(logged)
+  assert logged["seconds"] == pytest.approx(
+      logged["seconds_raw"] + logged["seconds_ema"])
+  report = run_eval_cli(capsys, "--workdir", workdir, "--weights", "all",
+                        "--tta", "mirror", "--tta_fraction", "0.5",
+                        "--num_devices", "2")
+  assert report["weights"] == ["raw", "ema", "ensemble"]
+  for w in ("raw", "ema", "ensemble"):
+    for k in ("accuracy", "loss", "top5_accuracy"):
+      assert report["results"][w][k] == logged[f"test_{k}_{w}"], (w, k)
+
+  config, state, _ = restore.load_checkpoint(workdir)
+  data = load_from_config(config.data, config.seed)
+  from jaxcnn.models import create_model
+  model = create_model(config.model)
+  images, labels = data.test_images, data.test_labels
+
+  def log_probs(w, tta):
+    logits = direct_logits(model, trainer.variables_of(state, w), config,
+                           images, tta)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+  def ensemble(tta):
+    return np.log((np.exp(log_probs("raw", tta))
+                   + np.exp(log_probs("ema", tta))) / 2)
+
+  plain, mirrored = ensemble("none"), ensemble("mirror")
+  # Raw and EMA differ, so the ensemble is neither of them.
+  for w in ("raw", "ema"):
+    assert np.abs(plain - log_probs(w, "none")).max() > 1e-3
+  confidence = np.exp(plain).max(-1)
+  chosen = np.argsort(confidence, kind="stable")[:len(labels) // 2]
+  logits = plain.copy()
+  logits[chosen] = mirrored[chosen]
+  want = direct(model, None, config, images, labels, logits=logits)
+  got = report["results"]["ensemble"]
+  assert got["confusion"] == want["confusion"].tolist()
+  assert got["accuracy"] == pytest.approx(want["accuracy"])
+  assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+  # The seeds table reads it back.
+  from jaxcnn import seeds
+  row = seeds.seed_row(workdir, 0)
+  assert row["tta_accuracy_ensemble"] == logged["test_accuracy_ensemble"]
+  assert row["tta_seconds_ensemble"] == logged["seconds_ensemble"]
