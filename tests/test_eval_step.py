@@ -293,6 +293,9 @@ def test_raw_and_ema_ensemble_equals_mean_probabilities(tmp_path, capsys):
       "train.num_steps=16", "train.eval_every_epochs=0",
       "train.final_tta=mirror", "train.final_tta_fraction=0.5",
       "train.final_tta_ensemble=true", "train.eval_batch_size=48",
+      # An EMA that stays near the initial weights: far from the raw ones,
+      # so a mean of logits would not pass for the mean of probabilities.
+      "optim.ema_decay=0.9999", "optim.ema_ramp=false",
       "train.num_devices=2"), workdir)
   logged = reporting.read_metrics(workdir, "eval_tta")[-1]
   assert {"seconds_raw", "seconds_ema", "seconds_ensemble"} <= set(logged)
@@ -331,6 +334,10 @@ def test_raw_and_ema_ensemble_equals_mean_probabilities(tmp_path, capsys):
   logits = plain.copy()
   logits[chosen] = mirrored[chosen]
   want = direct(model, None, config, images, labels, logits=logits)
+  mean_logits = (log_probs("raw", "none") + log_probs("ema", "none")) / 2
+  assert abs(direct(model, None, config, images, labels,
+                    logits=mean_logits)["loss"] - want["loss"]) > \
+      1e-3 * want["loss"]
   got = report["results"]["ensemble"]
   assert got["confusion"] == want["confusion"].tolist()
   assert got["accuracy"] == pytest.approx(want["accuracy"])
