@@ -76,6 +76,19 @@ def count_calls(monkeypatch):
   return count
 
 
+def checkpoint_state(workdir, step=None) -> dict:
+  """The state of a workdir's latest good checkpoint (or of `step`) as
+  numpy arrays, restored through the real path (the tests' files import it:
+  `from conftest import checkpoint_state`)."""
+  import jax
+  import numpy as np
+
+  from jaxcnn import checkpoint, restore
+  restored = checkpoint.restore_latest_good(workdir, restore.build_target,
+                                            step=step)
+  return jax.tree.map(np.asarray, restored.state)
+
+
 @pytest.fixture
 def real_data_dir():
   if not (REAL_DATA / "train").is_dir():

@@ -9,7 +9,9 @@ import sys
 import jax
 import numpy as np
 
-from jaxcnn import checkpoint, config as config_lib, restore, trainer
+from jaxcnn import checkpoint, config as config_lib, trainer
+
+from conftest import checkpoint_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The final TTA on the least confident half: chosen over the images of both
@@ -45,14 +47,6 @@ def run_two_processes(workdir, *overrides):
   return [err for _, err in outs]
 
 
-def state_at(workdir, step=None):
-  restored = checkpoint.restore_latest_good(
-      workdir,
-      restore.build_target,
-      step=step)
-  return jax.tree.map(np.asarray, restored.state)
-
-
 def assert_close(a, b):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
                           jax.tree.leaves(b)):
@@ -78,7 +72,7 @@ def test_two_processes_equal_one_process(tmp_path):
   assert "final: step 16" in errs[0] and "final:" not in errs[1]
   assert "4 cpu device(s)" in errs[0]
   assert checkpoint.saved_steps(two)[-1] == 16
-  assert_close(state_at(two), state_at(one))
+  assert_close(checkpoint_state(two), checkpoint_state(one))
   final = [l for l in errs[0].splitlines() if l.startswith("final:")][0]
   assert "on 200 images" in final
   assert f"raw {reference['raw']['accuracy']:.2%}" in final

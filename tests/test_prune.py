@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from jaxcnn import (checkpoint, config as config_lib, parallel, pipeline,
-                    restore, steps)
+                    steps)
 from jaxcnn import trainer
 from jaxcnn.state import run_steps
+
+from conftest import checkpoint_state
 
 PRUNE = ["data.prune_fraction=0.3", "data.prune_from_epochs=1",
          "model.dropout=0.0"]
@@ -22,11 +24,6 @@ PRUNE = ["data.prune_fraction=0.3", "data.prune_from_epochs=1",
 def tiny_config(*overrides):
   c = config_lib.load_experiment("test")
   return config_lib.apply_overrides(c, PRUNE + list(overrides))
-
-
-def final_state(workdir) -> dict:
-  restored = checkpoint.restore_latest_good(workdir, restore.build_target)
-  return jax.tree.map(np.asarray, restored.state)
 
 
 def test_data_epochs_after_pruning_are_the_kept_images_whole_batches():
@@ -141,7 +138,7 @@ def test_pruned_epochs_train_exactly_the_images_of_highest_loss(tmp_path):
   assert [(r["step"], r["data_epoch"], r["kept"], r["steps"])
           for r in records] == [(16, 1, 359, 11), (27, 2, 359, 11),
                                 (38, 3, 359, 11), (49, 4, 359, 11)]
-  table = final_state(workdir)["example_loss"]
+  table = checkpoint_state(workdir)["example_loss"]
   loss, scores = table["loss"], table["scores"]
   assert np.all(np.isfinite(scores))  # epoch 0 trained every image
   # The last epoch changed the losses of 11 * 32 images, all among the 359
@@ -168,7 +165,7 @@ def test_resumed_pruned_run_equals_uninterrupted_run(tmp_path):
     trainer.train_and_evaluate(tiny_config(*common, f"train.num_steps={stop}"),
                                part)
     assert checkpoint.saved_steps(part)[-1] == stop
-  full, resumed = final_state(tmp_path / "full"), final_state(part)
+  full, resumed = checkpoint_state(tmp_path / "full"), checkpoint_state(part)
   leaves_full = jax.tree_util.tree_leaves_with_path(full)
   for (path, a), b in zip(leaves_full, jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
@@ -181,7 +178,7 @@ def test_several_steps_per_dispatch_stop_at_pruned_epochs(tmp_path):
   trainer.train_and_evaluate(
       tiny_config(*common, "train.steps_per_dispatch=5"), str(tmp_path / "k5"))
   trainer.train_and_evaluate(tiny_config(*common), str(tmp_path / "k1"))
-  k5, k1 = final_state(tmp_path / "k5"), final_state(tmp_path / "k1")
+  k5, k1 = checkpoint_state(tmp_path / "k5"), checkpoint_state(tmp_path / "k1")
   for a, b in zip(jax.tree.leaves(k5["params"]), jax.tree.leaves(k1["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # The same images were trained on, in the same epochs.

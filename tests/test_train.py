@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from jaxcnn import (checkpoint, config as config_lib, eval_step, reporting,
-                    restore, trainer)
+                    trainer)
 from jaxcnn.parallel import DeviceError
+
+from conftest import checkpoint_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,14 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(*overrides):
   c = config_lib.load_experiment("test")
   return config_lib.apply_overrides(c, list(overrides))
-
-
-def final_state(workdir) -> dict:
-  """The latest checkpoint's state as numpy, restored through the real path."""
-  restored = checkpoint.restore_latest_good(
-      workdir,
-      restore.build_target)
-  return jax.tree.map(np.asarray, restored.state)
 
 
 def assert_trees_close(a, b, **tol):
@@ -75,7 +69,7 @@ def test_four_devices_equal_one_device(tmp_path):
       tiny_config(*common, "train.num_devices=4"), str(tmp_path / "d4"))
   r1 = trainer.train_and_evaluate(
       tiny_config(*common, "train.num_devices=1"), str(tmp_path / "d1"))
-  s4, s1 = final_state(tmp_path / "d4"), final_state(tmp_path / "d1")
+  s4, s1 = checkpoint_state(tmp_path / "d4"), checkpoint_state(tmp_path / "d1")
   assert int(s4["step"]) == int(s1["step"]) == 6
   assert_trees_close(s4["params"], s1["params"], rtol=2e-4, atol=2e-5)
   assert_trees_close(s4["batch_stats"], s1["batch_stats"], rtol=2e-4, atol=2e-5)
@@ -108,7 +102,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   open(path, "w").write(json.dumps(saved))
   trainer.train_and_evaluate(tiny_config(*common, "train.num_steps=24"), part)
   assert checkpoint.saved_steps(part)[-1] == 24
-  full, resumed = final_state(tmp_path / "full"), final_state(part)
+  full, resumed = checkpoint_state(tmp_path / "full"), checkpoint_state(part)
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 
@@ -119,8 +113,8 @@ def test_steps_per_dispatch_matches_single_steps(tmp_path):
   trainer.train_and_evaluate(tiny_config(*common, "train.steps_per_dispatch=3"),
                              str(tmp_path / "k3"))
   trainer.train_and_evaluate(tiny_config(*common), str(tmp_path / "k1"))
-  assert_trees_close(final_state(tmp_path / "k3")["params"],
-                     final_state(tmp_path / "k1")["params"],
+  assert_trees_close(checkpoint_state(tmp_path / "k3")["params"],
+                     checkpoint_state(tmp_path / "k1")["params"],
                      rtol=1e-5, atol=1e-6)
 
 
@@ -201,7 +195,7 @@ def test_rerun_of_a_saved_config_trains_that_config(tmp_path, capsys):
   assert train.main(["--exp", saved, "--workdir", again]) == 0
   assert (open(os.path.join(again, "config.json")).read()
           == open(saved).read())
-  a, b = final_state(first), final_state(again)
+  a, b = checkpoint_state(first), checkpoint_state(again)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   capsys.readouterr()
@@ -327,7 +321,7 @@ def test_signal_during_the_final_evaluation_stops_it(tmp_path, monkeypatch,
   assert exit_info.value.code == 128 + sig, err
   assert batches == [0, 1], batches  # Stopped at the next batch.
   assert checkpoint.saved_steps(workdir) == [16]
-  assert final_state(workdir)["step"] == 16
+  assert checkpoint_state(workdir)["step"] == 16
   assert (f"stopped: {signum}: training is complete and its final checkpoint "
           f"(step 16) is saved in {workdir}") in err
   assert f"`python -m jaxcnn.eval --workdir {workdir}`" in err
