@@ -7,8 +7,9 @@ each seed's final test accuracy (raw and EMA weights; with train.final_tta
 also under it, and with train.final_tta_ensemble their ensemble's), its
 training seconds (compile apart, as the trainer times them) and its TTA
 seconds (raw and EMA together; the ensemble's apart) are printed beside
-their mean ± std, and written to WORKDIR/seeds.json. Every number is read back from the seed's own
-metrics.jsonl, so the table of a rerun is the table of the runs.
+their mean ± std, and written to WORKDIR/seeds.json. Every number is read
+back from the seed's own metrics.jsonl, so the table of a rerun is the
+table of the runs.
 """
 from __future__ import annotations
 
