@@ -3,8 +3,9 @@
 Restores model and config from the checkpoint alone (not the experiment
 file), evaluates raw and EMA weights (or their ensemble: --weights)
 data-parallel over the local devices, and prints loss, top-1/top-5
-accuracy, per-class accuracy and the confusion matrix. Writes WORKDIR/eval/confusion_step<N>_<weights>.png, and with
---all_steps WORKDIR/eval/accuracy_vs_step.{png,json}. Nothing is written if
+accuracy, per-class accuracy and the confusion matrix. Writes
+WORKDIR/eval/confusion_step<N>_<weights>.png, and with --all_steps
+WORKDIR/eval/accuracy_vs_step.{png,json}. Nothing is written if
 anything fails, and checkpoints are only read.
 """
 from __future__ import annotations
