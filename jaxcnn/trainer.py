@@ -612,10 +612,10 @@ class _Loop:
           f"evaluating with TTA ({label}), {name} "
           f"({i + 1}/{len(names)})", tta=tta, weights=(name,)))
       seconds[name] = time.time() - t0
+    # Raw and EMA together, as before the ensemble.
+    both = seconds["raw"] + seconds["ema"]
     self.writer.write(
-        "eval_tta", step, tta=tta, tta_fraction=fraction,
-        # Raw and EMA together, as before the ensemble.
-        seconds=seconds["raw"] + seconds["ema"],
+        "eval_tta", step, tta=tta, tta_fraction=fraction, seconds=both,
         **{f"seconds_{w}": seconds[w] for w in names},
         **{f"test_{k}_{w}": results[w][k] for w in names
            for k in ("accuracy", "loss", "top5_accuracy")})
@@ -624,9 +624,7 @@ class _Loop:
              f"{results['ema']['accuracy']:.2%}" + (
                  f", raw + EMA ensemble {results[ENSEMBLE]['accuracy']:.2%}"
                  if ENSEMBLE in results else ""))
-    return {"mode": tta, "fraction": fraction,
-            "seconds": seconds["raw"] + seconds["ema"],
-            "seconds_each": seconds, **results}
+    return {"mode": tta, "fraction": fraction, "seconds": both, **results}
 
   def save(self) -> None:
     # What the metrics say is on disk with the checkpoint (a SIGKILL loses
