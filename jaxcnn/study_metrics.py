@@ -108,7 +108,9 @@ def collect(study: Study, scale: str, seeds: int, root,
         "name": member.name, "overrides": list(member.overrides),
         "config": config, "seeds": []})
     if (workdir / "metrics.jsonl").exists():
-      entry["seeds"].append(member_summary(workdir, study.thresholds))
+      summary = member_summary(workdir, study.thresholds)
+      summary["seed"] = seed
+      entry["seeds"].append(summary)
   return [e for e in by_member.values() if e["seeds"]]
 
 
@@ -125,6 +127,38 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
   std = (math.sqrt(sum((v - mean) ** 2 for v in got) / (len(got) - 1))
          if len(got) > 1 else 0.0)
   return mean, std, len(got)
+
+
+def paired_differences(entries: list[dict], key: str, *, ratio: bool = False
+                       ) -> dict[str, tuple[float | None, float | None, int]]:
+  """Each member against the first one (a study's base member), seed by
+  seed: {name: (mean, standard error, n)} of `key`'s difference (its ratio
+  with `ratio`) over the n seeds both ran with a value. The standard error
+  is the sample std of the n differences over sqrt(n), None for n < 2; the
+  mean is None for n = 0. Pairing by seed takes out what two runs of one
+  seed share (the initial weights where the model is the same, the data
+  order), which an unpaired mean ± std leaves in."""
+  base = {s["seed"]: s.get(key) for s in entries[0]["seeds"]}
+  out = {}
+  for e in entries[1:]:
+    values = []
+    for s in e["seeds"]:
+      b = base.get(s["seed"])
+      if s.get(key) is None or b is None or (ratio and b == 0):
+        continue
+      values.append(s[key] / b if ratio else s[key] - b)
+    mean, std, n = mean_std(values)
+    out[e["name"]] = (mean, std / math.sqrt(n) if n > 1 else None, n)
+  return out
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+  """The two-sided Student-t multiplier of a `level` interval for the mean
+  of n values (n - 1 degrees of freedom): 12.71, 4.30, 3.18 at n = 2, 3, 4."""
+  from scipy import stats
+  if n < 2:
+    raise ValueError(f"an interval needs at least 2 values, got {n}")
+  return float(stats.t.ppf(0.5 + level / 2, n - 1))
 
 
 def layers_of(summaries: list[dict], prefix: str) -> list[str]:

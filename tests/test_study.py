@@ -110,8 +110,14 @@ def test_stats_match_numpy(activation):
                                                        abs=1e-6)
 
 
-def _row(report: str, member: str) -> list[str]:
-  for line in report.splitlines():
+def _row(report: str, member: str, after: str = "") -> list[str]:
+  """The cells of `member`'s row in the first table after the line that
+  starts with `after`."""
+  lines = report.splitlines()
+  if after:
+    lines = lines[next(i for i, line in enumerate(lines)
+                       if line.startswith(after)):]
+  for line in lines:
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     if cells and cells[0] == member:
       return cells
@@ -131,7 +137,8 @@ def test_tiny_study_end_to_end(tmp_path):
       scale_overrides={"tiny": ("optim.groups.*.optimizer=momentum",
                                 "optim.schedule=constant",
                                 "data.synthetic_train_size=256")},
-      epochs={"tiny": 3}, extras=("dead", "ema"), thresholds=(0.85,))
+      epochs={"tiny": 3}, extras=("dead", "ema", "paired"),
+      thresholds=(0.85,))
   root = tmp_path / "runs"
   status = study_runner.run_study(s, "tiny", 1, root)
   assert sorted(status.values()) == ["done", "done"]
@@ -160,6 +167,17 @@ def test_tiny_study_end_to_end(tmp_path):
       assert len({r["weight_zero_fraction"] for r in stats_records}) == 1
     else:
       assert hit is not None  # The learning member does learn.
+
+  # 'paired': the frozen member minus the learning one, on seed 0.
+  final = {m: reporting.read_metrics(root / "study_toy" / f"{m}_seed0",
+                                     "eval")[-1]["test_accuracy_raw"]
+           for m in ("learns", "frozen")}
+  assert "### Against `learns`, seed by seed" in report
+  paired = _row(report, "member", after="### Against")
+  row = dict(zip(paired, _row(report, "frozen", after="### Against")))
+  assert row["seeds paired"] == "1"
+  assert row["Δ test raw (points)"] == (
+      f"{100 * (final['frozen'] - final['learns']):+.2f}")
 
   # A re-run trains nothing: the metrics files are not appended to.
   sizes = {p: p.stat().st_size for p in root.glob("study_toy/*/metrics.jsonl")}

@@ -34,11 +34,11 @@ import importlib
 import pkgutil
 
 from jaxcnn.config import ConfigError
-from jaxcnn.studies._spec import (ALEX_SMALL, SCALES, THRESHOLDS, TINY_FAST,
-                                  Member, Scale, Study, member_configs,
-                                  scale_of)
+from jaxcnn.studies._spec import (ALEX_SMALL, EXTRAS, SCALES, THRESHOLDS,
+                                  TINY_FAST, Member, Scale, Study,
+                                  member_configs, scale_of)
 
-__all__ = ["ALEX_SMALL", "SCALES", "THRESHOLDS", "TINY_FAST", "Member",
+__all__ = ["ALEX_SMALL", "EXTRAS", "SCALES", "THRESHOLDS", "TINY_FAST", "Member",
            "Scale", "Study", "all_studies", "load", "member_configs", "names",
            "scale_of"]
 

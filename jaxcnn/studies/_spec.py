@@ -13,6 +13,9 @@ SCALES = ("tiny", "small", "full")
 # AlexNet paper's (figure 1); 60% and 50% are reachable in the few epochs of
 # the small scale, which makes the comparison possible there.
 THRESHOLDS = (0.6, 0.5, 0.25)
+# The optional report sections a study can name (jaxcnn.study_report).
+EXTRAS = ("dead", "saturated", "sparsity", "grads", "flops", "ema", "best_lr",
+          "paired")
 
 # At the small scale the AlexNet-like studies share one optimizer setting that
 # every member can train with: momentum 0.9 at lr 0.01 (the recipe's plain SGD
@@ -55,8 +58,9 @@ class Study:
   scale_overrides: dict[str, tuple[str, ...]] = dataclasses.field(
       default_factory=dict)
   epochs: dict[str, int] = dataclasses.field(default_factory=dict)
-  # Extra report parts: 'dead', 'saturated', 'sparsity', 'grads', 'flops',
-  # 'ema', 'best_lr' (group members name@lr and pick the best lr per group).
+  # Extra report parts (EXTRAS): 'dead', 'saturated', 'sparsity', 'grads',
+  # 'flops', 'ema', 'best_lr' (group members name@lr and pick the best lr
+  # per group), 'paired' (every member minus the first, seed by seed).
   extras: tuple[str, ...] = ()
   notes: str = ""
   # Training errors whose time-to-reach the main table gives.
@@ -67,6 +71,16 @@ class Study:
   # training error). There every member trains seed 0 only; then the best
   # member of each group, chosen on seed 0, trains the other seeds.
   sweep: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if isinstance(self.extras, str):
+      raise ConfigError(f"study {self.name!r}: extras is a tuple of names, "
+                        f"got the string {self.extras!r}")
+    unknown = [x for x in self.extras if x not in EXTRAS]
+    if unknown:
+      raise ConfigError(
+          f"study {self.name!r}: unknown report extra(s) "
+          f"{', '.join(map(repr, unknown))}; known: {', '.join(EXTRAS)}")
 
 
 def scale_of(study: Study, scale: str) -> Scale:
