@@ -38,8 +38,8 @@ from jaxcnn.studies._spec import (ALEX_SMALL, EXTRAS, SCALES, THRESHOLDS,
                                   TINY_FAST, Member, Scale, Study,
                                   member_configs, scale_of)
 
-__all__ = ["ALEX_SMALL", "EXTRAS", "SCALES", "THRESHOLDS", "TINY_FAST", "Member",
-           "Scale", "Study", "all_studies", "load", "member_configs", "names",
+__all__ = ["ALEX_SMALL", "EXTRAS", "SCALES", "THRESHOLDS", "TINY_FAST",
+           "Member", "Scale", "Study", "all_studies", "load", "member_configs", "names",
            "scale_of"]
 
 
