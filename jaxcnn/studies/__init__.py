@@ -39,8 +39,8 @@ from jaxcnn.studies._spec import (ALEX_SMALL, EXTRAS, SCALES, THRESHOLDS,
                                   member_configs, scale_of)
 
 __all__ = ["ALEX_SMALL", "EXTRAS", "SCALES", "THRESHOLDS", "TINY_FAST",
-           "Member", "Scale", "Study", "all_studies", "load", "member_configs", "names",
-           "scale_of"]
+           "Member", "Scale", "Study", "all_studies", "load", "member_configs",
+           "names", "scale_of"]
 
 
 def names() -> list[str]:
