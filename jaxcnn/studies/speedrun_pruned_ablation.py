@@ -75,9 +75,9 @@ STUDY = Study(
              "more steps on small crops cost?",
     paper="airbench (Jordan 2024, arXiv 2404.00498) and hiverge/"
           "cifar10-speedrun each measure their techniques in epochs saved "
-          "to 94%; loss-based pruning of easy examples follows Paul et al. "
-          "2021 (arXiv 2107.07075), who drop them once, early, not each "
-          "epoch.",
+          "to 94%. Paul et al. 2021 (arXiv 2107.07075) score examples "
+          "early in training and train a new run without the easiest; the "
+          "recipe instead ranks them by their last loss at every epoch.",
     base="speedrun_pruned", members=_members,
     # Small: a quarter-width net on 10,000 training images (500 more held
     # out for validation) at batch 256, 9 epochs (351 steps; the recipe's
