@@ -79,10 +79,14 @@ def _at_tiny(overrides: tuple[str, ...]) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _members(scale):
-  if scale.name == "tiny":
-    return [Member(name, _at_tiny(overrides)) for name, overrides in ABLATIONS]
-  return [Member(name, overrides) for name, overrides in ABLATIONS]
+def ablation_members(ablations):
+  """A speed ablation's members(scale) from its (name, overrides) table: at
+  the tiny scale each member's overrides go through _at_tiny (no whitening
+  groups; Muon's groups for the tiny model)."""
+  def members(scale):
+    fix = _at_tiny if scale.name == "tiny" else tuple
+    return [Member(name, fix(overrides)) for name, overrides in ablations]
+  return members
 
 
 STUDY = Study(
@@ -98,7 +102,7 @@ STUDY = Study(
           "ablations: each technique saves epochs to 94% on the official "
           "set; alternating flip alone is worth about 0.1-0.3 points at a "
           "fixed short budget.",
-    base="speedrun_airbench94", members=_members,
+    base="speedrun_airbench94", members=ablation_members(ABLATIONS),
     # 5,000 images at batch 256 (19 steps an epoch; the recipe's learning
     # rate and weight decay are per 1024 examples, so they carry over), a
     # quarter-width net, no per-layer statistics (the report reads the

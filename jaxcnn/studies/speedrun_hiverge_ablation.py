@@ -4,8 +4,9 @@ says what each buys over the record it beat; plus the shared techniques
 removed (whitening, kernel renormalisation) and the CPU lever added (the
 first half of the steps on 28x28 crops)."""
 from jaxcnn import groups
-from jaxcnn.studies import Member, Study
-from jaxcnn.studies.speedrun_ablation import TINY_MUON_GROUPS, _at_tiny
+from jaxcnn.studies import Study
+from jaxcnn.studies.speedrun_ablation import (TINY_MUON_GROUPS,
+                                              ablation_members)
 
 SMALL_BATCH = 256  # The small scale's batch.
 SMALL_STEPS_PER_EPOCH = 4500 // SMALL_BATCH  # 17: 4,500 images trained on.
@@ -48,12 +49,6 @@ ABLATIONS = (
 )
 
 
-def _members(scale):
-  if scale.name == "tiny":
-    return [Member(name, _at_tiny(overrides)) for name, overrides in ABLATIONS]
-  return [Member(name, overrides) for name, overrides in ABLATIONS]
-
-
 STUDY = Study(
     "speedrun_hiverge_ablation",
     question="What does each of hiverge's changes to airbench94_muon buy in "
@@ -66,7 +61,7 @@ STUDY = Study(
           "epochs) over KellerJordan/cifar10-airbench's airbench94_muon "
           "(94.01% in 2.59 s, 8 epochs): the same accuracy in 5% fewer "
           "epochs and cheaper steps.",
-    base="speedrun_hiverge", members=_members,
+    base="speedrun_hiverge", members=ablation_members(ABLATIONS),
     # Small: a quarter-width net on 4,500 images (500 held out for
     # validation) at batch 256, 8 epochs (the recipe's 7.59, rounded: 136
     # steps), the recipe's per-example rates times 256; tested on all 5,000

@@ -12,8 +12,9 @@ The small scale is larger than the other speed ablations' (10,000 training
 images, not 4,500) so that pruning, which acts on the data epochs, sees
 more than a few hundred images a class, and it is meant to be run with
 several seeds (one seed's test accuracy moves by about half a point)."""
-from jaxcnn.studies import Member, Study
-from jaxcnn.studies.speedrun_ablation import TINY_MUON_GROUPS, _at_tiny
+from jaxcnn.studies import Study
+from jaxcnn.studies.speedrun_ablation import (TINY_MUON_GROUPS,
+                                              ablation_members)
 from jaxcnn.studies.speedrun_hiverge_ablation import hiverge_groups
 
 SMALL_BATCH = 256  # The small scale's batch.
@@ -56,14 +57,6 @@ ABLATIONS = (
 )
 
 
-def _members(scale):
-  if scale.name == "tiny":
-    # The tiny model on 32x32 synthetic images: no whitening to ablate
-    # (_at_tiny drops those groups' overrides) and the small crops kept.
-    return [Member(name, _at_tiny(overrides)) for name, overrides in ABLATIONS]
-  return [Member(name, overrides) for name, overrides in ABLATIONS]
-
-
 STUDY = Study(
     "speedrun_pruned_ablation",
     question="What does each technique of jaxcnn's speed recipe "
@@ -78,7 +71,7 @@ STUDY = Study(
           "to 94%. Paul et al. 2021 (arXiv 2107.07075) score examples "
           "early in training and train a new run without the easiest; the "
           "recipe instead ranks them by their last loss at every epoch.",
-    base="speedrun_pruned", members=_members,
+    base="speedrun_pruned", members=ablation_members(ABLATIONS),
     # Small: a quarter-width net on 10,000 training images (500 more held
     # out for validation) at batch 256, 9 epochs (351 steps; the recipe's
     # 8.66 epochs rounded up, the first 60% on 24x24 crops, pruning from
