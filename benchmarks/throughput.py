@@ -118,10 +118,9 @@ class JaxBench:
         jax.jit(lambda: state_lib.create_train_state(setup))(), setup.devices)
     feed = steps.TrainFeed.place(setup)
     acc = feed.accumulator()
-    # With data.small_crop_* set (--set), the small crops' step: a run's
-    # early, cheaper steps.
-    train_fn = steps.make_train_fn(
-        setup, k, small_crop=setup.small_crop_until is not None)
+    # With data.small_crop_* (or first_crop_*) set (--set), the step of a
+    # run's first, cheapest steps.
+    train_fn = steps.make_train_fn(setup, k, crop_size=setup.crop_size_at(0))
     # The first call traces, compiles and runs one dispatch; the compile time
     # reported is that minus a steady dispatch (set once the timing is done).
     t0 = time.perf_counter()

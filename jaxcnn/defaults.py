@@ -71,6 +71,14 @@ def base_config() -> Config:
       # AlexNet-like net: none). 0: off.
       small_crop_size=0,
       small_crop_fraction=0.0,
+      # An earlier stage of smaller crops still (progressive resizing in
+      # three stages): the first first_crop_fraction of the training steps
+      # (rounded; at most small_crop_fraction) train on first_crop_size
+      # images (below small_crop_size), then the steps up to
+      # small_crop_fraction on small_crop_size, then whole images. Needs the
+      # small crops on. 0: off.
+      first_crop_size=0,
+      first_crop_fraction=0.0,
       # How those images are made from each step's usual crop (same
       # translations and flips): 'center', its middle window (less border,
       # objects at their test scale); 'resize', the whole of it scaled down

@@ -176,6 +176,18 @@ class Setup:
   # The steps before this one train on data.small_crop_size crops; None:
   # none do.
   small_crop_until: int | None = None
+  # The steps before this one train on data.first_crop_size crops (the
+  # smaller, earlier stage); None: none do.
+  first_crop_until: int | None = None
+
+  def crop_size_at(self, step: int) -> int | None:
+    """The side of step `step`'s training images: data.first_crop_size,
+    data.small_crop_size, or None (the data's own)."""
+    if self.first_crop_until is not None and step < self.first_crop_until:
+      return self.config.data.first_crop_size
+    if self.small_crop_until is not None and step < self.small_crop_until:
+      return self.config.data.small_crop_size
+    return None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -220,7 +232,8 @@ def check_config(config: Config) -> None:
                   "train.eval_every_epochs", "data.train_limit",
                   "data.test_limit", "data.validation_size",
                   "data.crop_padding", "data.jitter_brightness",
-                  "data.jitter_contrast", "data.small_crop_size"]
+                  "data.jitter_contrast", "data.small_crop_size",
+                  "data.first_crop_size"]
   flat = dict(config.flat_items())
   for key in positive:
     if flat[key] <= 0:
@@ -259,6 +272,27 @@ def check_config(config: Config) -> None:
         "data.small_crop_size and data.small_crop_fraction go together: set "
         "both above 0 (or both to 0, off), got "
         f"{config.data.small_crop_size} and {config.data.small_crop_fraction}")
+  if not 0 <= config.data.first_crop_fraction <= 1:
+    raise ConfigError(
+        f"data.first_crop_fraction must be in [0, 1] (the fraction of the "
+        f"training steps on data.first_crop_size crops), got "
+        f"{config.data.first_crop_fraction}")
+  if bool(config.data.first_crop_size) != bool(config.data.first_crop_fraction):
+    raise ConfigError(
+        "data.first_crop_size and data.first_crop_fraction go together: set "
+        "both above 0 (or both to 0, off), got "
+        f"{config.data.first_crop_size} and {config.data.first_crop_fraction}")
+  if config.data.first_crop_size and not (
+      config.data.small_crop_size
+      and config.data.first_crop_size < config.data.small_crop_size
+      and config.data.first_crop_fraction <= config.data.small_crop_fraction):
+    raise ConfigError(
+        "data.first_crop_size is the stage before data.small_crop_size: it "
+        "needs the small crops on, a smaller side and first_crop_fraction <= "
+        f"small_crop_fraction; got first {config.data.first_crop_size} for "
+        f"{config.data.first_crop_fraction:g} of the steps, small "
+        f"{config.data.small_crop_size} for "
+        f"{config.data.small_crop_fraction:g}")
   if not 0 <= config.data.prune_fraction < 1:
     raise ConfigError(
         f"data.prune_fraction must be in [0, 1) (the fraction of the training "
@@ -348,22 +382,26 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
                stem_frozen_from=stem_frozen_from,
-               small_crop_until=small_crop_until(config, model, total_steps))
+               small_crop_until=crop_until(config, model, total_steps),
+               first_crop_until=crop_until(config, model, total_steps,
+                                           "first"))
 
 
-def small_crop_until(config: Config, model: Any, total_steps: int
-                     ) -> int | None:
-  """Setup.small_crop_until of a resolved config: round(data.
-  small_crop_fraction * total steps), None when off or no step; refuses a
-  side the images or the model cannot take (ConfigError)."""
-  size = config.data.small_crop_size
-  until = round(config.data.small_crop_fraction * total_steps)
+def crop_until(config: Config, model: Any, total_steps: int,
+               stage: str = "small") -> int | None:
+  """Setup.small_crop_until (or, with stage 'first', first_crop_until) of a
+  resolved config: round(data.<stage>_crop_fraction * total steps), None
+  when off or no step; refuses a side the images or the model cannot take
+  (ConfigError)."""
+  key = f"{stage}_crop_size"
+  size = getattr(config.data, key)
+  until = round(getattr(config.data, f"{stage}_crop_fraction") * total_steps)
   if not size or not until:
     return None
   shape = tuple(int(d) for d in config.data.image_shape)
   if len(shape) != 3 or shape[0] != shape[1] or size >= shape[0]:
     raise ConfigError(
-        f"data.small_crop_size={size} needs square images larger than it; "
+        f"data.{key}={size} needs square images larger than it; "
         f"the data's are {'x'.join(map(str, shape))}")
   small = config.copy()
   small.data.image_shape = (size, size, shape[2])
@@ -374,7 +412,7 @@ def small_crop_until(config: Config, model: Any, total_steps: int
     same = False
   if not same:
     raise ConfigError(
-        f"data.small_crop_size={size}: model {config.model.name!r} cannot "
+        f"data.{key}={size}: model {config.model.name!r} cannot "
         f"train {size}x{size} crops with the parameters of its "
         f"{shape[0]}x{shape[1]} images (its head depends on the side, or "
         "the side is too small for its pooling; speednet takes 9 and up)")

@@ -144,15 +144,14 @@ def accumulate(acc: dict, metrics: dict, step) -> dict:
 
 
 def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False,
-                  small_crop: bool = False):
+                  crop_size: int | None = None):
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
   accumulator donated. perm2 is pipeline.feed_permutations of the first
-  step's data epoch. `stem_frozen`: see train_step; `small_crop`: the steps
-  train on data.small_crop_size crops (the caller picks both by step: Setup.
-  stem_frozen_from, Setup.small_crop_until)."""
+  step's data epoch. `stem_frozen`: see train_step; `crop_size`: the steps
+  train on crops of that side, None: the data's (the caller picks both by
+  step: Setup.stem_frozen_from, Setup.crop_size_at)."""
   step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
-  crop_size = setup.config.data.small_crop_size if small_crop else None
 
   def one_step(state, acc, train_x, train_y, perm2, base):
     images, labels, ids = pipeline.train_batch(

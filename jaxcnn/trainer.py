@@ -342,15 +342,17 @@ class _Loop:
     near the end, so the run stops exactly at total_steps)."""
     setup, step = self.setup, self.step
     n = setup.config.train.steps_per_dispatch
-    frozen_from, small_until = setup.stem_frozen_from, setup.small_crop_until
+    frozen_from = setup.stem_frozen_from
     if step + n > setup.total_steps or any(
         s is not None and step < s < step + n
-        for s in (frozen_from, small_until, setup.steps.dispatch_end(step))):
-      # Stop exactly at the end, at the step the stem freezes, at the step
-      # the crops grow to the whole image and before a pruned data epoch.
+        for s in (frozen_from, setup.small_crop_until, setup.first_crop_until,
+                  setup.steps.dispatch_end(step))):
+      # Stop exactly at the end, at the step the stem freezes, at the steps
+      # the crops grow (to the next stage, to the whole image) and before a
+      # pruned data epoch.
       n = 1
     key = (n, frozen_from is not None and step >= frozen_from,
-           small_until is not None and step < small_until)
+           setup.crop_size_at(step))
     epoch = setup.steps.data_epoch_of(step)
     if (setup.steps.pruned(epoch)
         and step == setup.steps.data_epoch_start(epoch)):

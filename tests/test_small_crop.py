@@ -1,4 +1,5 @@
-"""data.small_crop_size / small_crop_fraction: the early steps of a run train
+"""data.small_crop_size / small_crop_fraction (and the earlier stage,
+data.first_crop_size / first_crop_fraction): the early steps of a run train
 on smaller windows of the usual crop (cheaper steps), the rest and every
 evaluation on whole images."""
 import jax
@@ -86,35 +87,41 @@ def test_pipeline_batch_of_the_early_steps_is_the_centre():
   np.testing.assert_array_equal(labels_small, labels_full)
 
 
-def test_early_steps_train_small_crops_and_chunks_split_at_the_switch(
+def test_three_stages_first_crops_then_small_crops_then_whole_images(
     tmp_path, monkeypatch):
-  # 6 steps, the first round(0.667 * 6) = 4 on 28x28 crops. Every call of
-  # the trained step is recorded: the small one runs exactly steps 0-3. In
-  # chunks of 2: step 0 alone (the whitening bias freezes at step 1), 1-2,
-  # then 3 alone (3 -> 5 would cross the switch at 4), 4-5; and the run
+  # 8 steps: round(0.25 * 8) = 2 on 20x20 crops (data.first_crop_*), then
+  # up to round(0.625 * 8) = 5 on 28x28 (data.small_crop_*), then whole
+  # images: the small step runs exactly steps 2-4. Every call of the trained step is
+  # recorded with its side; in chunks of 2 the dispatches split at both
+  # switches (and at step 1, where the whitening bias freezes), and the run
   # equals one of single steps.
   calls = []
   real = trainer.make_train_fn
 
-  def spy(setup, n, stem_frozen=False, small_crop=False):
-    fn = real(setup, n, stem_frozen, small_crop)
+  def spy(setup, n, stem_frozen=False, crop_size=None):
+    fn = real(setup, n, stem_frozen, crop_size)
 
     def run(state, *args):
-      calls.append((int(np.asarray(state.step)[0]), n, small_crop))
+      calls.append((int(np.asarray(state.step)[0]), n, crop_size))
       return fn(state, *args)
     return run
 
   monkeypatch.setattr(trainer, "make_train_fn", spy)
-  small = ["train.num_steps=6", "data.small_crop_size=28",
-           "data.small_crop_fraction=0.667"]
+  stages = ["train.num_steps=8", "data.small_crop_size=28",
+            "data.small_crop_fraction=0.625", "data.first_crop_size=20",
+            "data.first_crop_fraction=0.25"]
+  setup = trainer.build(speednet_config(*stages))
+  assert (setup.first_crop_until, setup.small_crop_until) == (2, 5)
+  assert [setup.crop_size_at(s) for s in range(8)] == [20, 20, 28, 28, 28,
+                                                       None, None, None]
   trainer.train_and_evaluate(
-      speednet_config(*small, "train.steps_per_dispatch=2"),
+      speednet_config(*stages, "train.steps_per_dispatch=2"),
       str(tmp_path / "k2"))
-  assert calls == [(0, 1, True), (1, 2, True), (3, 1, True), (4, 2, False)]
+  assert calls == [(0, 1, 20), (1, 1, 20), (2, 2, 28), (4, 1, 28),
+                   (5, 2, None), (7, 1, None)]
   calls.clear()
-  trainer.train_and_evaluate(speednet_config(*small), str(tmp_path / "k1"))
-  assert [c[0] for c in calls if c[2]] == [0, 1, 2, 3]
-  assert [c[0] for c in calls if not c[2]] == [4, 5]
+  trainer.train_and_evaluate(speednet_config(*stages), str(tmp_path / "k1"))
+  assert [c[2] for c in calls] == [20, 20, 28, 28, 28, None, None, None]
 
   def params(name):
     return jax.tree.map(np.asarray, checkpoint.restore_latest_good(
@@ -122,6 +129,16 @@ def test_early_steps_train_small_crops_and_chunks_split_at_the_switch(
 
   for a, b in zip(jax.tree.leaves(params("k1")), jax.tree.leaves(params("k2"))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_first_stage_batch_is_the_centre_of_the_full_crop():
+  setup = trainer.build(speednet_config(
+      "data.small_crop_size=28", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=20", "data.first_crop_fraction=0.2"))
+  (full, labels_full), (small, labels_small) = full_and_small_batches(setup,
+                                                                      20)
+  np.testing.assert_allclose(small, full[:, 6:26, 6:26], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(labels_small, labels_full)
 
 
 def triangle_downscale(x, size):
@@ -188,6 +205,22 @@ def test_resized_early_batch_is_the_whole_crop_scaled_down():
     # (8 -> 7 -> 3 -> 1 -> 0); 9 still leaves one.
     (["data.small_crop_size=8", "data.small_crop_fraction=0.5"],
      "cannot train 8x8"),
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=16"], "go together"),
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=16", "data.first_crop_fraction=-0.1"],
+     r"must be in \[0, 1\]"),
+    (["data.first_crop_size=16", "data.first_crop_fraction=0.2"],
+     "needs the small crops on"),
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=24", "data.first_crop_fraction=0.2"],
+     "a smaller side"),
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=16", "data.first_crop_fraction=0.6"],
+     "first_crop_fraction <="),
+    (["data.small_crop_size=24", "data.small_crop_fraction=0.5",
+      "data.first_crop_size=8", "data.first_crop_fraction=0.2"],
+     "first_crop_size=8: model 'speednet' cannot train 8x8"),
 ])
 def test_bad_small_crop_settings_are_refused(overrides, match):
   with pytest.raises(ConfigError, match=match):

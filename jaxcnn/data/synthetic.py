@@ -2,6 +2,8 @@
 and tests on machines with no data at all."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from jaxcnn.data.dataset import DataError, Dataset, check_count
@@ -33,6 +35,19 @@ def make_synthetic(num_train: int, num_test: int, num_classes: int = 10,
   if num_classes < 1 or image_size < 1:
     raise DataError(f"make_synthetic needs num_classes >= 1 and image_size >= "
                     f"1, got {num_classes} and {image_size}")
+  # Fresh arrays each call (a caller may write into them); the generation,
+  # seconds for tens of thousands of images, is done once per argument set.
+  arrays = _generate(int(num_train), int(num_test), int(num_classes),
+                     int(image_size), int(seed))
+  return Dataset(*(a.copy() for a in arrays),
+                 tuple(f"class{i}" for i in range(num_classes)), "synthetic")
+
+
+@functools.lru_cache(maxsize=4)
+def _generate(num_train: int, num_test: int, num_classes: int,
+              image_size: int, seed: int) -> tuple[np.ndarray, ...]:
+  """make_synthetic's (train images, train labels, test images, test
+  labels), read-only: a pure function of its arguments, so it is cached."""
   pattern_seq, train_seq, test_seq = np.random.SeedSequence(seed).spawn(3)
   patterns = _random_patterns(np.random.default_rng(pattern_seq), num_classes,
                               image_size)
@@ -40,8 +55,10 @@ def make_synthetic(num_train: int, num_test: int, num_classes: int = 10,
       np.random.default_rng(train_seq), patterns, num_train)
   test_images, test_labels = _synthetic_split(
       np.random.default_rng(test_seq), patterns, num_test)
-  return Dataset(train_images, train_labels, test_images, test_labels,
-                 tuple(f"class{i}" for i in range(num_classes)), "synthetic")
+  arrays = (train_images, train_labels, test_images, test_labels)
+  for a in arrays:
+    a.flags.writeable = False
+  return arrays
 
 
 def _random_patterns(rng: np.random.Generator, count: int,
