@@ -268,3 +268,29 @@ def test_speedrun_small_crops_is_speedrun_hiverge_with_its_four_changes():
   filters = {g.name: g for g in recipe.optim.groups}["filters"]
   s = optim.make_group_schedule(recipe.optim, filters, 32, total_steps=277)
   np.testing.assert_allclose([s(0), s(277)], [0.205, 0.0], atol=1e-6)
+
+
+def test_speedrun_progressive_is_speedrun_pruned_with_a_first_stage():
+  # The recipe file is the command its numbers were measured with:
+  # speedrun_pruned plus 20x20 crops for the first 30% of 266 steps.
+  from jaxcnn import optim
+  recipe = config_lib.load_experiment("speedrun_progressive")
+  by_hand = config_lib.apply_overrides(
+      config_lib.load_experiment("speedrun_pruned"), [
+          "data.first_crop_size=20", "data.first_crop_fraction=0.3",
+          "train.num_steps=266"])
+  assert recipe == by_hand
+  # 80 steps on 20x20, 80 on 24x24, the last 106 on whole images.
+  setup = trainer.build(config_lib.apply_overrides(recipe, [
+      "data.source=synthetic", "data.synthetic_train_size=12288",
+      "data.synthetic_test_size=64", "model.width=0.125",
+      "train.eval_batch_size=64", "train.progress_bar=false",
+      "model.speednet.whiten_images=64"]))
+  assert (setup.first_crop_until, setup.small_crop_until,
+          setup.total_steps) == (80, 160, 266)
+  assert [setup.crop_size_at(s) for s in (0, 79, 80, 159, 160, 265)] == [
+      20, 20, 24, 24, None, None]
+  # Every rate falls linearly to 0 over the 266 steps.
+  filters = {g.name: g for g in recipe.optim.groups}["filters"]
+  s = optim.make_group_schedule(recipe.optim, filters, 32, total_steps=266)
+  np.testing.assert_allclose([s(0), s(266)], [0.205, 0.0], atol=1e-6)

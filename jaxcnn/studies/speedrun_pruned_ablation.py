@@ -5,8 +5,9 @@ pruning, the small early crops, label smoothing 0.2, hiverge's colour jitter
 and SiLU, the kernel renormalisation, the whitening stem, the filters'
 decoupled decay, alternating flips and translation; plus two settings not
 in the recipe that earlier runs pointed at (a larger pruned fraction, the
-whitening bias trained for 3 epochs) and two that would make it cheaper
-(more of the steps on small crops).
+whitening bias trained for 3 epochs) and six that would make it cheaper
+(more of the steps on small crops, or an earlier stage of smaller crops
+still: data.first_crop_*).
 
 The small scale is larger than the other speed ablations' (10,000 training
 images, not 4,500) so that pruning, which acts on the data epochs, sees
@@ -46,6 +47,9 @@ ABLATIONS = (
                             "data.first_crop_fraction=0.3")),
     ("first_crops_20_0.45", ("data.first_crop_size=20",
                              "data.first_crop_fraction=0.45")),
+    # Every early step on 20x20 (none left on 24x24): about 14% less time.
+    ("first_crops_20_0.6", ("data.first_crop_size=20",
+                            "data.first_crop_fraction=0.6")),
     ("label_smoothing_0.09", ("train.label_smoothing=0.09",)),
     # hiverge's.
     ("no_color_jitter", ("data.jitter_brightness=0.0",
@@ -75,7 +79,8 @@ STUDY = Study(
              "SiLU, the filters' decay, kernel renormalisation, the whitening "
              "stem, alternating flips and translation? And do a larger pruned "
              "fraction or a longer-trained whitening bias help, and what do "
-             "more steps on small crops cost?",
+             "more steps on small crops, or an earlier stage of smaller "
+             "crops, cost?",
     paper="airbench (Jordan 2024, arXiv 2404.00498) and hiverge/"
           "cifar10-speedrun each measure their techniques in epochs saved "
           "to 94%. Paul et al. 2021 (arXiv 2107.07075) score examples "
