@@ -7,12 +7,15 @@ every rate falls linearly to 0 over the 266 steps.
 
 Why: on the 2-core CPU a 20x20 step costs about 0.36x a whole-image step
 (24x24: 0.54x), so the first stage and the 11 steps less cut the training
-time by about 9%. At the CPU-sized scale (speedrun_pruned_ablation, member
+time by about 10%. At the CPU-sized scale (speedrun_pruned_ablation, member
 first_crops_20_0.3, three seeds) a first 30% on 20x20 cost no accuracy;
 more of it (45%, 60%) or 16x16 did.
 
-Measured for issue #21 beside speedrun_pruned on the same seeds (2-core
-CPU): docs/performance.md, "A thirteenth session".
+Measured for issue #21 on the 2-core CPU (docs/performance.md, "A
+thirteenth session"): 0.79-0.82x airbench94_muon's time beside it, but
+0.43 points below speedrun_pruned with TTA on the same two seeds (90.30
+and 90.20%): at full width the 20x20 steps cost accuracy that the
+quarter-width net did not lose. speedrun_pruned stays the recipe.
 
     python -m jaxcnn.train --exp speedrun_progressive --data folder:PATH
     python -m jaxcnn.train --exp speedrun_progressive --seeds 4 --data folder:PATH
