@@ -72,6 +72,24 @@ def test_synthetic_is_deterministic_and_seeded():
   assert not np.array_equal(a.train_images[:20], a.test_images)
 
 
+def test_synthetic_generation_is_cached_but_each_call_gets_its_own_arrays():
+  from jaxcnn.data import synthetic
+  synthetic._generate.cache_clear()
+  a = data.make_synthetic(40, 10, seed=5)
+  fresh = synthetic._generate.__wrapped__(40, 10, 10, 32, 5)  # Uncached.
+  before = a.train_images.copy()
+  a.train_images[:] = 0  # A caller writing into its arrays...
+  a.train_labels[:] = -1
+  b = data.make_synthetic(40, 10, seed=5)  # ...leaves the next call's alone.
+  assert synthetic._generate.cache_info().hits == 1
+  np.testing.assert_array_equal(b.train_images, before)
+  for got, want in zip((b.train_images, b.train_labels, b.test_images,
+                        b.test_labels), fresh):
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.writeable
+  assert not np.shares_memory(a.train_images, b.train_images)
+
+
 def test_synthetic_shapes_dtypes_and_balance():
   ds = data.make_synthetic(100, 30, seed=3)
   assert ds.train_images.shape == (100, 32, 32, 3)
