@@ -262,26 +262,19 @@ def check_config(config: Config) -> None:
     raise ConfigError(
         f"train.stop_at_train_error must be in [0, 1) (a fraction: 0.25 for "
         f"25%; 0 is off), got {config.train.stop_at_train_error}")
-  if not 0 <= config.data.small_crop_fraction <= 1:
-    raise ConfigError(
-        f"data.small_crop_fraction must be in [0, 1] (the fraction of the "
-        f"training steps on data.small_crop_size crops), got "
-        f"{config.data.small_crop_fraction}")
-  if bool(config.data.small_crop_size) != bool(config.data.small_crop_fraction):
-    raise ConfigError(
-        "data.small_crop_size and data.small_crop_fraction go together: set "
-        "both above 0 (or both to 0, off), got "
-        f"{config.data.small_crop_size} and {config.data.small_crop_fraction}")
-  if not 0 <= config.data.first_crop_fraction <= 1:
-    raise ConfigError(
-        f"data.first_crop_fraction must be in [0, 1] (the fraction of the "
-        f"training steps on data.first_crop_size crops), got "
-        f"{config.data.first_crop_fraction}")
-  if bool(config.data.first_crop_size) != bool(config.data.first_crop_fraction):
-    raise ConfigError(
-        "data.first_crop_size and data.first_crop_fraction go together: set "
-        "both above 0 (or both to 0, off), got "
-        f"{config.data.first_crop_size} and {config.data.first_crop_fraction}")
+  for stage in ("small", "first"):  # The two crop stages' own settings.
+    size = getattr(config.data, f"{stage}_crop_size")
+    fraction = getattr(config.data, f"{stage}_crop_fraction")
+    if not 0 <= fraction <= 1:
+      raise ConfigError(
+          f"data.{stage}_crop_fraction must be in [0, 1] (the fraction of "
+          f"the training steps on data.{stage}_crop_size crops), got "
+          f"{fraction}")
+    if bool(size) != bool(fraction):
+      raise ConfigError(
+          f"data.{stage}_crop_size and data.{stage}_crop_fraction go "
+          "together: set both above 0 (or both to 0, off), got "
+          f"{size} and {fraction}")
   if config.data.first_crop_size and not (
       config.data.small_crop_size
       and config.data.first_crop_size < config.data.small_crop_size
