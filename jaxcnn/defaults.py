@@ -177,6 +177,15 @@ def base_config() -> Config:
       # schedule that ends early (airbench94_muon's whitening bias).
       length_epochs=0.0,
       warmup_epochs=0.0,  # Linear warmup from 0 to the peak before the schedule.
+      # Parameters frozen late in training, whatever their group: pairs
+      # (regex, epochs), each parameter whose path the regex is found in
+      # gets no update from that many epochs on (the earliest of its
+      # pairs', and of its group's frozen_from_epochs). With a model's stem
+      # and first blocks all frozen (speednet: '^group1/', then
+      # '^group2/'), the train step skips their backward pass: e.g.
+      # --set 'optim.freeze=[["^group1/", 6.0]]' (FreezeOut, Brock et al.
+      # 2017, arXiv 1706.04983). Each regex must match some parameter.
+      freeze=(),
       ema_decay=0.9999,  # EMA of parameters (and BatchNorm statistics).
       # True: TF ExponentialMovingAverage(num_updates=step) semantics,
       # decay_t = min(decay, (1 + t) / (10 + t)).

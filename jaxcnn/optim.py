@@ -19,6 +19,8 @@ then `ema_of_params`. Each group's own chain is, in order:
   4. with frozen_from_epochs x > 0: zero updates from the step x epochs end
      on (`freeze_after`); a group with frozen_from_epochs 0 is never updated
      and keeps no optimizer state (optax.set_to_zero).
+With `optim.freeze` rules (regex, epochs), `freeze_by_path` then zeroes the
+updates of each parameter a rule matches from that rule's step on.
 Last, `ema_of_params`: updates pass through unchanged and the state keeps an
 EMA of the post-step parameters (TF ExponentialMovingAverage).
 
@@ -154,6 +156,62 @@ def freeze_after(after_steps: int) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def freeze_rules(optim_cfg: Any) -> list[tuple[str, float]]:
+  """optim.freeze as checked (regex, epochs) pairs; [] when the field is
+  absent (configs saved before it) or empty."""
+  rules = optim_cfg.get("freeze", ()) if hasattr(optim_cfg, "get") else ()
+  out = []
+  check(isinstance(rules, (list, tuple)),
+        f"optim.freeze must be a list of [regex, epochs] pairs, got {rules!r}")
+  for i, rule in enumerate(rules):
+    ok = (isinstance(rule, (list, tuple)) and len(rule) == 2
+          and isinstance(rule[0], str) and isinstance(rule[1], (int, float))
+          and not isinstance(rule[1], bool) and math.isfinite(rule[1])
+          and rule[1] >= 0)
+    check(ok, f"optim.freeze[{i}] must be a pair [regex, epochs >= 0], got "
+          f"{rule!r}")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise OptimConfigError(
+          f"optim.freeze[{i}]: bad regex {rule[0]!r}: {e}") from None
+    out.append((rule[0], float(rule[1])))
+  return out
+
+
+def _rule_step(rules: Sequence[tuple[str, float]], path: str,
+               steps_per_epoch: int) -> Optional[int]:
+  """The first update a freeze rule zeroes for `path`; None: no rule
+  matches it."""
+  steps = [epochs_to_steps(e, steps_per_epoch) for regex, e in rules
+           if re.search(regex, path)]
+  return min(steps) if steps else None
+
+
+def freeze_by_path(rules: Sequence[tuple[str, float]], steps_per_epoch: int
+                   ) -> optax.GradientTransformation:
+  """Zeroes the update of each parameter from update number (0-based) its
+  earliest matching rule's step on; the others pass unchanged."""
+
+  def init_fn(params):
+    del params
+    return FreezeState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def one(path, u):
+      step = _rule_step(rules, param_path(path), steps_per_epoch)
+      if step is None:
+        return u
+      return jnp.where(state.count < step, u, jnp.zeros_like(u))
+
+    updates = jax.tree_util.tree_map_with_path(one, updates)
+    return updates, FreezeState(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 # --- Groups ---------------------------------------------------------------------
 
 
@@ -235,7 +293,12 @@ def check_groups(optim_cfg: Any, params: Any) -> dict:
   parameter matched, every group used, a muon group's parameters 2-D or
   4-D. Returns {path: group name}."""
   groups = config_field(optim_cfg, "groups")
-  labels = label_paths(groups, _leaf_paths(params))
+  paths = _leaf_paths(params)
+  labels = label_paths(groups, paths)
+  idle = [regex for regex, _ in freeze_rules(optim_cfg)
+          if not any(re.search(regex, p) for p in paths)]
+  check(not idle, f"optim.freeze: {', '.join(map(repr, idle))} matches no "
+        f"parameter (the parameters: {', '.join(paths)})")
   by_name = {g.name: g for g in groups}
   bad = [f"{path} {tuple(x.shape)}" for (path, x) in zip(
       _leaf_paths(params), jax.tree_util.tree_leaves(params))
@@ -250,11 +313,13 @@ def frozen_from(optim_cfg: Any, paths: Sequence[str],
                 steps_per_epoch: int) -> Optional[int]:
   """The first update from which the chain zeroes the updates of every
   parameter in `paths` ('/'-joined names): 0 when all their groups have
-  frozen_from_epochs 0, else the latest of their freezing steps; None when
-  one stays trainable (or `paths` is empty)."""
+  frozen_from_epochs 0, else the latest of their freezing steps (each
+  parameter's the earliest of its group's and of its optim.freeze rules');
+  None when one stays trainable (or `paths` is empty)."""
   if not paths:
     return None
   groups = config_field(optim_cfg, "groups")
+  rules = freeze_rules(optim_cfg)
   labels = {}
   for g, regex in _compiled(groups):
     for path in paths:
@@ -263,9 +328,13 @@ def frozen_from(optim_cfg: Any, paths: Sequence[str],
   steps = []
   for path in paths:
     g = labels.get(path)
-    if g is None or g.frozen_from_epochs is None:
+    own = [s for s in (
+        None if g is None or g.frozen_from_epochs is None
+        else epochs_to_steps(float(g.frozen_from_epochs), steps_per_epoch),
+        _rule_step(rules, path, steps_per_epoch)) if s is not None]
+    if not own:
       return None
-    steps.append(epochs_to_steps(float(g.frozen_from_epochs), steps_per_epoch))
+    steps.append(min(own))
   return max(steps)
 
 
@@ -580,6 +649,7 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
   """
   groups = config_field(optim_cfg, "groups")
   _compiled(groups)  # Names, regexes, duplicates: before anything else.
+  rules = freeze_rules(optim_cfg)
   schedules = schedules or {}
   chains = {g.name: group_chain(optim_cfg, g, steps_per_epoch,
                                 total_steps=total_steps,
@@ -592,7 +662,10 @@ def make_optimizer(optim_cfg: Any, steps_per_epoch: int, *,
     return jax.tree_util.tree_map_with_path(
         lambda path, _: names[param_path(path)], params)
 
+  # The freeze link only where rules are given: a run without them keeps
+  # the optimizer state of the checkpoints written before optim.freeze.
+  freeze = [freeze_by_path(rules, steps_per_epoch)] if rules else []
   return optax.chain(
-      optax.partition(chains, labels),
+      optax.partition(chains, labels), *freeze,
       ema_of_params(float(config_field(optim_cfg, "ema_decay")),
                     bool(config_field(optim_cfg, "ema_ramp"))))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Callable
 
 import flax
@@ -173,6 +174,11 @@ class Setup:
   # gradient at the stem's output; None: never (or the model has no stem to
   # freeze).
   stem_frozen_from: int | None = None
+  # Entry k (0-based): the step from which the optimizer has frozen the
+  # stem and every parameter of the model's first k + 1 blocks (its spec's
+  # block_params), so the train step stops the gradient after block k + 1;
+  # only the blocks that do freeze, in order.
+  frozen_blocks_from: tuple[int, ...] = ()
   # The steps before this one train on data.small_crop_size crops; None:
   # none do.
   small_crop_until: int | None = None
@@ -188,6 +194,11 @@ class Setup:
     if self.small_crop_until is not None and step < self.small_crop_until:
       return self.config.data.small_crop_size
     return None
+
+  def frozen_blocks_at(self, step: int) -> int:
+    """How many of the model's blocks after its stem take no gradient at
+    step `step` (the stem is frozen too whenever this is above 0)."""
+    return sum(1 for s in self.frozen_blocks_from if step >= s)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -369,12 +380,22 @@ def build_from_config(config: Config, data: Dataset | None = None, *,
                             schedules=schedules)
   # The groups against the model's parameters (shapes only): an unmatched
   # parameter or an idle group is a config error before anything runs.
-  optim.check_groups(config.optim, param_shapes(model, config))
-  stem_frozen_from = optim.frozen_from(
-      config.optim, models.stem_params(config.model), steps_per_epoch)
+  paths = list(optim.check_groups(config.optim, param_shapes(model, config)))
+  stem = models.stem_params(config.model)
+  stem_frozen_from = optim.frozen_from(config.optim, stem, steps_per_epoch)
+  frozen_blocks_from = []
+  if stem:
+    below = list(stem)
+    for regex in models.block_params(config.model):
+      below += [p for p in paths if re.search(regex, p)]
+      step = optim.frozen_from(config.optim, below, steps_per_epoch)
+      if step is None:
+        break
+      frozen_blocks_from.append(step)
   return Setup(config=config, data=data, model=model, tx=tx, schedule=schedule,
                devices=devices, steps=steps,
                stem_frozen_from=stem_frozen_from,
+               frozen_blocks_from=tuple(frozen_blocks_from),
                small_crop_until=crop_until(config, model, total_steps),
                first_crop_until=crop_until(config, model, total_steps,
                                            "first"))

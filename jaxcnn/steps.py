@@ -44,7 +44,8 @@ def smoothed_cross_entropy(logits, labels, smoothing: float):
 
 
 def train_step(state: TrainState, batch: dict, *, setup: Setup,
-               stem_frozen: bool = False) -> tuple[TrainState, dict]:
+               stem_frozen: bool = False,
+               frozen_blocks: int = 0) -> tuple[TrainState, dict]:
   """One update from this device's shard `batch` ({'images': normalized
   float, 'labels': int; with data pruning, 'ids': the examples' indices,
   whose losses go into state.example_loss['loss']}). Returns the new state
@@ -52,13 +53,17 @@ def train_step(state: TrainState, batch: dict, *, setup: Setup,
   grad_norm (of the averaged gradient) and finite (loss and gradient norm
   are finite).
   `stem_frozen` (from setup.stem_frozen_from on): the model stops the
-  gradient at its frozen stem, whose gradient is then zero."""
+  gradient at its frozen stem, whose gradient is then zero; `frozen_blocks`
+  k (from setup.frozen_blocks_from[k - 1] on, with the stem frozen): at
+  the output of its k-th block too, so no backward pass runs below it."""
   cfg = setup.config
   device = jax.lax.axis_index(AXIS)
   dropout_key = jax.random.fold_in(
       jax.random.fold_in(state.rng, state.step), device)
   images, labels = batch["images"], batch["labels"]
   stem = {"stem_frozen": True} if stem_frozen else {}
+  if frozen_blocks:
+    stem["frozen_blocks"] = frozen_blocks
 
   def loss_fn(params):
     logits, new_vars = setup.model.apply(
@@ -144,14 +149,18 @@ def accumulate(acc: dict, metrics: dict, step) -> dict:
 
 
 def make_train_fn(setup: Setup, num_steps: int, stem_frozen: bool = False,
-                  crop_size: int | None = None):
+                  crop_size: int | None = None, frozen_blocks: int = 0):
   """A pmap'd function running `num_steps` train steps per call:
   (state, acc, train_x, train_y, perm2) -> (state, acc), the state and
   accumulator donated. perm2 is pipeline.feed_permutations of the first
-  step's data epoch. `stem_frozen`: see train_step; `crop_size`: the steps
-  train on crops of that side, None: the data's (the caller picks both by
-  step: Setup.stem_frozen_from, Setup.crop_size_at)."""
-  step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen)
+  step's data epoch. `stem_frozen`, `frozen_blocks`: see train_step;
+  `crop_size`: the steps train on crops of that side, None: the data's (the
+  caller picks them by step: Setup.stem_frozen_from, Setup.crop_size_at,
+  Setup.frozen_blocks_at)."""
+  if frozen_blocks and not stem_frozen:
+    raise ValueError("frozen_blocks needs stem_frozen")
+  step_fn = functools.partial(train_step, setup=setup, stem_frozen=stem_frozen,
+                              frozen_blocks=frozen_blocks)
 
   def one_step(state, acc, train_x, train_y, perm2, base):
     images, labels, ids = pipeline.train_batch(

@@ -271,8 +271,9 @@ class _Loop:
     self.feed = TrainFeed.place(
         setup, epoch, self.host_scores() if setup.steps.pruned(epoch) else None)
     self.acc = self.feed.accumulator()
-    # (steps per call, stem frozen) -> compiled train_fn.
-    self.train_fns: dict[tuple[int, bool], Any] = {}
+    # (steps per call, stem frozen, crop side, frozen blocks) -> compiled
+    # train_fn.
+    self.train_fns: dict[tuple, Any] = {}
     # The evaluator of `python -m jaxcnn.eval` too: it prints these figures.
     self.test_eval = Evaluator(
         setup.model, config, setup.devices, setup.data.test_images,
@@ -346,13 +347,13 @@ class _Loop:
     if step + n > setup.total_steps or any(
         s is not None and step < s < step + n
         for s in (frozen_from, setup.small_crop_until, setup.first_crop_until,
-                  setup.steps.dispatch_end(step))):
-      # Stop exactly at the end, at the step the stem freezes, at the steps
-      # the crops grow (to the next stage, to the whole image) and before a
-      # pruned data epoch.
+                  setup.steps.dispatch_end(step), *setup.frozen_blocks_from)):
+      # Stop exactly at the end, at the steps the stem and the blocks
+      # freeze, at the steps the crops grow (to the next stage, to the whole
+      # image) and before a pruned data epoch.
       n = 1
     key = (n, frozen_from is not None and step >= frozen_from,
-           setup.crop_size_at(step))
+           setup.crop_size_at(step), setup.frozen_blocks_at(step))
     epoch = setup.steps.data_epoch_of(step)
     if (setup.steps.pruned(epoch)
         and step == setup.steps.data_epoch_start(epoch)):

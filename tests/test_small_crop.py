@@ -98,8 +98,8 @@ def test_three_stages_first_crops_then_small_crops_then_whole_images(
   calls = []
   real = trainer.make_train_fn
 
-  def spy(setup, n, stem_frozen=False, crop_size=None):
-    fn = real(setup, n, stem_frozen, crop_size)
+  def spy(setup, n, stem_frozen=False, crop_size=None, frozen_blocks=0):
+    fn = real(setup, n, stem_frozen, crop_size, frozen_blocks)
 
     def run(state, *args):
       calls.append((int(np.asarray(state.step)[0]), n, crop_size))

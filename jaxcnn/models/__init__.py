@@ -195,6 +195,10 @@ def stem_params(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
   return get_spec(model_cfg["name"]).stem_params
 
 
+def block_params(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+  return get_spec(model_cfg["name"]).block_params
+
+
 def data_init(model_cfg: Mapping[str, Any]) -> tuple[DataInit, dict] | None:
   """(the model's data-dependent init, its own section), or None."""
   spec = get_spec(model_cfg["name"])

@@ -135,6 +135,11 @@ class ModelSpec:
     the optimizer has frozen all of them the train step calls the model
     with `stem_frozen=True` (which `__call__` must then accept) so no
     gradient flows into the stem. () : no stem.
+  block_params: the blocks after the stem, in order, each a regex found in
+    the paths of its parameters; when the optimizer has frozen the stem and
+    every parameter of the first k blocks the train step calls the model
+    with `stem_frozen=True, frozen_blocks=k` (which `__call__` must then
+    accept) so their backward pass is skipped. () : none.
   """
   name: str
   summary: str
@@ -147,6 +152,7 @@ class ModelSpec:
   layer_order: tuple[str, ...] = ()
   data_init: DataInit | None = None
   stem_params: tuple[str, ...] = ()
+  block_params: tuple[str, ...] = ()
 
 
 def width_text(model_section) -> str:

@@ -189,7 +189,14 @@ class SpeedNet(layers.ModelBase):
   group_activation: str = "gelu"
 
   @nn.compact
-  def __call__(self, x, train: bool, stem_frozen: bool = False):
+  def __call__(self, x, train: bool, stem_frozen: bool = False,
+               frozen_blocks: int = 0):
+    """`stem_frozen`: no gradient flows into the stem; `frozen_blocks` k
+    (with the stem frozen): none into the first k conv groups either, so
+    their backward pass is not computed (see BLOCK_PARAMS)."""
+    if frozen_blocks and not stem_frozen:
+      raise ValueError("frozen_blocks needs stem_frozen: the stem's gradient "
+                       "flows through the blocks")
     x = WhitenConv(2 * WHITEN_SIZE * WHITEN_SIZE * x.shape[-1],
                    dtype=self.dtype, frozen=self.whiten, name="whiten")(x)
     x = layers.ACTIVATIONS["gelu"](x)
@@ -201,6 +208,8 @@ class SpeedNet(layers.ModelBase):
                     bn_momentum=self.bn_momentum, bn_scale=self.bn_scale,
                     activation=self.group_activation,
                     name=f"group{g}")(x, train)
+      if g <= frozen_blocks:
+        x = jax.lax.stop_gradient(x)
     # airbench's MaxPool2d(3) on the 3x3 map of a 28-32 pixel image, as a
     # global max: the same numbers there, and any side down to 9 pixels
     # trains the same parameters (data.small_crop_size).
@@ -231,6 +240,14 @@ class SpeedNet(layers.ModelBase):
 # input gradient is not computed (PyTorch's autograd skips it by itself once
 # they stop requiring gradients).
 STEM_PARAMS = ("whiten/kernel", "whiten/bias")
+# The conv groups after the stem, as regexes of their parameter paths: once
+# the optimizer freezes the stem and every parameter of the first k groups
+# (state.Setup.frozen_blocks_from), the train step calls the model with
+# frozen_blocks=k, and the backward pass stops at group k + 1 (their
+# BatchNorm statistics still follow the batches, as in PyTorch's train mode
+# with requires_grad=False). The last group is left out: freezing the whole
+# net is not training it.
+BLOCK_PARAMS = (r"^group1/", r"^group2/")
 
 
 def build(common: Common, own: dict) -> SpeedNet:
@@ -273,4 +290,4 @@ SPEC = ModelSpec(
     data_init=DataInit(num_images=lambda own: int(own["whiten_images"]),
                        apply=lambda model, params, images:
                        model.init_from_data(params, images)),
-    stem_params=STEM_PARAMS)
+    stem_params=STEM_PARAMS, block_params=BLOCK_PARAMS)

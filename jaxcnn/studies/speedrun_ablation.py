@@ -75,6 +75,11 @@ def _at_tiny(overrides: tuple[str, ...]) -> tuple[str, ...]:
       continue
     if item.startswith("optim.groups="):
       item = TINY_MUON_GROUPS
+    if item.startswith("optim.freeze="):
+      # The tiny model has no conv groups: its first (second) conv and
+      # BatchNorm stand for speednet's group 1 (2).
+      item = item.replace("^group1/", "^(conv1|bn1)/").replace(
+          "^group2/", "^(conv2|bn2)/")
     out.append(item)
   return tuple(out)
 
