@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import optim, restore, trainer
+from jaxcnn import config as config_lib, optim, restore, trainer
 from jaxcnn.models import create_model
 
 from test_optim import STEPS_PER_EPOCH, make_grads, make_params, optim_cfg
@@ -189,3 +189,25 @@ def test_runs_with_and_without_the_skipped_backward_agree(tmp_path,
       np.testing.assert_array_equal(a, b)
   assert not np.array_equal(skip.params["group3"]["conv2"]["kernel"],
                             at6.params["group3"]["conv2"]["kernel"])
+
+
+def test_speedrun_freeze_is_speedrun_pruned_with_group1_frozen_late():
+  # The recipe file is the command its numbers were measured with:
+  # speedrun_pruned plus group 1 frozen from step 194 (6.0625 epochs of 32).
+  recipe = config_lib.load_experiment("speedrun_freeze")
+  by_hand = config_lib.apply_overrides(
+      config_lib.load_experiment("speedrun_pruned"),
+      ['optim.freeze=[["^group1/", 6.0625]]'])
+  assert recipe == by_hand
+  setup = trainer.build(config_lib.apply_overrides(recipe, [
+      "data.source=synthetic", "data.synthetic_train_size=12288",
+      "data.synthetic_test_size=64", "model.width=0.125",
+      "train.eval_batch_size=64", "train.progress_bar=false",
+      "model.speednet.whiten_images=64"]))
+  # On CIFAR-10's 50,000 images (32 steps an epoch) that is step 194 of
+  # 277; on these 12,288 synthetic ones (8 an epoch), step 48.
+  assert round(6.0625 * 32) == 194
+  assert setup.total_steps == 277 and setup.steps_per_epoch == 8
+  assert setup.small_crop_until == 166 and setup.stem_frozen_from == 2
+  assert setup.frozen_blocks_from == (48,)
+  assert [setup.frozen_blocks_at(s) for s in (0, 47, 48, 276)] == [0, 0, 1, 1]

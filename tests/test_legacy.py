@@ -69,13 +69,14 @@ def old_create_model(m: dict):
 
 def test_fixtures_are_in_the_old_schema():
   # One per experiment of the day they were saved (convnet4,
-  # speedrun_hiverge, speedrun_small_crops, speedrun_pruned and
-  # speedrun_progressive came later).
+  # speedrun_hiverge, speedrun_small_crops, speedrun_pruned,
+  # speedrun_progressive and speedrun_freeze came later).
   assert {p.stem for p in CONFIGS} == set(
       config_lib.known_experiments()) - {"convnet4", "speedrun_hiverge",
                                          "speedrun_small_crops",
                                          "speedrun_pruned",
-                                         "speedrun_progressive"}
+                                         "speedrun_progressive",
+                                         "speedrun_freeze"}
   for path in CONFIGS + [FIXTURES / "tiny" / "config.json",
                          FIXTURES / "speednet" / "config.json"]:
     assert set(FLAT_FIELDS) <= set(saved(path)["model"]), path

@@ -5,9 +5,10 @@ pruning, the small early crops, label smoothing 0.2, hiverge's colour jitter
 and SiLU, the kernel renormalisation, the whitening stem, the filters'
 decoupled decay, alternating flips and translation; plus two settings not
 in the recipe that earlier runs pointed at (a larger pruned fraction, the
-whitening bias trained for 3 epochs) and six that would make it cheaper
-(more of the steps on small crops, or an earlier stage of smaller crops
-still: data.first_crop_*).
+whitening bias trained for 3 epochs) and ten that would make it cheaper
+(more of the steps on small crops, an earlier stage of smaller crops
+still: data.first_crop_*, or the first conv group frozen for the last
+steps: optim.freeze).
 
 The small scale is larger than the other speed ablations' (10,000 training
 images, not 4,500) so that pruning, which acts on the data epochs, sees
@@ -89,13 +90,16 @@ STUDY = Study(
              "SiLU, the filters' decay, kernel renormalisation, the whitening "
              "stem, alternating flips and translation? And do a larger pruned "
              "fraction or a longer-trained whitening bias help, and what do "
-             "more steps on small crops, or an earlier stage of smaller "
-             "crops, cost?",
+             "more steps on small crops, an earlier stage of smaller "
+             "crops, or the first conv group frozen late, cost?",
     paper="airbench (Jordan 2024, arXiv 2404.00498) and hiverge/"
           "cifar10-speedrun each measure their techniques in epochs saved "
           "to 94%. Paul et al. 2021 (arXiv 2107.07075) score examples "
           "early in training and train a new run without the easiest; the "
-          "recipe instead ranks them by their last loss at every epoch.",
+          "recipe instead ranks them by their last loss at every epoch. "
+          "FreezeOut (Brock et al. 2017, arXiv 1706.04983) freezes the "
+          "first layers one by one late in training to save their "
+          "backward pass.",
     base="speedrun_pruned", members=ablation_members(ABLATIONS),
     # Small: a quarter-width net on 10,000 training images (500 more held
     # out for validation) at batch 256, 9 epochs (351 steps; the recipe's
