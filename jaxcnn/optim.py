@@ -301,7 +301,7 @@ def check_groups(optim_cfg: Any, params: Any) -> dict:
         f"parameter (the parameters: {', '.join(paths)})")
   by_name = {g.name: g for g in groups}
   bad = [f"{path} {tuple(x.shape)}" for (path, x) in zip(
-      _leaf_paths(params), jax.tree_util.tree_leaves(params))
+      paths, jax.tree_util.tree_leaves(params))
          if by_name[labels[path]].optimizer == "muon"
          and len(x.shape) not in (2, 4)]
   check(not bad, "optim.groups: muon trains 2-D and 4-D parameters only, "

@@ -12,7 +12,7 @@ from jaxcnn.models import create_model
 
 from test_optim import STEPS_PER_EPOCH, make_grads, make_params, optim_cfg
 from test_optim import run_chain
-from test_small_crop import speednet_config
+from test_small_crop import record_train_calls, speednet_config
 
 
 def test_freeze_rule_stops_matched_parameters_from_its_step():
@@ -141,18 +141,7 @@ def test_runs_with_and_without_the_skipped_backward_agree(tmp_path,
   # (Setup.frozen_blocks_from emptied: the optimizer alone freezes) ends with
   # the same parameters and statistics, and the frozen block's parameters
   # are those of the step it froze at.
-  calls = []
-  real = trainer.make_train_fn
-
-  def spy(setup, n, stem_frozen=False, crop_size=None, frozen_blocks=0):
-    fn = real(setup, n, stem_frozen, crop_size, frozen_blocks)
-
-    def run(state, *args):
-      calls.append((int(np.asarray(state.step)[0]), n, frozen_blocks))
-      return fn(state, *args)
-    return run
-
-  monkeypatch.setattr(trainer, "make_train_fn", spy)
+  calls = record_train_calls(monkeypatch, "frozen_blocks")
   rules = ("train.num_steps=8", "train.steps_per_dispatch=2",
            'optim.freeze=[["^group1/", 0.75], ["^group2/", 1.5]]',
            "train.checkpoint_every_steps=3", "train.keep_checkpoints=10")

@@ -87,6 +87,27 @@ def test_pipeline_batch_of_the_early_steps_is_the_centre():
   np.testing.assert_array_equal(labels_small, labels_full)
 
 
+def record_train_calls(monkeypatch, field: str) -> list:
+  """Spies on the trainer's compiled train_fns: the returned list gets
+  (first step, steps in the call, the make_train_fn argument `field`) for
+  every call the trainer makes."""
+  calls = []
+  real = trainer.make_train_fn
+
+  def spy(setup, n, stem_frozen=False, crop_size=None, frozen_blocks=0):
+    fn = real(setup, n, stem_frozen, crop_size, frozen_blocks)
+    picked = dict(stem_frozen=stem_frozen, crop_size=crop_size,
+                  frozen_blocks=frozen_blocks)[field]
+
+    def run(state, *args):
+      calls.append((int(np.asarray(state.step)[0]), n, picked))
+      return fn(state, *args)
+    return run
+
+  monkeypatch.setattr(trainer, "make_train_fn", spy)
+  return calls
+
+
 def test_three_stages_first_crops_then_small_crops_then_whole_images(
     tmp_path, monkeypatch):
   # 8 steps: round(0.25 * 8) = 2 on 20x20 crops (data.first_crop_*), then
@@ -95,18 +116,7 @@ def test_three_stages_first_crops_then_small_crops_then_whole_images(
   # recorded with its side; in chunks of 2 the dispatches split at both
   # switches (and at step 1, where the whitening bias freezes), and the run
   # equals one of single steps.
-  calls = []
-  real = trainer.make_train_fn
-
-  def spy(setup, n, stem_frozen=False, crop_size=None, frozen_blocks=0):
-    fn = real(setup, n, stem_frozen, crop_size, frozen_blocks)
-
-    def run(state, *args):
-      calls.append((int(np.asarray(state.step)[0]), n, crop_size))
-      return fn(state, *args)
-    return run
-
-  monkeypatch.setattr(trainer, "make_train_fn", spy)
+  calls = record_train_calls(monkeypatch, "crop_size")
   stages = ["train.num_steps=8", "data.small_crop_size=28",
             "data.small_crop_fraction=0.625", "data.first_crop_size=20",
             "data.first_crop_fraction=0.25"]
